@@ -1,0 +1,84 @@
+"""Users: customers and staff, their credentials and account status."""
+
+from datetime import datetime
+from enum import StrEnum
+
+from flask_login import UserMixin
+from sqlalchemy import CheckConstraint, ForeignKey, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.db import UTCDateTime, enum_type
+from portal.extensions import db
+from portal.timeutil import utcnow
+
+
+class Role(StrEnum):
+    CUSTOMER = "customer"
+    STAFF = "staff"
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    TERMINATED = "terminated"
+
+
+class User(UserMixin, db.Model):
+    """A person who signs in: a customer holding a credit balance, or a staff member.
+
+    The row doubles as the customer's account: `credits_balance` is locked with
+    SELECT ... FOR UPDATE by every balance change, which serialises them per customer.
+    """
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("credits_balance >= 0", name="balance_not_negative"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(enum_type(Role), default=Role.CUSTOMER)
+    status: Mapped[AccountStatus] = mapped_column(
+        enum_type(AccountStatus), default=AccountStatus.ACTIVE
+    )
+    terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    termination_reason: Mapped[str | None] = mapped_column(Text)
+    credits_balance: Mapped[int] = mapped_column(default=0)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Bumped whenever credentials change; sessions carrying an older value are refused.
+    session_generation: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    reset_tokens: Mapped[list["PasswordResetToken"]] = relationship(
+        back_populates="user", cascade="all, delete-orphan"
+    )
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role == Role.STAFF
+
+    @property
+    def is_terminated(self) -> bool:
+        return self.status == AccountStatus.TERMINATED
+
+    def get_id(self) -> str:
+        # The generation makes Flask-Login's remember cookie die with a password change.
+        return f"{self.id}:{self.session_generation}"
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.role}>"
+
+
+class PasswordResetToken(db.Model):
+    """A single-use, expiring password reset token; only its SHA-256 digest is stored."""
+
+    __tablename__ = "password_reset_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship(back_populates="reset_tokens")

@@ -1,0 +1,200 @@
+"""Accounts: sign-up, authentication, passwords, staff role and termination."""
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from portal.accounts.models import AccountStatus, PasswordResetToken, Role, User
+from portal.accounts.passwords import (
+    hash_password,
+    needs_rehash,
+    password_problems,
+    verify_password,
+)
+from portal.errors import ValidationError
+from portal.extensions import db
+from portal.notifications.services import queue_email
+from portal.timeutil import utcnow
+
+RESET_TOKEN_LIFETIME = timedelta(hours=1)
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def user_by_email(email: str) -> User | None:
+    """Return the user with this e-mail (compared in lower case), if any."""
+    return db.session.scalar(select(User).where(User.email == email.strip().lower()))
+
+
+def load_user_from_session(session_id: str) -> User | None:
+    """Resolve Flask-Login's `id:generation` value; stale generations log the user out."""
+    user_id, _, generation = session_id.partition(":")
+    if not user_id.isdigit() or not generation.isdigit():
+        return None
+    user = db.session.get(User, int(user_id))
+    if user is None or user.session_generation != int(generation):
+        return None
+    return user
+
+
+def register_user(email: str, password: str) -> User:
+    """Create a customer account.
+
+    :raises ValidationError: the e-mail is taken or the password is unacceptable.
+    """
+    email = email.strip().lower()
+    problems = password_problems(password, email)
+    if problems:
+        raise ValidationError(" ".join(problems), field="password")
+    user = User(email=email, password_hash=hash_password(password), role=Role.CUSTOMER)
+    db.session.add(user)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise ValidationError(
+            "An account with this e-mail already exists.", field="email"
+        ) from None
+    return user
+
+
+# Verifying against a throwaway hash when the e-mail is unknown keeps the response time
+# the same for known and unknown addresses, so timing does not reveal who has an account.
+_DUMMY_HASH: dict[str, str] = {}
+
+
+def authenticate(email: str, password: str) -> User | None:
+    """Return the user whose e-mail and password match, or None; rehash old hashes."""
+    user = user_by_email(email)
+    if user is None:
+        from flask import current_app
+
+        profile = current_app.config["PASSWORD_HASH_PROFILE"]
+        if profile not in _DUMMY_HASH:
+            _DUMMY_HASH[profile] = hash_password(secrets.token_hex(16))
+        verify_password(_DUMMY_HASH[profile], password)
+        return None
+    if not verify_password(user.password_hash, password):
+        return None
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    user.last_login_at = utcnow()
+    db.session.commit()
+    return user
+
+
+def change_password(user: User, current_password: str, new_password: str) -> None:
+    """Replace the user's password and end their other sessions.
+
+    :raises ValidationError: the current password is wrong or the new one unacceptable.
+    """
+    if not verify_password(user.password_hash, current_password):
+        raise ValidationError("Your current password is not correct.", field="current_password")
+    _set_password(user, new_password)
+    db.session.commit()
+
+
+def _set_password(user: User, new_password: str) -> None:
+    problems = password_problems(new_password, user.email)
+    if problems:
+        raise ValidationError(" ".join(problems), field="password")
+    user.password_hash = hash_password(new_password)
+    user.session_generation += 1
+
+
+def request_password_reset(email: str, link_for: Callable[[str], str]) -> None:
+    """E-mail a single-use reset link if the account exists; silently do nothing otherwise."""
+    user = user_by_email(email)
+    if user is None:
+        return
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    db.session.add(
+        PasswordResetToken(
+            user=user,
+            token_hash=_token_digest(token),
+            created_at=now,
+            expires_at=now + RESET_TOKEN_LIFETIME,
+        )
+    )
+    minutes = int(RESET_TOKEN_LIFETIME.total_seconds() // 60)
+    queue_email(
+        user.email,
+        "Reset your password",
+        "Someone (hopefully you) asked to reset the password of your AI Image Studio account.\n\n"
+        f"Open this link within {minutes} minutes to choose a new password:\n{link_for(token)}\n\n"
+        "The link works once. If you did not ask for it, you can ignore this e-mail.",
+    )
+    db.session.commit()
+
+
+def reset_token_user(token: str) -> User | None:
+    """Return the user a reset token belongs to, if it is unused and unexpired."""
+    row = db.session.scalar(
+        select(PasswordResetToken).where(PasswordResetToken.token_hash == _token_digest(token))
+    )
+    if row is None or row.used_at is not None or row.expires_at <= utcnow():
+        return None
+    return row.user
+
+
+def reset_password(token: str, new_password: str) -> User:
+    """Set a new password through a reset token, using the token up.
+
+    :raises ValidationError: the token is invalid, used or expired, or the password weak.
+    """
+    row = db.session.scalar(
+        select(PasswordResetToken)
+        .where(PasswordResetToken.token_hash == _token_digest(token))
+        .with_for_update()
+    )
+    if row is None or row.used_at is not None or row.expires_at <= utcnow():
+        raise ValidationError("This reset link is invalid or has expired.", field="token")
+    _set_password(row.user, new_password)
+    row.used_at = utcnow()
+    db.session.commit()
+    return row.user
+
+
+def create_or_promote_staff(email: str, password: str | None) -> tuple[User, bool]:
+    """Give `email` the staff role, creating the account if needed; return (user, created).
+
+    :raises ValidationError: a new account's password is unacceptable.
+    """
+    email = email.strip().lower()
+    user = user_by_email(email)
+    created = user is None
+    if created:
+        if password is None:
+            raise ValidationError("A password is needed for a new account.", field="password")
+        problems = password_problems(password, email)
+        if problems:
+            raise ValidationError(" ".join(problems), field="password")
+        user = User(email=email, password_hash=hash_password(password))
+        db.session.add(user)
+    elif password is not None:
+        _set_password(user, password)
+    user.role = Role.STAFF
+    user.session_generation = (user.session_generation or 0) + (0 if created else 1)
+    db.session.commit()
+    return user, created
+
+
+def terminate_account(user: User, reason: str) -> None:
+    """Terminate an account for a terms violation; it keeps read access to its history."""
+    user.status = AccountStatus.TERMINATED
+    user.termination_reason = reason
+    user.terminated_at = utcnow()
+    db.session.commit()
+
+
+def update_timezone(user: User, timezone: str) -> None:
+    """Store the timezone the customer's pages show times in."""
+    user.timezone = timezone
+    db.session.commit()

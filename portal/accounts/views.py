@@ -1,0 +1,154 @@
+"""Sign-up, log-in, log-out, password change and reset, account settings."""
+
+from zoneinfo import available_timezones
+
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from portal.accounts import services
+from portal.accounts.forms import (
+    ChangePasswordForm,
+    LoginForm,
+    ResetPasswordForm,
+    ResetRequestForm,
+    SettingsForm,
+    SignupForm,
+)
+from portal.errors import ValidationError
+from portal.extensions import limiter
+from portal.forms import EmptyForm
+from portal.security import is_safe_next
+
+bp = Blueprint("accounts", __name__)
+
+INVALID_LOGIN = "The e-mail or password is not correct."
+
+
+def _start_session(user, remember: bool = False) -> None:
+    # A fresh session at log-in, so an identifier planted before it is worthless.
+    session.clear()
+    login_user(user, remember=remember)
+
+
+def _home_for(user) -> str:
+    return url_for("staff.queue") if user.is_staff else url_for("ledger.dashboard")
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+@limiter.limit("10 per hour", methods=["POST"])
+def signup():
+    if current_user.is_authenticated:
+        return redirect(_home_for(current_user))
+    form = SignupForm()
+    if form.validate_on_submit():
+        try:
+            user = services.register_user(form.email.data, form.password.data)
+        except ValidationError as error:
+            getattr(form, error.field or "email").errors.append(str(error))
+        else:
+            _start_session(user)
+            flash("Welcome! Your account is ready.", "success")
+            return redirect(url_for("ledger.dashboard"), 303)
+    return render_template("accounts/signup.html", form=form), 400 if form.errors else 200
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit("20 per hour", methods=["POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(_home_for(current_user))
+    form = LoginForm()
+    if form.validate_on_submit():
+        user = services.authenticate(form.email.data, form.password.data)
+        if user is None:
+            form.form_errors.append(INVALID_LOGIN)
+        else:
+            _start_session(user, remember=form.remember.data)
+            target = request.args.get("next")
+            return redirect(target if is_safe_next(target) else _home_for(user), 303)
+    return render_template(
+        "accounts/login.html", form=form
+    ), 400 if form.errors or form.form_errors else 200
+
+
+@bp.post("/logout")
+def logout():
+    form = EmptyForm()
+    if form.validate_on_submit():
+        logout_user()
+        session.clear()
+        flash("You are logged out.", "info")
+    return redirect(url_for("pages.landing"), 303)
+
+
+@bp.route("/account", methods=["GET", "POST"])
+@login_required
+def settings():
+    password_form = ChangePasswordForm(prefix="pw")
+    settings_form = SettingsForm(prefix="tz", timezone=current_user.timezone)
+    settings_form.timezone.choices = sorted(available_timezones())
+    if "tz-timezone" in request.form and settings_form.validate_on_submit():
+        services.update_timezone(current_user, settings_form.timezone.data)
+        flash("Your timezone is saved.", "success")
+        return redirect(url_for("accounts.settings"), 303)
+    if "pw-password" in request.form and password_form.validate_on_submit():
+        try:
+            services.change_password(
+                current_user, password_form.current_password.data, password_form.password.data
+            )
+        except ValidationError as error:
+            getattr(password_form, error.field or "password").errors.append(str(error))
+        else:
+            # The generation changed, so the old session is void: start a fresh one.
+            _start_session(current_user)
+            flash("Your password is changed. Other devices have been logged out.", "success")
+            return redirect(url_for("accounts.settings"), 303)
+    status = 400 if password_form.errors or settings_form.errors else 200
+    return (
+        render_template(
+            "accounts/settings.html", password_form=password_form, settings_form=settings_form
+        ),
+        status,
+    )
+
+
+@bp.route("/reset", methods=["GET", "POST"])
+@limiter.limit("5 per hour", methods=["POST"])
+def reset_request():
+    form = ResetRequestForm()
+    if form.validate_on_submit():
+        services.request_password_reset(
+            form.email.data,
+            link_for=lambda token: url_for("accounts.reset_password", token=token, _external=True),
+        )
+        # The same answer whether or not the account exists.
+        flash(
+            "If an account exists for that e-mail, a reset link is on its way. "
+            "It works once, within an hour.",
+            "info",
+        )
+        return redirect(url_for("accounts.login"), 303)
+    return render_template("accounts/reset_request.html", form=form), 400 if form.errors else 200
+
+
+@bp.route("/reset/<token>", methods=["GET", "POST"])
+def reset_password(token: str):
+    user = services.reset_token_user(token)
+    if user is None:
+        flash("This reset link is invalid or has expired. Ask for a new one.", "error")
+        return redirect(url_for("accounts.reset_request"), 303)
+    form = ResetPasswordForm()
+    if form.validate_on_submit():
+        try:
+            services.reset_password(token, form.password.data)
+        except ValidationError as error:
+            if error.field == "token":
+                flash(str(error), "error")
+                return redirect(url_for("accounts.reset_request"), 303)
+            form.password.errors.append(str(error))
+        else:
+            logout_user()
+            session.clear()
+            flash("Your password is changed. Log in with the new one.", "success")
+            return redirect(url_for("accounts.login"), 303)
+    return render_template("accounts/reset_password.html", form=form), 400 if form.errors else 200

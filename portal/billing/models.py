@@ -1,0 +1,113 @@
+"""Purchases made through Stripe Checkout, refunds sent back, and Stripe events received."""
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.accounts.models import User
+from portal.db import UTCDateTime, enum_type
+from portal.extensions import db
+from portal.timeutil import utcnow
+
+
+class PurchaseStatus(StrEnum):
+    PENDING = "pending"
+    PAID = "paid"
+    CREDITED = "credited"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    DISPUTED = "disputed"
+
+
+class Purchase(db.Model):
+    """One Checkout Session for one credit package."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (
+        CheckConstraint("credits > 0", name="credits_positive"),
+        CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
+        CheckConstraint(
+            "refunded_cents >= 0 AND refunded_cents <= amount_cents",
+            name="refunded_within_amount",
+        ),
+        Index("ix_purchases_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    package_code: Mapped[str] = mapped_column(String(32))
+    credits: Mapped[int]
+    amount_cents: Mapped[int]
+    currency: Mapped[str] = mapped_column(String(3), default="usd")
+    status: Mapped[PurchaseStatus] = mapped_column(
+        enum_type(PurchaseStatus), default=PurchaseStatus.PENDING
+    )
+    stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    receipt_url: Mapped[str | None] = mapped_column(Text)
+    refunded_cents: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    credited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+    refunds: Mapped[list["Refund"]] = relationship(back_populates="purchase")
+
+    def __repr__(self) -> str:
+        return f"<Purchase {self.id} {self.package_code} {self.status}>"
+
+
+class RefundStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    PENDING = "pending"
+    REQUIRES_ACTION = "requires_action"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class Refund(db.Model):
+    """Money sent back to the original payment method of a purchase, through Stripe."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (CheckConstraint("amount_cents > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"), index=True)
+    refund_request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("refund_requests.id"), index=True
+    )
+    amount_cents: Mapped[int]
+    currency: Mapped[str] = mapped_column(String(3), default="usd")
+    status: Mapped[RefundStatus] = mapped_column(
+        enum_type(RefundStatus), default=RefundStatus.SCHEDULED
+    )
+    # Stripe's reason: duplicate, fraudulent or requested_by_customer.
+    reason: Mapped[str] = mapped_column(String(32), default="requested_by_customer")
+    stripe_refund_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    purchase: Mapped[Purchase] = relationship(back_populates="refunds")
+
+
+class StripeEvent(db.Model):
+    """A webhook event received from Stripe; the unique id makes redelivery a no-op."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stripe_event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    type: Mapped[str] = mapped_column(String(100), index=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(255))

@@ -1,0 +1,61 @@
+"""`flask --app portal ...` commands for operators."""
+
+import sys
+
+import click
+from flask import Flask
+
+from portal.errors import ValidationError
+
+DEMO_CUSTOMER = ("customer@demo.test", "demo-customer-password-2026")
+DEMO_STAFF = ("staff@demo.test", "demo-staff-password-2026")
+
+
+@click.command("create-staff")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def create_staff(email: str, password_stdin: bool) -> None:
+    """Create a staff user, or give an existing user the staff role."""
+    from portal.accounts.services import create_or_promote_staff, user_by_email
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif user_by_email(email) is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = None
+    try:
+        user, created = create_or_promote_staff(email, password)
+    except ValidationError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{'Created' if created else 'Promoted'} staff user {user.email}.")
+
+
+@click.command("seed-demo")
+def seed_demo() -> None:
+    """Create the demo customer and staff user (once) and print their credentials."""
+    from portal.accounts.services import create_or_promote_staff, register_user, user_by_email
+    from portal.demo import seed_demo_history
+
+    email, password = DEMO_CUSTOMER
+    customer = user_by_email(email) or register_user(email, password)
+    staff_email, staff_password = DEMO_STAFF
+    if user_by_email(staff_email) is None:
+        create_or_promote_staff(staff_email, staff_password)
+    seed_demo_history(customer)
+    click.echo("Demo users (development only):")
+    click.echo(f"  customer  {email}  /  {password}")
+    click.echo(f"  staff     {staff_email}  /  {staff_password}")
+
+
+@click.command("send-mail")
+def send_mail() -> None:
+    """Send pending outbox e-mails over SMTP now."""
+    from portal.notifications.services import deliver_pending
+
+    click.echo(f"Sent {deliver_pending()} e-mail(s).")
+
+
+def register(app: Flask) -> None:
+    for command in (create_staff, seed_demo, send_mail):
+        app.cli.add_command(command)

@@ -1,0 +1,111 @@
+"""Settings from environment variables, with defaults that are safe to run locally.
+
+`load_config(environ, instance_path)` returns a plain dict for `app.config`; nothing is
+read at import time, so tests build apps with their own environment.
+"""
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+ENVIRONMENTS = ("development", "production", "testing")
+PAYMENTS_MODES = ("sandbox", "stripe")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or unsafe for the environment the app runs in."""
+
+
+def _flag(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def database_url(url: str) -> str:
+    """Return `url` with the psycopg 3 driver named, as SQLAlchemy needs it."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _development_secret_key(instance_path: Path) -> str:
+    """Read the secret key kept under instance/, making one on first run."""
+    key_file = instance_path / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    return key
+
+
+def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
+    """Build the app's settings from `environ`; raise ConfigError when unsafe."""
+    env = environ.get("PORTAL_ENV", "development")
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"PORTAL_ENV must be one of {', '.join(ENVIRONMENTS)}")
+    production = env == "production"
+
+    secret_key = environ.get("SECRET_KEY", "")
+    if not secret_key:
+        if production:
+            raise ConfigError("SECRET_KEY must be set in production")
+        secret_key = _development_secret_key(instance_path)
+
+    stripe_key = environ.get("STRIPE_SECRET_KEY", "")
+    payments_mode = environ.get("PAYMENTS_MODE") or ("stripe" if stripe_key else "sandbox")
+    if payments_mode not in PAYMENTS_MODES:
+        raise ConfigError(f"PAYMENTS_MODE must be one of {', '.join(PAYMENTS_MODES)}")
+    if production and payments_mode == "sandbox":
+        raise ConfigError("sandbox payments are refused in production: set STRIPE_SECRET_KEY")
+
+    default_db = f"sqlite:///{instance_path / 'portal.db'}"
+    redis_url = environ.get("REDIS_URL", "")
+
+    return {
+        "PORTAL_ENV": env,
+        "TESTING": env == "testing",
+        "SECRET_KEY": secret_key,
+        "SQLALCHEMY_DATABASE_URI": database_url(environ.get("DATABASE_URL", default_db)),
+        # pre_ping turns a restarted database into one failed check, not a failed request.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "PAYMENTS_MODE": payments_mode,
+        "STRIPE_SECRET_KEY": stripe_key or "sk_test_sandbox",
+        "STRIPE_WEBHOOK_SECRET": environ.get("STRIPE_WEBHOOK_SECRET", "")
+        or ("whsec_sandbox" if payments_mode == "sandbox" else ""),
+        "STRIPE_API_BASE": environ.get("STRIPE_API_BASE", ""),
+        "PORTAL_SERVICE_TOKEN": environ.get("PORTAL_SERVICE_TOKEN", ""),
+        "SUPPORT_EMAIL": environ.get("SUPPORT_EMAIL", "support@aiimagestudio.example"),
+        "MAIL_BACKEND": environ.get("MAIL_BACKEND", "smtp" if production else "log"),
+        "MAIL_SERVER": environ.get("MAIL_SERVER", "localhost"),
+        "MAIL_PORT": int(environ.get("MAIL_PORT", "25")),
+        "MAIL_USERNAME": environ.get("MAIL_USERNAME", ""),
+        "MAIL_PASSWORD": environ.get("MAIL_PASSWORD", ""),
+        "MAIL_USE_TLS": _flag(environ.get("MAIL_USE_TLS")),
+        "MAIL_FROM": environ.get("MAIL_FROM", "AI Image Studio <no-reply@aiimagestudio.example>"),
+        "REDIS_URL": redis_url,
+        "RATELIMIT_STORAGE_URI": redis_url or "memory://",
+        "RATELIMIT_ENABLED": _flag(environ.get("RATELIMIT_ENABLED"), default=env != "testing"),
+        "RATELIMIT_HEADERS_ENABLED": True,
+        # Argon2id with OWASP's minimum (19 MiB, 2 passes, 1 lane); tests use a cheap profile.
+        "PASSWORD_HASH_PROFILE": "fast-for-tests" if env == "testing" else "owasp",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": production,
+        "PREFERRED_URL_SCHEME": "https" if production else "http",
+        "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
+        "WTF_CSRF_TIME_LIMIT": None,
+        "PROXY_FIX_COUNT": int(environ.get("PROXY_FIX_COUNT", "0")),
+    }
+
+
+def instance_path_default() -> Path:
+    """Return the instance/ folder beside the package."""
+    return Path(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) / "instance"

@@ -1,0 +1,46 @@
+"""Jinja filters and globals: money, credits and local times are formatted only here."""
+
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from flask import Flask, current_app
+from flask_login import current_user
+
+from portal import policy
+from portal.forms import EmptyForm
+from portal.money import format_cents, format_credits
+
+
+def _viewer_zone() -> ZoneInfo:
+    name = getattr(current_user, "timezone", None) or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def localtime(moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """Show `moment` in the viewer's timezone."""
+    if moment is None:
+        return ""
+    return moment.astimezone(_viewer_zone()).strftime(fmt)
+
+
+def localdate(moment: datetime | None) -> str:
+    return localtime(moment, "%b %-d, %Y")
+
+
+def register(app: Flask) -> None:
+    app.add_template_filter(format_cents, "usd")
+    app.add_template_filter(format_credits, "credits")
+    app.add_template_filter(localtime, "localtime")
+    app.add_template_filter(localdate, "localdate")
+
+    @app.context_processor
+    def portal_globals():
+        return {
+            "policy": policy,
+            "support_email": current_app.config["SUPPORT_EMAIL"],
+            "sandbox_payments": current_app.config["PAYMENTS_MODE"] == "sandbox",
+            "action_form": EmptyForm,
+        }

@@ -1,0 +1,57 @@
+"""The refund policy's rules and numbers, each defined once.
+
+Source: the published refund policy (last updated February 13, 2026). Every page, rule
+and e-mail that mentions a package, a price or a deadline reads it from here.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Package:
+    """A prepaid credit package as sold through Checkout."""
+
+    code: str
+    name: str
+    credits: int
+    price_cents: int
+    currency: str = "usd"
+
+    def refund_for_unused(self, unused_credits: int) -> int:
+        """Return the refund in cents for `unused_credits`, rounded down to the cent."""
+        return unused_credits * self.price_cents // self.credits
+
+
+PACKAGES: tuple[Package, ...] = (
+    Package("starter", "Starter", 50, 500),
+    Package("basic", "Basic", 120, 1_000),
+    Package("pro", "Pro", 300, 2_000),
+    Package("premium", "Premium", 1_000, 5_000),
+)
+PACKAGES_BY_CODE: dict[str, Package] = {package.code: package for package in PACKAGES}
+
+# Requests made more than this many days after the purchase are generally not refunded.
+REFUND_WINDOW_DAYS = 30
+# Downtime longer than this many consecutive hours may justify a refund.
+DOWNTIME_THRESHOLD_HOURS = 48
+# Two paid purchases of the same package this close together count as a duplicate charge.
+DUPLICATE_WINDOW_MINUTES = 10
+# "We aim to respond to all refund requests within 3-5 business days."
+RESPONSE_BUSINESS_DAYS_MIN = 3
+RESPONSE_BUSINESS_DAYS_MAX = 5
+# "Approved refunds will be processed to the original payment method within 5-10 business days."
+PAYOUT_BUSINESS_DAYS_MIN = 5
+PAYOUT_BUSINESS_DAYS_MAX = 10
+
+# Business days are counted in the company's timezone, skipping weekends and
+# British Columbia statutory holidays.
+COMPANY_TIMEZONE = "America/Vancouver"
+COMPANY_HOLIDAY_REGION = ("CA", "BC")
+
+# The support e-mail address is a setting (SUPPORT_EMAIL): the published policy's copy of
+# it was scrubbed by an e-mail obfuscator, so the real address comes from the environment.
+COMPANY_NAME = "Goopter Holdings Ltd (DBA: Goopter Commerce)"
+PRODUCT_NAME = "AI Image Studio"
+SUPPORT_PHONE = "(778) 875-8095"
+COMPANY_ADDRESS = "7790 Royal Oak Ave, Burnaby, BC V5J 4K4"
+POLICY_LAST_UPDATED = "February 13, 2026"

@@ -1,0 +1,117 @@
+"""Refund requests filed by customers, their timeline and their attachments."""
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.db import UTCDateTime, enum_type
+from portal.extensions import db
+from portal.timeutil import utcnow
+
+
+class RequestReason(StrEnum):
+    CREDITS_NOT_ADDED = "credits_not_added"
+    CHARGED_TWICE = "charged_twice"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    JOB_FAILED = "job_failed"
+    NOT_HAPPY = "not_happy"
+    OTHER = "other"
+
+
+class RequestStatus(StrEnum):
+    OPEN = "open"
+    IN_REVIEW = "in_review"
+    WAITING_ON_CUSTOMER = "waiting_on_customer"
+    APPROVED = "approved"
+    DENIED = "denied"
+    RESOLVED_AUTOMATICALLY = "resolved_automatically"
+    CLOSED = "closed"
+
+
+class Verdict(StrEnum):
+    LIKELY_ELIGIBLE = "likely_eligible"
+    LIKELY_INELIGIBLE = "likely_ineligible"
+    NEEDS_REVIEW = "needs_review"
+    RESOLVED_AUTOMATICALLY = "resolved_automatically"
+
+
+class RefundRequest(db.Model):
+    """A customer's request for a refund of one purchase (or of one job's credits)."""
+
+    __tablename__ = "refund_requests"
+    __table_args__ = (
+        CheckConstraint("recommended_cents >= 0", name="recommended_cents_not_negative"),
+        CheckConstraint("recommended_credits >= 0", name="recommended_credits_not_negative"),
+        # The staff queue's default view: open requests by due date.
+        Index("ix_refund_requests_status_due", "status", "due_at", "id"),
+        Index("ix_refund_requests_assignee_status", "assignee_id", "status", "due_at"),
+        Index("ix_refund_requests_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    reason: Mapped[RequestReason] = mapped_column(enum_type(RequestReason))
+    details: Mapped[str] = mapped_column(Text, default="")
+    transaction_ids: Mapped[str] = mapped_column(String(500), default="")
+    status: Mapped[RequestStatus] = mapped_column(
+        enum_type(RequestStatus), default=RequestStatus.OPEN
+    )
+    verdict: Mapped[Verdict] = mapped_column(enum_type(Verdict))
+    # Every rule's outcome and sentence as computed when the request was filed.
+    precheck: Mapped[dict] = mapped_column(JSON)
+    recommended_cents: Mapped[int] = mapped_column(default=0)
+    recommended_credits: Mapped[int] = mapped_column(default=0)
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # While waiting on the customer the response clock is paused from this moment.
+    clock_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    events: Mapped[list["RefundRequestEvent"]] = relationship(
+        back_populates="request", order_by="RefundRequestEvent.id"
+    )
+    attachments: Mapped[list["Attachment"]] = relationship(back_populates="request")
+
+    @property
+    def reference(self) -> str:
+        return f"RR-{self.id:06d}"
+
+
+class RefundRequestEvent(db.Model):
+    """One step on a request's timeline. Append-only."""
+
+    __tablename__ = "refund_request_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("refund_requests.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    visible_to_customer: Mapped[bool] = mapped_column(default=True)
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    request: Mapped[RefundRequest] = relationship(back_populates="events")
+
+
+class Attachment(db.Model):
+    """A screenshot sent with a request, stored outside static/."""
+
+    __tablename__ = "attachments"
+    __table_args__ = (CheckConstraint("size_bytes > 0", name="size_positive"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("refund_requests.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(50))
+    size_bytes: Mapped[int]
+    storage_key: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    request: Mapped[RefundRequest] = relationship(back_populates="attachments")

@@ -1,0 +1,77 @@
+import re
+
+import pytest
+
+from portal import policy
+from portal.money import format_cents
+
+
+def text_of(response) -> str:
+    return re.sub(r"\s+", " ", response.get_data(as_text=True))
+
+
+def test_landing_shows_every_package_with_its_price(client):
+    page = text_of(client.get("/"))
+    for package in policy.PACKAGES:
+        assert package.name in page
+        assert f"{package.credits:,} credits" in page
+        assert format_cents(package.price_cents) in page
+
+
+def test_refund_policy_numbers_come_from_the_policy_module(client, monkeypatch):
+    monkeypatch.setattr(policy, "REFUND_WINDOW_DAYS", 45)
+    monkeypatch.setattr(policy, "DOWNTIME_THRESHOLD_HOURS", 72)
+    monkeypatch.setattr(policy, "RESPONSE_BUSINESS_DAYS_MAX", 6)
+    monkeypatch.setattr(policy, "PAYOUT_BUSINESS_DAYS_MAX", 12)
+    page = text_of(client.get("/refund-policy"))
+    assert "more than 45 days after the purchase" in page
+    assert "more than 72 hours in a row" in page
+    assert "3–6 business days" in page
+    assert "5–12 business days" in page
+
+
+def test_refund_policy_lists_packages_and_non_refundable_cases(client):
+    page = text_of(client.get("/refund-policy"))
+    assert "1,000" in page and "$50.00 USD" in page
+    assert "more than 30 days after the purchase" in page
+    assert "Terms of Use" in page
+
+
+def test_contact_page_shows_company_details(client, app):
+    page = text_of(client.get("/contact"))
+    assert policy.SUPPORT_PHONE in page
+    assert policy.COMPANY_ADDRESS in page
+    assert app.config["SUPPORT_EMAIL"] in page
+
+
+@pytest.mark.parametrize("path", ["/", "/refund-policy", "/contact", "/login", "/signup"])
+def test_pages_carry_security_headers(client, path):
+    response = client.get(path)
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "object-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"]
+    assert "<script>" not in response.get_data(as_text=True)
+
+
+def test_session_cookie_is_httponly_and_lax(client):
+    client.get("/login")
+    response = client.post("/login", data={})
+    cookie = response.headers.get("Set-Cookie", "")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_sandbox_banner_is_shown_in_sandbox_mode(client):
+    assert b"Sandbox payments" in client.get("/").data
+
+
+def test_navigation_changes_with_who_is_logged_in(client):
+    from tests.factories import login_as, make_user
+
+    anonymous = text_of(client.get("/"))
+    assert "Log in" in anonymous and "Dashboard" not in anonymous
+    login_as(client, make_user())
+    customer = text_of(client.get("/"))
+    assert "Dashboard" in customer and "Refund queue" not in customer and "Log out" in customer
