@@ -17,6 +17,11 @@ class Package:
     price_cents: int
     currency: str = "usd"
 
+    @property
+    def cents_per_10_credits(self) -> int:
+        """Return the price of 10 credits, rounded to the nearest cent (for display)."""
+        return (self.price_cents * 10 * 2 + self.credits) // (2 * self.credits)
+
     def refund_for_unused(self, unused_credits: int) -> int:
         """Return the refund in cents for `unused_credits`, rounded down to the cent."""
         return unused_credits * self.price_cents // self.credits
