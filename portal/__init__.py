@@ -64,6 +64,7 @@ def register_extensions(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from portal.accounts.views import bp as accounts
     from portal.billing.views import bp as billing
+    from portal.jobs.api import bp as jobs_api
     from portal.jobs.views import bp as jobs
     from portal.ledger.views import bp as ledger
     from portal.notifications.views import bp as notifications
@@ -71,7 +72,17 @@ def register_blueprints(app: Flask) -> None:
     from portal.refunds.views import bp as refunds
     from portal.staff.views import bp as staff
 
-    for blueprint in (pages, accounts, billing, ledger, jobs, refunds, staff, notifications):
+    for blueprint in (
+        pages,
+        accounts,
+        billing,
+        ledger,
+        jobs,
+        jobs_api,
+        refunds,
+        staff,
+        notifications,
+    ):
         app.register_blueprint(blueprint)
 
 

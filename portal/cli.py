@@ -56,6 +56,20 @@ def send_mail() -> None:
     click.echo(f"Sent {deliver_pending()} e-mail(s).")
 
 
+@click.command("ledger-check")
+def ledger_check() -> None:
+    """Verify the ledger's invariants for every account; exit 1 naming those that fail."""
+    from portal.ledger.services import check_books
+
+    problems = check_books()
+    for problem in problems:
+        click.echo(f"account {problem.user_id} <{problem.email}>: {problem.problem}", err=True)
+    if problems:
+        accounts = len({problem.user_id for problem in problems})
+        raise click.ClickException(f"{len(problems)} problem(s) in {accounts} account(s)")
+    click.echo("Ledger OK: every balance matches its entries and lots.")
+
+
 def register(app: Flask) -> None:
-    for command in (create_staff, seed_demo, send_mail):
+    for command in (create_staff, seed_demo, send_mail, ledger_check):
         app.cli.add_command(command)

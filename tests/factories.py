@@ -54,3 +54,36 @@ def login_as(client: FlaskClient, user: User, password: str = DEFAULT_PASSWORD):
     )
     assert response.status_code == 303, response.get_data(as_text=True)
     return response
+
+
+def make_purchase(user: User, package: str = "pro", credited: bool = True, **overrides):
+    """Create a paid purchase of `package`, credited through the ledger unless told not to."""
+    from portal import policy
+    from portal.billing.models import Purchase, PurchaseStatus
+    from portal.ledger import services as ledger
+    from portal.timeutil import utcnow
+
+    chosen = policy.PACKAGES_BY_CODE[package]
+    number = next(_sequence)
+    now = overrides.pop("paid_at", None) or utcnow()
+    values = {
+        "user_id": user.id,
+        "package_code": chosen.code,
+        "credits": chosen.credits,
+        "amount_cents": chosen.price_cents,
+        "currency": chosen.currency,
+        "status": PurchaseStatus.CREDITED if credited else PurchaseStatus.PAID,
+        "stripe_checkout_session_id": f"cs_test_{number}",
+        "stripe_payment_intent_id": f"pi_test_{number}",
+        "created_at": now,
+        "paid_at": now,
+        "credited_at": now if credited else None,
+    }
+    values.update(overrides)
+    purchase = Purchase(**values)
+    db.session.add(purchase)
+    db.session.flush()
+    if credited:
+        ledger.credit_purchase(purchase, f"purchase:{purchase.id}:credit")
+    db.session.commit()
+    return purchase

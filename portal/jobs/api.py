@@ -1,0 +1,179 @@
+"""The jobs API the processing platform calls: JSON in and out, bearer-token auth."""
+
+import hmac
+import re
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import select
+
+from portal.accounts.models import User
+from portal.errors import AccountTerminated, Conflict, InsufficientCredits, NotFound
+from portal.extensions import csrf, db
+from portal.jobs import services
+from portal.jobs.models import FailureReason, Job
+from portal.jobs.openapi import OPENAPI_DOCUMENT
+
+bp = Blueprint("jobs_api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+
+MAX_CREDITS_PER_JOB = 1_000_000
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+class BadRequest(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _error(status: int, error: str, message: str, **extra):
+    response = jsonify({"error": error, "message": message, **extra})
+    response.status_code = status
+    return response
+
+
+@bp.errorhandler(BadRequest)
+def _bad_request(error: BadRequest):
+    return _error(400, "invalid_request", error.message, field=error.field)
+
+
+@bp.errorhandler(NotFound)
+def _not_found(error: NotFound):
+    return _error(404, "not_found", str(error))
+
+
+@bp.errorhandler(Conflict)
+def _conflict(error: Conflict):
+    return _error(409, "conflict", str(error))
+
+
+@bp.errorhandler(AccountTerminated)
+def _terminated(error: AccountTerminated):
+    return _error(403, "account_terminated", str(error))
+
+
+@bp.errorhandler(InsufficientCredits)
+def _insufficient(error: InsufficientCredits):
+    return _error(
+        402, "insufficient_credits", "the balance does not cover this job", balance=error.balance
+    )
+
+
+@bp.before_request
+def _authenticate():
+    if request.endpoint == "jobs_api.openapi":
+        return None
+    expected = current_app.config["PORTAL_SERVICE_TOKEN"]
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest keeps the comparison time independent of where the tokens differ.
+    if (
+        not expected
+        or scheme != "Bearer"
+        or not hmac.compare_digest(given.encode(), expected.encode())
+    ):
+        response = _error(401, "unauthorized", "a valid bearer token is required")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="portal"'
+        return response
+    return None
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("body", "the body must be a JSON object")
+    return body
+
+
+def _string(body: dict, field: str, max_length: int, pattern: re.Pattern | None = None) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(field, f"{field} is required and must be a non-empty string")
+    if len(value) > max_length or "\x00" in value:
+        raise BadRequest(field, f"{field} must be at most {max_length} characters")
+    if pattern is not None and not pattern.match(value.strip()):
+        raise BadRequest(field, f"{field} is not valid")
+    return value.strip()
+
+
+def _credits(body: dict) -> int:
+    value = body.get("credits")
+    # JSON booleans are ints in Python; 1.0 and "1" are not credit counts either.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest("credits", "credits is required and must be a whole number")
+    if not 0 < value <= MAX_CREDITS_PER_JOB:
+        raise BadRequest("credits", f"credits must be between 1 and {MAX_CREDITS_PER_JOB:,}")
+    return value
+
+
+def job_json(job: Job, balance_after: int | None = None) -> dict:
+    document = {
+        "id": job.id,
+        "external_id": job.external_id,
+        "operation": job.operation,
+        "status": job.status.value,
+        "credits": job.credits,
+        "failure_reason": job.failure_reason.value if job.failure_reason else None,
+        "credits_restored": job.credits_restored,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    if balance_after is not None:
+        document["balance_after"] = balance_after
+    return document
+
+
+def _balance(user_id: int) -> int:
+    return db.session.scalar(select(User.credits_balance).where(User.id == user_id))
+
+
+@bp.post("/jobs")
+def create_job():
+    body = _json_body()
+    job, created = services.charge_job(
+        external_id=_string(body, "external_id", 255),
+        customer_email=_string(body, "customer_email", 254, EMAIL),
+        operation=_string(body, "operation", 100),
+        credits=_credits(body),
+    )
+    return jsonify(job_json(job, _balance(job.user_id))), 201 if created else 200
+
+
+@bp.get("/jobs/<int:job_id>")
+def show_job(job_id: int):
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise NotFound("no job with this id")
+    return jsonify(job_json(job))
+
+
+@bp.post("/jobs/<int:job_id>/complete")
+def complete_job(job_id: int):
+    job = services.complete_job(job_id)
+    return jsonify(job_json(job, _balance(job.user_id)))
+
+
+@bp.post("/jobs/<int:job_id>/fail")
+def fail_job(job_id: int):
+    body = _json_body()
+    reason = body.get("reason")
+    if reason not in {member.value for member in FailureReason}:
+        raise BadRequest("reason", "reason must be platform_error or invalid_input")
+    detail = body.get("detail", "")
+    if not isinstance(detail, str) or len(detail) > 2000:
+        raise BadRequest("detail", "detail must be a string of at most 2,000 characters")
+    job = services.fail_job(job_id, FailureReason(reason), detail.replace("\x00", ""))
+    return jsonify(job_json(job, _balance(job.user_id)))
+
+
+@bp.get("/customers/<path:email>/balance")
+def customer_balance(email: str):
+    user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None or user.is_staff:
+        raise NotFound("no customer with this e-mail")
+    return jsonify({"customer_email": user.email, "balance": user.credits_balance})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(OPENAPI_DOCUMENT)

@@ -1,0 +1,157 @@
+"""Charging credits for processing jobs and settling how they ended."""
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from portal.accounts.models import User
+from portal.errors import AccountTerminated, Conflict, NotFound
+from portal.extensions import db
+from portal.jobs.models import FailureReason, Job, JobStatus
+from portal.ledger import services as ledger
+from portal.ledger.models import EntryKind, LedgerEntry
+from portal.timeutil import utcnow
+
+
+def _charge_key(job: Job) -> str:
+    return f"job:{job.id}:charge"
+
+
+def _restore_key(job: Job) -> str:
+    return f"job:{job.id}:restore"
+
+
+def _same_request(job: Job, user: User, operation: str, credits: int) -> bool:
+    return job.user_id == user.id and job.operation == operation and job.credits == credits
+
+
+def _job_by_external_id(external_id: str) -> Job | None:
+    return db.session.scalar(select(Job).where(Job.external_id == external_id))
+
+
+def charge_job(
+    external_id: str, customer_email: str, operation: str, credits: int
+) -> tuple[Job, bool]:
+    """Start a job and charge its credits; return (job, created).
+
+    Repeating a call with the same `external_id` returns the job it created, charging
+    nothing more.
+
+    :raises NotFound: no customer has this e-mail.
+    :raises AccountTerminated: the customer's account is terminated.
+    :raises InsufficientCredits: the balance does not cover the job.
+    :raises Conflict: the external id was used for a different job.
+    """
+    user = db.session.scalar(select(User).where(User.email == customer_email.strip().lower()))
+    if user is None or user.is_staff:
+        raise NotFound("no customer with this e-mail")
+    if user.is_terminated:
+        raise AccountTerminated("the customer's account is terminated")
+    ledger.lock_account(user.id)
+    existing = _job_by_external_id(external_id)
+    if existing is None:
+        job = Job(
+            user_id=user.id,
+            external_id=external_id,
+            operation=operation,
+            credits=credits,
+            created_at=utcnow(),
+        )
+        db.session.add(job)
+        try:
+            db.session.flush()
+            ledger.spend(user.id, credits, _charge_key(job), job_id=job.id, memo=operation)
+            db.session.commit()
+            return job, True
+        except IntegrityError:
+            # Another customer's job took this external id between our check and insert.
+            db.session.rollback()
+            existing = _job_by_external_id(external_id)
+            if existing is None:
+                raise
+        except Exception:
+            db.session.rollback()
+            raise
+    db.session.rollback()
+    if not _same_request(existing, user, operation, credits):
+        raise Conflict("external_id was already used for a different job")
+    return existing, False
+
+
+def _locked_job(job_id: int) -> Job:
+    job = db.session.scalar(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if job is None:
+        raise NotFound("no job with this id")
+    return job
+
+
+def complete_job(job_id: int) -> Job:
+    """Mark a running job succeeded; completing it again changes nothing.
+
+    :raises NotFound: no such job.
+    :raises Conflict: the job already failed.
+    """
+    job = _locked_job(job_id)
+    if job.status == JobStatus.FAILED:
+        db.session.rollback()
+        raise Conflict("the job already failed")
+    if job.status == JobStatus.RUNNING:
+        job.status = JobStatus.SUCCEEDED
+        job.finished_at = utcnow()
+    db.session.commit()
+    return job
+
+
+def fail_job(job_id: int, reason: FailureReason, detail: str) -> Job:
+    """Mark a running job failed; a platform error gives its credits back (once).
+
+    Under the refund policy only failures caused by the platform are refunded; a job
+    that failed on invalid input keeps its charge.
+
+    :raises NotFound: no such job.
+    :raises Conflict: the job succeeded, or failed for another reason.
+    """
+    job = _locked_job(job_id)
+    if job.status == JobStatus.SUCCEEDED or (
+        job.status == JobStatus.FAILED and job.failure_reason != reason
+    ):
+        db.session.rollback()
+        raise Conflict(f"the job already {job.status.value}")
+    if job.status == JobStatus.RUNNING:
+        job.status = JobStatus.FAILED
+        job.failure_reason = reason
+        job.failure_detail = detail
+        job.finished_at = utcnow()
+    if reason == FailureReason.PLATFORM_ERROR and not job.credits_restored:
+        restore_job_credits(job)
+    db.session.commit()
+    return job
+
+
+def restore_job_credits(job: Job) -> LedgerEntry:
+    """Give a failed job's charge back to the lots it came from, in the caller's transaction."""
+    charge = db.session.scalar(
+        select(LedgerEntry).where(
+            LedgerEntry.job_id == job.id, LedgerEntry.kind == EntryKind.JOB_CHARGE
+        )
+    )
+    entry = ledger.restore(
+        charge, _restore_key(job), memo=f"{job.operation} failed: credits returned"
+    )
+    job.credits_restored = True
+    return entry
+
+
+def job_for_customer(user_id: int, job_id: int) -> Job:
+    """Return the customer's job.
+
+    :raises NotFound: no such job, or it belongs to someone else.
+    """
+    job = db.session.get(Job, job_id)
+    if job is None or job.user_id != user_id:
+        raise NotFound("no such job")
+    return job

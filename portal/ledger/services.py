@@ -1,0 +1,295 @@
+"""The only code that changes a balance or a credit lot.
+
+Every function here runs inside the caller's transaction (the business operation that
+moves the credits commits it), and does the same three things: lock the customer's
+account row, return the existing entry if its idempotency key was already used, then
+write exactly one ledger entry with its lot allocations and the balance after it.
+
+Locking the account row first serialises every balance change of one customer, so the
+idempotency check after the lock sees any entry a concurrent twin committed; the unique
+key on ledger entries is the backstop.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from portal.accounts.models import User
+from portal.billing.models import Purchase
+from portal.errors import InsufficientCredits, ValidationError
+from portal.extensions import db
+from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation, LotOrigin
+from portal.timeutil import utcnow
+
+
+def lock_account(user_id: int) -> User:
+    """Return the customer's row locked FOR UPDATE until the transaction ends."""
+    user = db.session.scalar(
+        select(User)
+        .where(User.id == user_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if user is None:
+        raise ValidationError("unknown customer", field="user_id")
+    return user
+
+
+def _existing(idempotency_key: str) -> LedgerEntry | None:
+    return db.session.scalar(
+        select(LedgerEntry).where(LedgerEntry.idempotency_key == idempotency_key)
+    )
+
+
+def _post(
+    account: User,
+    kind: EntryKind,
+    moves: list[tuple[CreditLot, int]],
+    idempotency_key: str,
+    memo: str,
+    **links,
+) -> LedgerEntry:
+    """Write one entry moving `moves` (lot, signed credits) and update the balance."""
+    credits = sum(amount for _, amount in moves)
+    account.credits_balance += credits
+    entry = LedgerEntry(
+        user_id=account.id,
+        kind=kind,
+        credits=credits,
+        balance_after=account.credits_balance,
+        idempotency_key=idempotency_key,
+        memo=memo,
+        created_at=utcnow(),
+        **links,
+    )
+    db.session.add(entry)
+    for lot, amount in moves:
+        lot.credits_remaining += amount
+        db.session.add(LotAllocation(entry=entry, lot=lot, credits=amount))
+    db.session.flush()
+    return entry
+
+
+def _require_positive(credits: int) -> None:
+    if isinstance(credits, bool) or not isinstance(credits, int) or credits <= 0:
+        raise ValidationError("credits must be a positive whole number", field="credits")
+
+
+def credit_purchase(purchase: Purchase, idempotency_key: str) -> LedgerEntry:
+    """Add a paid purchase's credits as a new lot; a purchase is credited at most once."""
+    account = lock_account(purchase.user_id)
+    if entry := _existing(idempotency_key):
+        return entry
+    lot = CreditLot(
+        user_id=account.id,
+        origin=LotOrigin.PURCHASE,
+        purchase_id=purchase.id,
+        credits_granted=purchase.credits,
+        credits_remaining=0,
+        created_at=utcnow(),
+    )
+    db.session.add(lot)
+    return _post(
+        account,
+        EntryKind.PURCHASE_CREDIT,
+        [(lot, purchase.credits)],
+        idempotency_key,
+        f"{purchase.credits:,} credits bought",
+        purchase_id=purchase.id,
+    )
+
+
+def grant(user_id: int, credits: int, idempotency_key: str, memo: str) -> LedgerEntry:
+    """Give credits that were not bought (a goodwill or correction grant) as a new lot."""
+    _require_positive(credits)
+    account = lock_account(user_id)
+    if entry := _existing(idempotency_key):
+        return entry
+    lot = CreditLot(
+        user_id=account.id,
+        origin=LotOrigin.GRANT,
+        credits_granted=credits,
+        credits_remaining=0,
+        created_at=utcnow(),
+    )
+    db.session.add(lot)
+    return _post(account, EntryKind.GRANT, [(lot, credits)], idempotency_key, memo)
+
+
+def spend(
+    user_id: int, credits: int, idempotency_key: str, job_id: int | None = None, memo: str = ""
+) -> LedgerEntry:
+    """Take credits from the oldest lots first.
+
+    :raises InsufficientCredits: the balance does not cover `credits`.
+    """
+    _require_positive(credits)
+    account = lock_account(user_id)
+    if entry := _existing(idempotency_key):
+        return entry
+    if account.credits_balance < credits:
+        raise InsufficientCredits(account.credits_balance, credits)
+    moves = []
+    still_needed = credits
+    lots = db.session.scalars(
+        select(CreditLot)
+        .where(CreditLot.user_id == account.id, CreditLot.credits_remaining > 0)
+        .order_by(CreditLot.created_at, CreditLot.id)
+    )
+    for lot in lots:
+        taken = min(lot.credits_remaining, still_needed)
+        moves.append((lot, -taken))
+        still_needed -= taken
+        if still_needed == 0:
+            break
+    if still_needed:
+        # The balance said yes but the lots disagree: the books are broken, stop here.
+        raise RuntimeError(f"account {account.id}: lots hold less than the balance")
+    return _post(account, EntryKind.JOB_CHARGE, moves, idempotency_key, memo, job_id=job_id)
+
+
+def restore(original: LedgerEntry, idempotency_key: str, memo: str = "") -> LedgerEntry:
+    """Give back what `original` took, to the very lots it took them from."""
+    if original.credits >= 0:
+        raise ValidationError("only a charge can be restored", field="entry")
+    account = lock_account(original.user_id)
+    if entry := _existing(idempotency_key):
+        return entry
+    moves = [(allocation.lot, -allocation.credits) for allocation in original.allocations]
+    kind = {
+        EntryKind.JOB_CHARGE: EntryKind.JOB_REFUND,
+        EntryKind.REFUND_CLAW_BACK: EntryKind.CLAW_BACK_REVERSAL,
+    }.get(original.kind, EntryKind.ADJUSTMENT)
+    return _post(
+        account,
+        kind,
+        moves,
+        idempotency_key,
+        memo,
+        job_id=original.job_id,
+        purchase_id=original.purchase_id,
+        refund_id=original.refund_id,
+    )
+
+
+def claw_back(
+    purchase: Purchase,
+    credits: int,
+    idempotency_key: str,
+    refund_id: int | None = None,
+    memo: str = "",
+) -> LedgerEntry:
+    """Remove up to `credits` still-unused credits of a refunded purchase.
+
+    :raises ValidationError: the purchase's lot holds fewer unused credits than asked.
+    """
+    _require_positive(credits)
+    account = lock_account(purchase.user_id)
+    if entry := _existing(idempotency_key):
+        return entry
+    lot = _purchase_lot(purchase.id)
+    if lot is None or lot.credits_remaining < credits:
+        available = lot.credits_remaining if lot else 0
+        raise ValidationError(
+            f"only {available} credits of this purchase are unused", field="credits"
+        )
+    return _post(
+        account,
+        EntryKind.REFUND_CLAW_BACK,
+        [(lot, -credits)],
+        idempotency_key,
+        memo,
+        purchase_id=purchase.id,
+        refund_id=refund_id,
+    )
+
+
+def _purchase_lot(purchase_id: int) -> CreditLot | None:
+    return db.session.scalar(select(CreditLot).where(CreditLot.purchase_id == purchase_id))
+
+
+def unused_credits(purchase: Purchase) -> int:
+    """Return how many of the purchase's credits are still unspent (0 if never credited)."""
+    lot = _purchase_lot(purchase.id)
+    return lot.credits_remaining if lot else 0
+
+
+@dataclass(frozen=True)
+class AccountProblem:
+    user_id: int
+    email: str
+    problem: str
+
+
+def check_books() -> list[AccountProblem]:
+    """Verify the ledger's invariants for every account; return what is wrong."""
+    problems: list[AccountProblem] = []
+    entry_sums = dict(
+        db.session.execute(
+            select(LedgerEntry.user_id, func.sum(LedgerEntry.credits)).group_by(LedgerEntry.user_id)
+        ).all()
+    )
+    lot_sums = dict(
+        db.session.execute(
+            select(CreditLot.user_id, func.sum(CreditLot.credits_remaining)).group_by(
+                CreditLot.user_id
+            )
+        ).all()
+    )
+    latest_balance = dict(
+        db.session.execute(
+            select(LedgerEntry.user_id, LedgerEntry.balance_after).where(
+                LedgerEntry.id.in_(select(func.max(LedgerEntry.id)).group_by(LedgerEntry.user_id))
+            )
+        ).all()
+    )
+    for user_id, email, balance in db.session.execute(
+        select(User.id, User.email, User.credits_balance).order_by(User.id)
+    ):
+
+        def report(problem: str, user_id=user_id, email=email) -> None:
+            problems.append(AccountProblem(user_id, email, problem))
+
+        entries = entry_sums.get(user_id) or 0
+        lots = lot_sums.get(user_id) or 0
+        if balance < 0:
+            report(f"negative balance {balance}")
+        if balance != entries:
+            report(f"balance {balance} differs from the sum of its entries {entries}")
+        if balance != lots:
+            report(f"balance {balance} differs from the lots' remaining credits {lots}")
+        if user_id in latest_balance and latest_balance[user_id] != balance:
+            report(f"latest entry says {latest_balance[user_id]}, account says {balance}")
+
+    lot_mismatch = db.session.execute(
+        select(CreditLot.id, CreditLot.user_id, User.email)
+        .join(User, User.id == CreditLot.user_id)
+        .join(LotAllocation, LotAllocation.lot_id == CreditLot.id, isouter=True)
+        .group_by(CreditLot.id, CreditLot.user_id, User.email, CreditLot.credits_remaining)
+        .having(func.coalesce(func.sum(LotAllocation.credits), 0) != CreditLot.credits_remaining)
+    )
+    for lot_id, user_id, email in lot_mismatch:
+        problems.append(
+            AccountProblem(user_id, email, f"lot {lot_id} disagrees with its allocations")
+        )
+
+    credited_twice = db.session.execute(
+        select(LedgerEntry.purchase_id, LedgerEntry.user_id, User.email)
+        .join(User, User.id == LedgerEntry.user_id)
+        .where(LedgerEntry.kind == EntryKind.PURCHASE_CREDIT)
+        .group_by(LedgerEntry.purchase_id, LedgerEntry.user_id, User.email)
+        .having(func.count() > 1)
+    )
+    for purchase_id, user_id, email in credited_twice:
+        problems.append(AccountProblem(user_id, email, f"purchase {purchase_id} credited twice"))
+
+    over_refunded = db.session.execute(
+        select(Purchase.id, Purchase.user_id, User.email)
+        .join(User, User.id == Purchase.user_id)
+        .where(Purchase.refunded_cents > Purchase.amount_cents)
+    )
+    for purchase_id, user_id, email in over_refunded:
+        problems.append(
+            AccountProblem(user_id, email, f"purchase {purchase_id} refunded more than was paid")
+        )
+    return problems
