@@ -84,6 +84,43 @@ def make_purchase(user: User, package: str = "pro", credited: bool = True, **ove
     db.session.add(purchase)
     db.session.flush()
     if credited:
-        ledger.credit_purchase(purchase, f"purchase:{purchase.id}:credit")
+        ledger.credit_purchase(purchase, f"purchase:{purchase.id}:credit", at=now)
     db.session.commit()
     return purchase
+
+
+class QueryCounter:
+    """Count the SQL statements an engine runs while the counter is active."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.statements: list[str] = []
+
+    def _record(self, conn, cursor, statement, parameters, context, executemany):
+        self.statements.append(statement)
+
+    def __enter__(self):
+        from sqlalchemy import event
+
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc):
+        from sqlalchemy import event
+
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+def spend_history(user: User, jobs: int, credits: int = 1, fail_every: int = 0) -> None:
+    """Charge `jobs` jobs through the jobs service (restoring every `fail_every`-th one)."""
+    from portal.jobs import services as job_services
+    from portal.jobs.models import FailureReason
+
+    for number in range(jobs):
+        job, _ = job_services.charge_job(f"hist-{user.id}-{number}", user.email, "upscale", credits)
+        if fail_every and number % fail_every == 0:
+            job_services.fail_job(job.id, FailureReason.PLATFORM_ERROR, "lost worker")

@@ -1,7 +1,7 @@
 """Sign-up, log-in and password forms."""
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, PasswordField, SelectField
+from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField
 from wtforms.validators import Email, EqualTo, InputRequired, Length, ValidationError
 
 from portal.accounts.passwords import MAX_LENGTH, password_problems
@@ -65,6 +65,10 @@ class ResetPasswordForm(_NewPasswordMixin, FlaskForm):
         "Repeat new password",
         validators=[InputRequired(), EqualTo("password", "Passwords differ.")],
     )
+
+
+class BrowserTimezoneForm(FlaskForm):
+    timezone = StringField("Timezone", validators=[InputRequired(), Length(max=64)])
 
 
 class SettingsForm(FlaskForm):

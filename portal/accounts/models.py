@@ -42,7 +42,8 @@ class User(UserMixin, db.Model):
     terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     termination_reason: Mapped[str | None] = mapped_column(Text)
     credits_balance: Mapped[int] = mapped_column(default=0)
-    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # None until the browser reports one or the customer picks one; pages then use UTC.
+    timezone: Mapped[str | None] = mapped_column(String(64))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     # Bumped whenever credentials change; sessions carrying an older value are refused.
     session_generation: Mapped[int] = mapped_column(default=0)

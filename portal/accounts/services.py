@@ -4,6 +4,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
+from zoneinfo import available_timezones
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -195,6 +196,11 @@ def terminate_account(user: User, reason: str) -> None:
 
 
 def update_timezone(user: User, timezone: str) -> None:
-    """Store the timezone the customer's pages show times in."""
+    """Store the timezone the customer's pages show times in.
+
+    :raises ValidationError: `timezone` is not an IANA timezone name.
+    """
+    if timezone not in available_timezones():
+        raise ValidationError("Choose a timezone from the list.", field="timezone")
     user.timezone = timezone
     db.session.commit()

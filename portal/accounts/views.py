@@ -7,6 +7,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 
 from portal.accounts import services
 from portal.accounts.forms import (
+    BrowserTimezoneForm,
     ChangePasswordForm,
     LoginForm,
     ResetPasswordForm,
@@ -85,7 +86,7 @@ def logout():
 @login_required
 def settings():
     password_form = ChangePasswordForm(prefix="pw")
-    settings_form = SettingsForm(prefix="tz", timezone=current_user.timezone)
+    settings_form = SettingsForm(prefix="tz", timezone=current_user.timezone or "UTC")
     settings_form.timezone.choices = sorted(available_timezones())
     if "tz-timezone" in request.form and settings_form.validate_on_submit():
         services.update_timezone(current_user, settings_form.timezone.data)
@@ -110,6 +111,21 @@ def settings():
         ),
         status,
     )
+
+
+@bp.post("/account/browser-timezone")
+@login_required
+def browser_timezone():
+    """Take the timezone the browser reports, unless the customer already has one."""
+    form = BrowserTimezoneForm()
+    if not form.validate_on_submit():
+        return {"error": "invalid_request", "field": "timezone"}, 400
+    if current_user.timezone is None:
+        try:
+            services.update_timezone(current_user, form.timezone.data)
+        except ValidationError:
+            return {"error": "invalid_request", "field": "timezone"}, 400
+    return {"timezone": current_user.timezone}
 
 
 @bp.route("/reset", methods=["GET", "POST"])

@@ -21,6 +21,13 @@ class FailureReason(StrEnum):
     PLATFORM_ERROR = "platform_error"
     INVALID_INPUT = "invalid_input"
 
+    @property
+    def label(self) -> str:
+        return {
+            "platform_error": "Failed because of a problem on our side",
+            "invalid_input": "Failed because the input could not be processed",
+        }[self.value]
+
 
 class Job(db.Model):
     """One processing job and the credits it cost."""

@@ -1,5 +1,7 @@
 """Charging credits for processing jobs and settling how they ended."""
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -9,6 +11,7 @@ from portal.extensions import db
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry
+from portal.pagination import Page, keyset_page
 from portal.timeutil import utcnow
 
 
@@ -29,7 +32,11 @@ def _job_by_external_id(external_id: str) -> Job | None:
 
 
 def charge_job(
-    external_id: str, customer_email: str, operation: str, credits: int
+    external_id: str,
+    customer_email: str,
+    operation: str,
+    credits: int,
+    at: datetime | None = None,
 ) -> tuple[Job, bool]:
     """Start a job and charge its credits; return (job, created).
 
@@ -54,12 +61,12 @@ def charge_job(
             external_id=external_id,
             operation=operation,
             credits=credits,
-            created_at=utcnow(),
+            created_at=at or utcnow(),
         )
         db.session.add(job)
         try:
             db.session.flush()
-            ledger.spend(user.id, credits, _charge_key(job), job_id=job.id, memo=operation)
+            ledger.spend(user.id, credits, _charge_key(job), job_id=job.id, memo=operation, at=at)
             db.session.commit()
             return job, True
         except IntegrityError:
@@ -89,7 +96,7 @@ def _locked_job(job_id: int) -> Job:
     return job
 
 
-def complete_job(job_id: int) -> Job:
+def complete_job(job_id: int, at: datetime | None = None) -> Job:
     """Mark a running job succeeded; completing it again changes nothing.
 
     :raises NotFound: no such job.
@@ -101,12 +108,12 @@ def complete_job(job_id: int) -> Job:
         raise Conflict("the job already failed")
     if job.status == JobStatus.RUNNING:
         job.status = JobStatus.SUCCEEDED
-        job.finished_at = utcnow()
+        job.finished_at = at or utcnow()
     db.session.commit()
     return job
 
 
-def fail_job(job_id: int, reason: FailureReason, detail: str) -> Job:
+def fail_job(job_id: int, reason: FailureReason, detail: str, at: datetime | None = None) -> Job:
     """Mark a running job failed; a platform error gives its credits back (once).
 
     Under the refund policy only failures caused by the platform are refunded; a job
@@ -125,23 +132,21 @@ def fail_job(job_id: int, reason: FailureReason, detail: str) -> Job:
         job.status = JobStatus.FAILED
         job.failure_reason = reason
         job.failure_detail = detail
-        job.finished_at = utcnow()
+        job.finished_at = at or utcnow()
     if reason == FailureReason.PLATFORM_ERROR and not job.credits_restored:
-        restore_job_credits(job)
+        restore_job_credits(job, at=at)
     db.session.commit()
     return job
 
 
-def restore_job_credits(job: Job) -> LedgerEntry:
+def restore_job_credits(job: Job, at: datetime | None = None) -> LedgerEntry:
     """Give a failed job's charge back to the lots it came from, in the caller's transaction."""
     charge = db.session.scalar(
         select(LedgerEntry).where(
             LedgerEntry.job_id == job.id, LedgerEntry.kind == EntryKind.JOB_CHARGE
         )
     )
-    entry = ledger.restore(
-        charge, _restore_key(job), memo=f"{job.operation} failed: credits returned"
-    )
+    entry = ledger.restore(charge, _restore_key(job), memo=job.operation, at=at)
     job.credits_restored = True
     return entry
 
@@ -155,3 +160,16 @@ def job_for_customer(user_id: int, job_id: int) -> Job:
     if job is None or job.user_id != user_id:
         raise NotFound("no such job")
     return job
+
+
+def _jobs_query(user_id: int):
+    return select(Job).where(Job.user_id == user_id)
+
+
+def jobs_page(user_id: int, size: int, before: int | None, after: int | None) -> Page:
+    """Return one page of the customer's jobs, newest first."""
+    return keyset_page(_jobs_query(user_id), Job.id, size, before, after, row_id=lambda r: r[0].id)
+
+
+def latest_jobs(user_id: int, limit: int = 5) -> list[Job]:
+    return list(db.session.scalars(_jobs_query(user_id).order_by(Job.id.desc()).limit(limit)))

@@ -1,7 +1,11 @@
 """The customer's processing jobs."""
 
-from flask import Blueprint, render_template
-from flask_login import login_required
+from flask import Blueprint, abort, render_template, request
+from flask_login import current_user, login_required
+
+from portal.errors import NotFound
+from portal.jobs import services
+from portal.pagination import page_size
 
 bp = Blueprint("jobs", __name__)
 
@@ -9,4 +13,20 @@ bp = Blueprint("jobs", __name__)
 @bp.get("/jobs")
 @login_required
 def index():
-    return render_template("jobs/index.html")
+    page = services.jobs_page(
+        current_user.id,
+        page_size(request.args.get("per_page", type=int)),
+        before=request.args.get("before", type=int),
+        after=request.args.get("after", type=int),
+    )
+    return render_template("jobs/index.html", page=page)
+
+
+@bp.get("/jobs/<int:job_id>")
+@login_required
+def show(job_id: int):
+    try:
+        job = services.job_for_customer(current_user.id, job_id)
+    except NotFound:
+        abort(404)
+    return render_template("jobs/show.html", job=job)

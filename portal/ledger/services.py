@@ -8,9 +8,12 @@ write exactly one ledger entry with its lot allocations and the balance after it
 Locking the account row first serialises every balance change of one customer, so the
 idempotency check after the lock sees any entry a concurrent twin committed; the unique
 key on ledger entries is the backstop.
+
+`at` backdates an entry (demo data, imports); left out, entries are stamped now.
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 
@@ -47,6 +50,7 @@ def _post(
     moves: list[tuple[CreditLot, int]],
     idempotency_key: str,
     memo: str,
+    at: datetime | None = None,
     **links,
 ) -> LedgerEntry:
     """Write one entry moving `moves` (lot, signed credits) and update the balance."""
@@ -59,7 +63,7 @@ def _post(
         balance_after=account.credits_balance,
         idempotency_key=idempotency_key,
         memo=memo,
-        created_at=utcnow(),
+        created_at=at or utcnow(),
         **links,
     )
     db.session.add(entry)
@@ -75,7 +79,9 @@ def _require_positive(credits: int) -> None:
         raise ValidationError("credits must be a positive whole number", field="credits")
 
 
-def credit_purchase(purchase: Purchase, idempotency_key: str) -> LedgerEntry:
+def credit_purchase(
+    purchase: Purchase, idempotency_key: str, at: datetime | None = None
+) -> LedgerEntry:
     """Add a paid purchase's credits as a new lot; a purchase is credited at most once."""
     account = lock_account(purchase.user_id)
     if entry := _existing(idempotency_key):
@@ -86,7 +92,7 @@ def credit_purchase(purchase: Purchase, idempotency_key: str) -> LedgerEntry:
         purchase_id=purchase.id,
         credits_granted=purchase.credits,
         credits_remaining=0,
-        created_at=utcnow(),
+        created_at=at or utcnow(),
     )
     db.session.add(lot)
     return _post(
@@ -94,12 +100,15 @@ def credit_purchase(purchase: Purchase, idempotency_key: str) -> LedgerEntry:
         EntryKind.PURCHASE_CREDIT,
         [(lot, purchase.credits)],
         idempotency_key,
-        f"{purchase.credits:,} credits bought",
+        f"{purchase.package_code.capitalize()} package",
+        at=at,
         purchase_id=purchase.id,
     )
 
 
-def grant(user_id: int, credits: int, idempotency_key: str, memo: str) -> LedgerEntry:
+def grant(
+    user_id: int, credits: int, idempotency_key: str, memo: str, at: datetime | None = None
+) -> LedgerEntry:
     """Give credits that were not bought (a goodwill or correction grant) as a new lot."""
     _require_positive(credits)
     account = lock_account(user_id)
@@ -110,14 +119,19 @@ def grant(user_id: int, credits: int, idempotency_key: str, memo: str) -> Ledger
         origin=LotOrigin.GRANT,
         credits_granted=credits,
         credits_remaining=0,
-        created_at=utcnow(),
+        created_at=at or utcnow(),
     )
     db.session.add(lot)
-    return _post(account, EntryKind.GRANT, [(lot, credits)], idempotency_key, memo)
+    return _post(account, EntryKind.GRANT, [(lot, credits)], idempotency_key, memo, at=at)
 
 
 def spend(
-    user_id: int, credits: int, idempotency_key: str, job_id: int | None = None, memo: str = ""
+    user_id: int,
+    credits: int,
+    idempotency_key: str,
+    job_id: int | None = None,
+    memo: str = "",
+    at: datetime | None = None,
 ) -> LedgerEntry:
     """Take credits from the oldest lots first.
 
@@ -145,10 +159,12 @@ def spend(
     if still_needed:
         # The balance said yes but the lots disagree: the books are broken, stop here.
         raise RuntimeError(f"account {account.id}: lots hold less than the balance")
-    return _post(account, EntryKind.JOB_CHARGE, moves, idempotency_key, memo, job_id=job_id)
+    return _post(account, EntryKind.JOB_CHARGE, moves, idempotency_key, memo, at=at, job_id=job_id)
 
 
-def restore(original: LedgerEntry, idempotency_key: str, memo: str = "") -> LedgerEntry:
+def restore(
+    original: LedgerEntry, idempotency_key: str, memo: str = "", at: datetime | None = None
+) -> LedgerEntry:
     """Give back what `original` took, to the very lots it took them from."""
     if original.credits >= 0:
         raise ValidationError("only a charge can be restored", field="entry")
@@ -166,6 +182,7 @@ def restore(original: LedgerEntry, idempotency_key: str, memo: str = "") -> Ledg
         moves,
         idempotency_key,
         memo,
+        at=at,
         job_id=original.job_id,
         purchase_id=original.purchase_id,
         refund_id=original.refund_id,
@@ -178,6 +195,7 @@ def claw_back(
     idempotency_key: str,
     refund_id: int | None = None,
     memo: str = "",
+    at: datetime | None = None,
 ) -> LedgerEntry:
     """Remove up to `credits` still-unused credits of a refunded purchase.
 
@@ -199,6 +217,7 @@ def claw_back(
         [(lot, -credits)],
         idempotency_key,
         memo,
+        at=at,
         purchase_id=purchase.id,
         refund_id=refund_id,
     )

@@ -1,12 +1,119 @@
-"""The customer's dashboard and balance history."""
+"""The customer's dashboard and balance history (page and CSV export)."""
 
-from flask import Blueprint, render_template
+import csv
+import io
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, render_template, request, stream_with_context
 from flask_login import current_user, login_required
 
+from portal.billing.queries import latest_purchases
+from portal.jobs.services import latest_jobs
+from portal.ledger import queries
+from portal.ledger.chart import balance_chart
+from portal.ledger.forms import HistoryFilterForm
+from portal.ledger.models import EntryKind
+from portal.pagination import page_size
+from portal.timeutil import utcnow
+
 bp = Blueprint("ledger", __name__)
+
+CHART_DAYS = 90
 
 
 @bp.get("/dashboard")
 @login_required
 def dashboard():
-    return render_template("ledger/dashboard.html", balance=current_user.credits_balance)
+    series = queries.balance_series(current_user.id, CHART_DAYS, utcnow().date())
+    return render_template(
+        "ledger/dashboard.html",
+        balance=current_user.credits_balance,
+        totals=queries.totals(current_user.id),
+        chart=balance_chart(series),
+        chart_days=CHART_DAYS,
+        purchases=latest_purchases(current_user.id),
+        jobs=latest_jobs(current_user.id),
+    )
+
+
+def _filters(form: HistoryFilterForm) -> queries.HistoryFilter:
+    """Turn the form's local dates into UTC bounds in the customer's timezone."""
+    if not form.validate():
+        return queries.HistoryFilter()
+    zone = ZoneInfo(current_user.timezone or "UTC")
+
+    def local_midnight(day):
+        return datetime.combine(day, time(0), tzinfo=zone)
+
+    return queries.HistoryFilter(
+        kind=EntryKind(form.kind.data) if form.kind.data else None,
+        start=local_midnight(form.start.data) if form.start.data else None,
+        end=local_midnight(form.end.data + timedelta(days=1)) if form.end.data else None,
+    )
+
+
+@bp.get("/history")
+@login_required
+def history():
+    form = HistoryFilterForm(request.args)
+    filters = _filters(form)
+    page = queries.history_page(
+        current_user.id,
+        filters,
+        page_size(request.args.get("per_page", type=int)),
+        before=request.args.get("before", type=int),
+        after=request.args.get("after", type=int),
+    )
+    kept = {key: value for key, value in request.args.items() if key not in ("before", "after")}
+    return render_template(
+        "ledger/history.html",
+        form=form,
+        page=page,
+        kept_args=kept,
+        labels=queries.KIND_LABELS,
+    ), (400 if form.errors else 200)
+
+
+@bp.get("/history.csv")
+@login_required
+def history_csv():
+    form = HistoryFilterForm(request.args)
+    filters = _filters(form)
+    zone = ZoneInfo(current_user.timezone or "UTC")
+    user_id = current_user.id
+
+    def rows():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(
+            ["date", "what happened", "credits", "balance after", "purchase", "job", "note"]
+        )
+        for entry in queries.history_for_export(user_id, filters):
+            writer.writerow(
+                [
+                    entry.created_at.astimezone(zone).isoformat(timespec="seconds"),
+                    queries.KIND_LABELS[entry.kind],
+                    entry.credits,
+                    entry.balance_after,
+                    entry.purchase_id or "",
+                    entry.job_id or "",
+                    _spreadsheet_safe(entry.memo),
+                ]
+            )
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+        yield buffer.getvalue()
+
+    filename = f"credit-history-{utcnow():%Y-%m-%d}.csv"
+    return Response(
+        stream_with_context(rows()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _spreadsheet_safe(text: str) -> str:
+    # A cell starting with = + - @ would run as a formula when the file is opened.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

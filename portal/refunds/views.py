@@ -1,7 +1,10 @@
 """The customer's refund requests."""
 
-from flask import Blueprint, render_template
-from flask_login import login_required
+from flask import Blueprint, abort, render_template, request
+from flask_login import current_user, login_required
+
+from portal.billing.queries import purchase_for_customer
+from portal.errors import NotFound
 
 bp = Blueprint("refunds", __name__, url_prefix="/refunds")
 
@@ -10,3 +13,16 @@ bp = Blueprint("refunds", __name__, url_prefix="/refunds")
 @login_required
 def index():
     return render_template("refunds/index.html")
+
+
+@bp.get("/new")
+@login_required
+def new():
+    purchase_id = request.args.get("purchase_id", type=int)
+    if purchase_id is None:
+        abort(404)
+    try:
+        purchase, unused = purchase_for_customer(current_user.id, purchase_id)
+    except NotFound:
+        abort(404)
+    return render_template("refunds/new.html", purchase=purchase, unused=unused)
