@@ -63,7 +63,9 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from portal.accounts.views import bp as accounts
+    from portal.billing import gateway
     from portal.billing.views import bp as billing
+    from portal.billing.webhooks import bp as webhooks
     from portal.jobs.api import bp as jobs_api
     from portal.jobs.views import bp as jobs
     from portal.ledger.views import bp as ledger
@@ -72,18 +74,14 @@ def register_blueprints(app: Flask) -> None:
     from portal.refunds.views import bp as refunds
     from portal.staff.views import bp as staff
 
-    for blueprint in (
-        pages,
-        accounts,
-        billing,
-        ledger,
-        jobs,
-        jobs_api,
-        refunds,
-        staff,
-        notifications,
-    ):
+    features = (accounts, billing, webhooks, ledger, jobs, jobs_api, refunds, staff, notifications)
+    for blueprint in (pages, *features):
         app.register_blueprint(blueprint)
+    gateway.register(app)
+    if app.config["PAYMENTS_MODE"] == "sandbox":
+        from portal.sandbox.views import register as register_sandbox
+
+        register_sandbox(app)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -70,6 +70,36 @@ def ledger_check() -> None:
     click.echo("Ledger OK: every balance matches its entries and lots.")
 
 
+@click.command("reconcile")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"]),
+    help="Look at Checkout Sessions created since this UTC date (default: 3 days ago).",
+)
+def reconcile(since) -> None:
+    """Credit paid Checkout Sessions whose webhook never arrived."""
+    from datetime import UTC, timedelta
+
+    from portal.billing.services import Fulfilment
+    from portal.billing.services import reconcile as run_reconciliation
+    from portal.errors import PaymentProviderError
+    from portal.timeutil import utcnow
+
+    start = since.replace(tzinfo=UTC) if since else utcnow() - timedelta(days=3)
+    try:
+        results = run_reconciliation(start)
+    except PaymentProviderError as error:
+        raise click.ClickException(f"Stripe could not be reached: {error}") from None
+    fixed = [result for result in results if result.outcome == Fulfilment.CREDITED]
+    for result in results:
+        if result.outcome != Fulfilment.ALREADY_CREDITED:
+            click.echo(f"{result.session_id}  purchase {result.purchase_id}  {result.outcome}")
+    click.echo(
+        f"Checked {len(results)} completed session(s) since {start:%Y-%m-%d %H:%M} UTC; "
+        f"credited {len(fixed)} that had been missed."
+    )
+
+
 def register(app: Flask) -> None:
-    for command in (create_staff, seed_demo, send_mail, ledger_check):
+    for command in (create_staff, seed_demo, send_mail, ledger_check, reconcile):
         app.cli.add_command(command)

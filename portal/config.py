@@ -77,7 +77,14 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         "STRIPE_SECRET_KEY": stripe_key or "sk_test_sandbox",
         "STRIPE_WEBHOOK_SECRET": environ.get("STRIPE_WEBHOOK_SECRET", "")
         or ("whsec_sandbox" if payments_mode == "sandbox" else ""),
+        # The previous secret stays valid while the endpoint secret is being rotated.
+        "STRIPE_WEBHOOK_SECRET_PREVIOUS": environ.get("STRIPE_WEBHOOK_SECRET_PREVIOUS", ""),
         "STRIPE_API_BASE": environ.get("STRIPE_API_BASE", ""),
+        # Sandbox only: how events reach the webhook (thread, inline or off) and how long
+        # a delayed payment or a refund takes to settle.
+        "SANDBOX_WEBHOOKS": environ.get("SANDBOX_WEBHOOKS", "thread"),
+        "SANDBOX_DELAYED_SECONDS": float(environ.get("SANDBOX_DELAYED_SECONDS", "15")),
+        "SANDBOX_REFUND_SECONDS": float(environ.get("SANDBOX_REFUND_SECONDS", "5")),
         "PORTAL_SERVICE_TOKEN": environ.get("PORTAL_SERVICE_TOKEN", ""),
         "SUPPORT_EMAIL": environ.get("SUPPORT_EMAIL", "support@aiimagestudio.example"),
         "MAIL_BACKEND": environ.get("MAIL_BACKEND", "smtp" if production else "log"),

@@ -1,20 +1,104 @@
-"""Buying credit packages and the customer's purchases."""
+"""Buying credit packages, the return from Checkout, and the customer's purchases."""
 
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from portal import policy
-from portal.billing import queries
-from portal.errors import NotFound
+from portal.billing import queries, services
+from portal.billing.forms import BuyForm
+from portal.billing.models import PurchaseStatus
+from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
+from portal.extensions import limiter
+from portal.forms import EmptyForm
 from portal.pagination import page_size
 
 bp = Blueprint("billing", __name__)
 
 
-@bp.get("/credits/buy")
+def _customer_key() -> str:
+    return f"user:{current_user.get_id()}" if current_user.is_authenticated else "anonymous"
+
+
+@bp.route("/credits/buy", methods=["GET", "POST"])
 @login_required
+@limiter.limit("10 per minute", key_func=_customer_key, methods=["POST"])
 def buy():
-    return render_template("billing/buy.html", packages=policy.PACKAGES)
+    form = BuyForm()
+    if form.validate_on_submit():
+        # {CHECKOUT_SESSION_ID} is filled in by Stripe, so it must stay unescaped.
+        success_url = url_for("billing.checkout_success", _external=True)
+        success_url += "?session_id={CHECKOUT_SESSION_ID}"
+        try:
+            checkout_url = services.start_checkout(
+                current_user,
+                form.package.data,
+                success_url=success_url,
+                cancel_url=url_for("billing.checkout_cancel", _external=True),
+            )
+        except AccountTerminated:
+            abort(403)
+        except ValidationError as error:
+            flash(str(error), "error")
+        except PaymentProviderError:
+            flash(
+                "We could not reach our payment provider. Nothing was charged; "
+                "please try again in a minute.",
+                "error",
+            )
+        else:
+            return redirect(checkout_url, 303)
+    elif request.method == "POST":
+        flash("That package does not exist, or the form expired. Please choose again.", "error")
+    status = 400 if request.method == "POST" else 200
+    return render_template("billing/buy.html", packages=policy.PACKAGES, form=form), status
+
+
+@bp.get("/credits/success")
+@login_required
+def checkout_success():
+    session_id = request.args.get("session_id", "")
+    try:
+        purchase = services.purchase_by_session(current_user.id, session_id)
+    except NotFound:
+        abort(404)
+    try:
+        outcome = services.fulfil_checkout(session_id)
+    except PaymentProviderError:
+        outcome = None
+    purchase, unused = queries.purchase_for_customer(current_user.id, purchase.id)
+    return render_template(
+        "billing/success.html",
+        purchase=purchase,
+        credited=purchase.credited_at is not None,
+        refused=outcome == services.Fulfilment.REFUSED,
+        balance=current_user.credits_balance,
+    )
+
+
+@bp.route("/credits/cancel", methods=["GET"])
+@login_required
+def checkout_cancel():
+    return render_template("billing/cancel.html", form=EmptyForm())
+
+
+@bp.post("/purchases/<int:purchase_id>/cancel")
+@login_required
+def cancel_purchase(purchase_id: int):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    try:
+        purchase, _ = queries.purchase_for_customer(current_user.id, purchase_id)
+    except NotFound:
+        abort(404)
+    try:
+        services.cancel_checkout(purchase)
+    except PaymentProviderError:
+        flash(
+            "We could not reach our payment provider; the checkout will expire by itself.", "info"
+        )
+    else:
+        flash("The checkout is cancelled. Nothing was charged.", "info")
+    return redirect(url_for("billing.purchases"), 303)
 
 
 @bp.get("/purchases")
@@ -26,7 +110,12 @@ def purchases():
         before=request.args.get("before", type=int),
         after=request.args.get("after", type=int),
     )
-    return render_template("billing/purchases.html", page=page, packages=policy.PACKAGES_BY_CODE)
+    return render_template(
+        "billing/purchases.html",
+        page=page,
+        packages=policy.PACKAGES_BY_CODE,
+        pending=PurchaseStatus.PENDING,
+    )
 
 
 @bp.get("/purchases/<int:purchase_id>")
@@ -41,4 +130,5 @@ def purchase(purchase_id: int):
         purchase=purchase,
         unused=unused,
         package=policy.PACKAGES_BY_CODE.get(purchase.package_code),
+        pending=PurchaseStatus.PENDING,
     )

@@ -48,6 +48,8 @@ class EntryKind(StrEnum):
     CLAW_BACK_REVERSAL = "claw_back_reversal"
     GRANT = "grant"
     ADJUSTMENT = "adjustment"
+    DISPUTE_HOLD = "dispute_hold"
+    DISPUTE_RELEASE = "dispute_release"
 
 
 class LedgerEntry(db.Model):

@@ -24,6 +24,8 @@ KIND_LABELS = {
     EntryKind.CLAW_BACK_REVERSAL: "Refund did not go through: credits put back",
     EntryKind.GRANT: "Credits granted",
     EntryKind.ADJUSTMENT: "Correction",
+    EntryKind.DISPUTE_HOLD: "Payment disputed: unused credits on hold",
+    EntryKind.DISPUTE_RELEASE: "Dispute closed: credits released",
 }
 
 

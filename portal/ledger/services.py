@@ -175,6 +175,7 @@ def restore(
     kind = {
         EntryKind.JOB_CHARGE: EntryKind.JOB_REFUND,
         EntryKind.REFUND_CLAW_BACK: EntryKind.CLAW_BACK_REVERSAL,
+        EntryKind.DISPUTE_HOLD: EntryKind.DISPUTE_RELEASE,
     }.get(original.kind, EntryKind.ADJUSTMENT)
     return _post(
         account,
@@ -201,6 +202,33 @@ def claw_back(
 
     :raises ValidationError: the purchase's lot holds fewer unused credits than asked.
     """
+    return _take_from_purchase(
+        purchase, credits, idempotency_key, EntryKind.REFUND_CLAW_BACK, memo, at, refund_id
+    )
+
+
+def hold_for_dispute(purchase: Purchase, idempotency_key: str) -> LedgerEntry | None:
+    """Put every still-unused credit of a disputed purchase on hold; None if none are left."""
+    lock_account(purchase.user_id)
+    if entry := _existing(idempotency_key):
+        return entry
+    unused = unused_credits(purchase)
+    if unused == 0:
+        return None
+    return _take_from_purchase(
+        purchase, unused, idempotency_key, EntryKind.DISPUTE_HOLD, "payment disputed"
+    )
+
+
+def _take_from_purchase(
+    purchase: Purchase,
+    credits: int,
+    idempotency_key: str,
+    kind: EntryKind,
+    memo: str,
+    at: datetime | None = None,
+    refund_id: int | None = None,
+) -> LedgerEntry:
     _require_positive(credits)
     account = lock_account(purchase.user_id)
     if entry := _existing(idempotency_key):
@@ -213,7 +241,7 @@ def claw_back(
         )
     return _post(
         account,
-        EntryKind.REFUND_CLAW_BACK,
+        kind,
         [(lot, -credits)],
         idempotency_key,
         memo,

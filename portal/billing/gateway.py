@@ -1,0 +1,191 @@
+"""The one door to Stripe: Checkout Sessions, refunds and webhook verification.
+
+Only this module imports `stripe`. It hands the rest of the portal plain dicts and raises
+the portal's own errors, so services never see Stripe's types. Pointing it elsewhere
+(the sandbox, a local server) is configuration: STRIPE_API_BASE, or, in sandbox mode
+with no base set, a transport that calls this same app in-process.
+"""
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import stripe
+from flask import Flask, current_app
+
+from portal.errors import PaymentProviderError
+
+log = logging.getLogger(__name__)
+
+IN_PROCESS_BASE = "http://sandbox.invalid/sandbox"
+
+
+class InvalidWebhook(Exception):
+    """A webhook whose signature, timestamp or body cannot be trusted."""
+
+
+class InProcessHttpClient(stripe.HTTPClient):
+    """Carry the Stripe library's requests to this app's sandbox without a network."""
+
+    name = "portal-in-process"
+
+    def __init__(self, app: Flask):
+        super().__init__()
+        self.app = app
+
+    def request(self, method, url, headers, post_data=None, *, _usage=None):
+        from portal.sandbox.wsgi import call_app
+
+        body = post_data.encode() if isinstance(post_data, str) else post_data
+        status, response_headers, content = call_app(
+            self.app, method.upper(), url, dict(headers or {}), body
+        )
+        return content.decode(), status, response_headers
+
+    def request_stream(self, method, url, headers, post_data=None, *, _usage=None):
+        raise NotImplementedError("streaming is not used by the portal")
+
+    def close(self):
+        pass
+
+
+@dataclass(frozen=True)
+class CheckoutSession:
+    id: str
+    url: str
+
+
+class StripeGateway:
+    """Calls to Stripe that the portal makes, with its error handling in one place."""
+
+    def __init__(
+        self,
+        secret_key: str,
+        webhook_secrets: list[str],
+        api_base: str | None = None,
+        http_client: stripe.HTTPClient | None = None,
+    ):
+        self.webhook_secrets = [secret for secret in webhook_secrets if secret]
+        self.client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base} if api_base else None,
+            # Retries reuse the library's own idempotency key, so they are safe.
+            max_network_retries=2,
+            http_client=http_client,
+        )
+
+    def _call(self, what: str, call):
+        try:
+            return call().to_dict()
+        except stripe.StripeError as error:
+            log.warning("Stripe refused or failed %s: %s", what, error.user_message or error)
+            raise PaymentProviderError(error.user_message or str(error)) from error
+
+    def create_checkout_session(self, params: dict, idempotency_key: str) -> CheckoutSession:
+        """Create a Checkout Session; the key makes a repeated call return the same one."""
+        session = self._call(
+            "checkout session creation",
+            lambda: self.client.v1.checkout.sessions.create(
+                params=params, options={"idempotency_key": idempotency_key}
+            ),
+        )
+        return CheckoutSession(id=session["id"], url=session["url"])
+
+    def retrieve_checkout_session(self, session_id: str) -> dict:
+        return self._call(
+            "checkout session lookup",
+            lambda: self.client.v1.checkout.sessions.retrieve(
+                session_id, params={"expand": ["line_items"]}
+            ),
+        )
+
+    def expire_checkout_session(self, session_id: str) -> dict:
+        return self._call(
+            "checkout session expiry",
+            lambda: self.client.v1.checkout.sessions.expire(session_id),
+        )
+
+    def completed_checkout_sessions(self, created_since: int) -> Iterator[dict]:
+        """Yield every complete Checkout Session created at or after `created_since`."""
+        params = {"status": "complete", "created": {"gte": created_since}, "limit": 100}
+        while True:
+            page = self._call(
+                "checkout session listing",
+                lambda params=params: self.client.v1.checkout.sessions.list(params=params),
+            )
+            yield from page["data"]
+            if not page["has_more"] or not page["data"]:
+                return
+            params = {**params, "starting_after": page["data"][-1]["id"]}
+
+    def retrieve_payment_intent(self, intent_id: str) -> dict:
+        return self._call(
+            "payment intent lookup",
+            lambda: self.client.v1.payment_intents.retrieve(
+                intent_id, params={"expand": ["latest_charge"]}
+            ),
+        )
+
+    def create_refund(
+        self,
+        payment_intent: str,
+        amount_cents: int,
+        reason: str,
+        idempotency_key: str,
+        metadata: dict | None = None,
+    ) -> dict:
+        """Refund part or all of a payment to the original payment method."""
+        return self._call(
+            "refund creation",
+            lambda: self.client.v1.refunds.create(
+                params={
+                    "payment_intent": payment_intent,
+                    "amount": amount_cents,
+                    "reason": reason,
+                    "metadata": metadata or {},
+                },
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+
+    def verify_event(self, payload: bytes, signature_header: str | None) -> dict:
+        """Check a webhook's signature against each current secret and return the event.
+
+        Several secrets are accepted so that the endpoint secret can be rotated.
+
+        :raises InvalidWebhook: no secret matches, the header is malformed or stale, or
+            the body is not an event.
+        """
+        if not signature_header or not self.webhook_secrets:
+            raise InvalidWebhook("missing signature")
+        for secret in self.webhook_secrets:
+            try:
+                event = self.client.construct_event(payload, signature_header, secret)
+            except stripe.SignatureVerificationError:
+                continue
+            except ValueError as error:
+                raise InvalidWebhook("body is not JSON") from error
+            document = event.to_dict()
+            if not isinstance(document.get("data"), dict) or "object" not in document["data"]:
+                raise InvalidWebhook("event without data.object")
+            return document
+        raise InvalidWebhook("signature does not match")
+
+
+def gateway() -> StripeGateway:
+    """The app's gateway, built once at start-up."""
+    return current_app.extensions["stripe_gateway"]
+
+
+def register(app: Flask) -> None:
+    config = app.config
+    api_base = config["STRIPE_API_BASE"] or None
+    http_client = None
+    if config["PAYMENTS_MODE"] == "sandbox" and api_base is None:
+        api_base, http_client = IN_PROCESS_BASE, InProcessHttpClient(app)
+    app.extensions["stripe_gateway"] = StripeGateway(
+        config["STRIPE_SECRET_KEY"],
+        [config["STRIPE_WEBHOOK_SECRET"], config.get("STRIPE_WEBHOOK_SECRET_PREVIOUS", "")],
+        api_base=api_base,
+        http_client=http_client,
+    )

@@ -1,0 +1,461 @@
+"""The sandbox's state and Stripe's rules for it: sessions, payments, refunds, events.
+
+State lives in the server process (a restart forgets it), guarded by one lock. Objects
+are plain dicts shaped like Stripe's, so that they serialise to the same JSON.
+"""
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+SESSION_LIFETIME_SECONDS = 24 * 3600
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+
+# The test cards of the hosted page, by what they do.
+CARD_SUCCEEDS = "4242424242424242"
+CARD_DECLINED = "4000000000000002"
+CARD_REFUND_FAILS = "4000000000005126"
+DELAYED_METHOD = "delayed"
+TEST_CARDS = {
+    CARD_SUCCEEDS: "Card 4242 4242 4242 4242: payment succeeds",
+    CARD_DECLINED: "Card 4000 0000 0000 0002: the bank declines it",
+    CARD_REFUND_FAILS: "Card 4000 0000 0000 5126: payment succeeds, later refunds fail",
+    DELAYED_METHOD: "Bank debit: payment settles later",
+}
+
+
+class StripeError(Exception):
+    """An error Stripe would answer with: HTTP status plus Stripe's error object."""
+
+    def __init__(self, status: int, type_: str, message: str, code=None, param=None):
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"type": type_, "message": message, "code": code, "param": param}}
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_test_{secrets.token_hex(12)}"
+
+
+def _missing(param: str) -> StripeError:
+    return StripeError(
+        400,
+        "invalid_request_error",
+        f"Missing required param: {param}.",
+        "parameter_missing",
+        param,
+    )
+
+
+def _no_such(kind: str, object_id: str, param: str = "id") -> StripeError:
+    return StripeError(
+        404, "invalid_request_error", f"No such {kind}: '{object_id}'", "resource_missing", param
+    )
+
+
+@dataclass
+class SandboxStore:
+    sessions: dict = field(default_factory=dict)
+    line_items: dict = field(default_factory=dict)
+    payment_intents: dict = field(default_factory=dict)
+    charges: dict = field(default_factory=dict)
+    refunds: dict = field(default_factory=dict)
+    events: list = field(default_factory=list)
+    idempotency: dict = field(default_factory=dict)
+    refund_fails_for: set = field(default_factory=set)
+    # How many of the next API calls answer 500 (fault injection for tests).
+    failures_to_inject: int = 0
+    # Called with every new event; the app sends it to the portal's webhook endpoint.
+    on_event: Callable[[dict], None] | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # -- idempotency -------------------------------------------------------------------
+
+    def replay(self, key: str | None, method: str, path: str, params: dict):
+        """Return the stored (status, body) for a repeated key, or None for a new one.
+
+        :raises StripeError: the key was used with other parameters.
+        """
+        if not key:
+            return None
+        fingerprint = hashlib.sha256(
+            json.dumps([method, path, params], sort_keys=True).encode()
+        ).hexdigest()
+        stored = self.idempotency.get(key)
+        if stored is None or time.time() - stored["at"] > IDEMPOTENCY_TTL_SECONDS:
+            self.idempotency[key] = {"fingerprint": fingerprint, "at": time.time(), "result": None}
+            return None
+        if stored["fingerprint"] != fingerprint:
+            raise StripeError(
+                400,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same parameters they "
+                "were first used with.",
+            )
+        return stored["result"]
+
+    def remember(self, key: str | None, result: tuple[int, dict]) -> None:
+        if key and key in self.idempotency:
+            self.idempotency[key]["result"] = result
+
+    # -- checkout sessions -------------------------------------------------------------
+
+    def create_session(self, params: dict, hosted_url_for) -> dict:
+        if params.get("mode") != "payment":
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "The portal sandbox only supports mode=payment.",
+                "parameter_invalid",
+                "mode",
+            )
+        for required in ("success_url", "cancel_url", "line_items"):
+            if not params.get(required):
+                raise _missing(required)
+        items = []
+        total = 0
+        currency = None
+        for index, item in enumerate(params["line_items"]):
+            price = item.get("price_data") or {}
+            try:
+                unit_amount = int(price["unit_amount"])
+                quantity = int(item.get("quantity", 1))
+            except (KeyError, TypeError, ValueError):
+                raise _missing(f"line_items[{index}][price_data][unit_amount]") from None
+            if unit_amount < 0 or quantity < 1:
+                raise StripeError(
+                    400,
+                    "invalid_request_error",
+                    "Invalid amount.",
+                    "parameter_invalid",
+                    f"line_items[{index}]",
+                )
+            currency = (price.get("currency") or "").lower()
+            if not currency:
+                raise _missing(f"line_items[{index}][price_data][currency]")
+            name = (price.get("product_data") or {}).get("name", "Item")
+            items.append(
+                {
+                    "id": _new_id("li"),
+                    "object": "item",
+                    "description": name,
+                    "quantity": quantity,
+                    "currency": currency,
+                    "amount_subtotal": unit_amount * quantity,
+                    "amount_total": unit_amount * quantity,
+                    "price": {"object": "price", "unit_amount": unit_amount, "currency": currency},
+                }
+            )
+            total += unit_amount * quantity
+        now = int(time.time())
+        session_id = _new_id("cs")
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "payment",
+            "status": "open",
+            "payment_status": "unpaid",
+            "livemode": False,
+            "amount_subtotal": total,
+            "amount_total": total,
+            "currency": currency,
+            "client_reference_id": params.get("client_reference_id"),
+            "metadata": params.get("metadata") or {},
+            "customer": params.get("customer"),
+            "customer_email": params.get("customer_email"),
+            "customer_details": {"email": params.get("customer_email")},
+            "payment_intent": None,
+            "payment_intent_data": params.get("payment_intent_data") or {},
+            "success_url": params["success_url"],
+            "cancel_url": params["cancel_url"],
+            "created": now,
+            "expires_at": int(params.get("expires_at") or now + SESSION_LIFETIME_SECONDS),
+            "url": hosted_url_for(session_id),
+        }
+        self.sessions[session_id] = session
+        self.line_items[session_id] = items
+        return session
+
+    def session(self, session_id: str) -> dict:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise _no_such("checkout.session", session_id, "session")
+        return session
+
+    def public_session(self, session_id: str, expand: list[str] = ()) -> dict:
+        session = {k: v for k, v in self.session(session_id).items() if k != "payment_intent_data"}
+        if "line_items" in expand:
+            session["line_items"] = self.list_of(
+                self.line_items[session_id], f"/v1/checkout/sessions/{session_id}/line_items"
+            )
+        return session
+
+    @staticmethod
+    def list_of(rows: list, url: str, has_more: bool = False) -> dict:
+        return {"object": "list", "data": rows, "has_more": has_more, "url": url}
+
+    def list_sessions(self, filters: dict) -> dict:
+        try:
+            limit = min(max(int(filters.get("limit", 10)), 1), 100)
+        except ValueError:
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "Invalid integer: limit",
+                "parameter_invalid_integer",
+                "limit",
+            ) from None
+        created = filters.get("created") or {}
+        rows = sorted(self.sessions.values(), key=lambda s: (s["created"], s["id"]), reverse=True)
+
+        def keep(session):
+            for op, test in (
+                ("gte", int.__ge__),
+                ("gt", int.__gt__),
+                ("lte", int.__le__),
+                ("lt", int.__lt__),
+            ):
+                if op in created and not test(session["created"], int(created[op])):
+                    return False
+            return all(
+                not filters.get(name) or session.get(name) == filters[name]
+                for name in ("status", "payment_intent", "customer")
+            )
+
+        rows = [row for row in rows if keep(row)]
+        if filters.get("starting_after"):
+            ids = [row["id"] for row in rows]
+            if filters["starting_after"] not in ids:
+                raise _no_such("checkout.session", filters["starting_after"], "starting_after")
+            rows = rows[ids.index(filters["starting_after"]) + 1 :]
+        page = [self.public_session(row["id"]) for row in rows[:limit]]
+        return self.list_of(page, "/v1/checkout/sessions", has_more=len(rows) > limit)
+
+    def expire_session(self, session_id: str) -> dict:
+        session = self.session(session_id)
+        if session["status"] != "open":
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"Only Checkout Sessions with a status of open can be expired. "
+                f"This Checkout Session has a status of {session['status']}.",
+                "checkout_session_not_open",
+            )
+        session["status"] = "expired"
+        self.record_event("checkout.session.expired", self.public_session(session_id))
+        return self.public_session(session_id)
+
+    # -- paying on the hosted page -----------------------------------------------------
+
+    def _payment_intent_for(self, session: dict) -> dict:
+        if session["payment_intent"]:
+            return self.payment_intents[session["payment_intent"]]
+        intent = {
+            "id": _new_id("pi"),
+            "object": "payment_intent",
+            "amount": session["amount_total"],
+            "currency": session["currency"],
+            "status": "requires_payment_method",
+            "metadata": dict(session["payment_intent_data"].get("metadata") or {}),
+            "latest_charge": None,
+            "last_payment_error": None,
+            "created": int(time.time()),
+        }
+        self.payment_intents[intent["id"]] = intent
+        session["payment_intent"] = intent["id"]
+        return intent
+
+    def _charge(self, intent: dict) -> dict:
+        charge_id = _new_id("ch")
+        charge = {
+            "id": charge_id,
+            "object": "charge",
+            "amount": intent["amount"],
+            "amount_refunded": 0,
+            "refunded": False,
+            "currency": intent["currency"],
+            "payment_intent": intent["id"],
+            "paid": True,
+            "status": "succeeded",
+            "receipt_url": f"https://pay.stripe.com/receipts/sandbox/{charge_id}",
+            "created": int(time.time()),
+            "metadata": dict(intent["metadata"]),
+        }
+        self.charges[charge_id] = charge
+        intent["latest_charge"] = charge_id
+        intent["status"] = "succeeded"
+        return charge
+
+    def pay(self, session_id: str, method: str) -> str:
+        """Pay an open session with a test card; return what happened."""
+        session = self.session(session_id)
+        if session["status"] != "open":
+            return session["status"]
+        intent = self._payment_intent_for(session)
+        if method == CARD_DECLINED:
+            intent["last_payment_error"] = {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": "generic_decline",
+                "message": "Your card was declined.",
+            }
+            self.record_event("payment_intent.payment_failed", dict(intent))
+            return "declined"
+        session["status"] = "complete"
+        if method == DELAYED_METHOD:
+            intent["status"] = "processing"
+            self.record_event("checkout.session.completed", self.public_session(session_id))
+            return "processing"
+        charge = self._charge(intent)
+        if method == CARD_REFUND_FAILS:
+            self.refund_fails_for.add(charge["id"])
+        session["payment_status"] = "paid"
+        self.record_event("checkout.session.completed", self.public_session(session_id))
+        return "paid"
+
+    def settle_delayed(self, session_id: str, succeeded: bool) -> None:
+        """Finish a delayed payment, as the bank eventually does."""
+        session = self.session(session_id)
+        intent = self.payment_intents.get(session["payment_intent"] or "")
+        if session["status"] != "complete" or session["payment_status"] != "unpaid" or not intent:
+            return
+        if succeeded:
+            self._charge(intent)
+            session["payment_status"] = "paid"
+            self.record_event(
+                "checkout.session.async_payment_succeeded", self.public_session(session_id)
+            )
+        else:
+            intent["status"] = "requires_payment_method"
+            self.record_event(
+                "checkout.session.async_payment_failed", self.public_session(session_id)
+            )
+
+    # -- refunds -----------------------------------------------------------------------
+
+    def create_refund(self, params: dict) -> dict:
+        intent_id = params.get("payment_intent")
+        charge_id = params.get("charge")
+        if not intent_id and not charge_id:
+            raise _missing("payment_intent")
+        if intent_id:
+            intent = self.payment_intents.get(intent_id)
+            if intent is None:
+                raise _no_such("payment_intent", intent_id, "payment_intent")
+            charge_id = intent["latest_charge"]
+            if charge_id is None:
+                raise StripeError(
+                    400,
+                    "invalid_request_error",
+                    "This PaymentIntent does not have a successful charge to refund.",
+                    "charge_not_refundable",
+                    "payment_intent",
+                )
+        charge = self.charges.get(charge_id)
+        if charge is None:
+            raise _no_such("charge", charge_id, "charge")
+        remaining = charge["amount"] - charge["amount_refunded"]
+        if remaining <= 0:
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"Charge {charge_id} has already been refunded.",
+                "charge_already_refunded",
+            )
+        try:
+            amount = int(params.get("amount", remaining))
+        except (TypeError, ValueError):
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "Invalid integer: amount",
+                "parameter_invalid_integer",
+                "amount",
+            ) from None
+        if amount <= 0:
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "Amount must be at least 1 cent.",
+                "amount_too_small",
+                "amount",
+            )
+        if amount > remaining:
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"Refund amount ({amount}) is greater than unrefunded amount on "
+                f"charge ({remaining})",
+                "amount_too_large",
+                "amount",
+            )
+        reason = params.get("reason")
+        if reason is not None and reason not in REFUND_REASONS:
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"Invalid reason: {reason}",
+                "parameter_invalid",
+                "reason",
+            )
+        refund = {
+            "id": _new_id("re"),
+            "object": "refund",
+            "amount": amount,
+            "currency": charge["currency"],
+            "charge": charge_id,
+            "payment_intent": charge["payment_intent"],
+            "reason": reason,
+            "status": "pending",
+            "failure_reason": None,
+            "created": int(time.time()),
+            "metadata": params.get("metadata") or {},
+        }
+        self.refunds[refund["id"]] = refund
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        self.record_event("refund.created", dict(refund))
+        self.record_event("charge.refunded", dict(charge))
+        return refund
+
+    def settle_refund(self, refund_id: str) -> dict:
+        """Move a pending refund to its final state, as the card network does later."""
+        refund = self.refunds.get(refund_id)
+        if refund is None:
+            raise _no_such("refund", refund_id)
+        if refund["status"] != "pending":
+            return refund
+        charge = self.charges[refund["charge"]]
+        if refund["charge"] in self.refund_fails_for:
+            refund["status"] = "failed"
+            refund["failure_reason"] = "expired_or_canceled_card"
+            charge["amount_refunded"] -= refund["amount"]
+            charge["refunded"] = False
+            self.record_event("refund.failed", dict(refund))
+        else:
+            refund["status"] = "succeeded"
+            self.record_event("refund.updated", dict(refund))
+        return refund
+
+    # -- events ------------------------------------------------------------------------
+
+    def record_event(self, event_type: str, obj: dict) -> dict:
+        event = {
+            "id": _new_id("evt"),
+            "object": "event",
+            "type": event_type,
+            "api_version": "2026-10-28.endive",
+            "created": int(time.time()),
+            "livemode": False,
+            "pending_webhooks": 1,
+            "data": {"object": json.loads(json.dumps(obj))},
+        }
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+        return event

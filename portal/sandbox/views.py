@@ -1,0 +1,320 @@
+"""The sandbox's Stripe API (/sandbox/v1/...) and its hosted Checkout page."""
+
+import re
+import threading
+
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+
+from portal.extensions import csrf
+from portal.forms import EmptyForm
+from portal.sandbox.store import (
+    CARD_DECLINED,
+    DELAYED_METHOD,
+    TEST_CARDS,
+    SandboxStore,
+    StripeError,
+)
+from portal.sandbox.webhooks import WebhookSender
+from portal.sandbox.wsgi import IN_PROCESS
+
+api = Blueprint("sandbox_api", __name__, url_prefix="/sandbox/v1")
+csrf.exempt(api)
+pages = Blueprint("sandbox", __name__, url_prefix="/sandbox")
+
+_KEY_PART = re.compile(r"\[([^\]]*)\]")
+
+
+def store() -> SandboxStore:
+    return current_app.extensions["stripe_sandbox"]
+
+
+def decode_params(pairs) -> dict:
+    """Turn Stripe's form encoding (`metadata[a]=1`, `line_items[0][quantity]=1`) into dicts."""
+    root: dict = {}
+    for flat_key, value in pairs:
+        head = flat_key.split("[", 1)[0]
+        parts = [head] + _KEY_PART.findall(flat_key[len(head) :])
+        node = root
+        for part, following in zip(parts, parts[1:] + [None], strict=True):
+            if following is None:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+    return _lists_from_indexes(root)
+
+
+def _lists_from_indexes(node):
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _lists_from_indexes(value) for key, value in node.items()}
+    if converted and all(key.isdigit() for key in converted):
+        return [converted[key] for key in sorted(converted, key=int)]
+    return converted
+
+
+def _stripe_error(error: StripeError):
+    response = jsonify(error.body)
+    response.status_code = error.status
+    return response
+
+
+@api.errorhandler(StripeError)
+def _handle_stripe_error(error: StripeError):
+    return _stripe_error(error)
+
+
+@api.before_request
+def _authenticate_and_inject_faults():
+    if not request.headers.get("Authorization", "").startswith("Bearer sk_"):
+        return _stripe_error(
+            StripeError(401, "invalid_request_error", "You did not provide a valid API key.")
+        )
+    sandbox = store()
+    with sandbox.lock:
+        if sandbox.failures_to_inject > 0:
+            sandbox.failures_to_inject -= 1
+            return _stripe_error(StripeError(500, "api_error", "Sandbox: injected failure."))
+    return None
+
+
+def _idempotent(handler):
+    """Run a POST handler once per Idempotency-Key, replaying its answer afterwards."""
+    sandbox = store()
+    params = decode_params(request.form.items(multi=True))
+    key = request.headers.get("Idempotency-Key")
+    with sandbox.lock:
+        stored = sandbox.replay(key, request.method, request.path, params)
+        if stored is not None:
+            status, body = stored
+        else:
+            try:
+                status, body = 200, handler(params)
+            except StripeError as error:
+                status, body = error.status, error.body
+            # Stripe saves the result of a request that reached it, errors included.
+            sandbox.remember(key, (status, body))
+    response = jsonify(body)
+    response.status_code = status
+    if stored is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _hosted_url(session_id: str) -> str:
+    # Reached in-process (no real host), the page is on this same site: a path will do.
+    external = not request.environ.get(IN_PROCESS)
+    return url_for("sandbox.checkout", session_id=session_id, _external=external)
+
+
+@api.post("/checkout/sessions")
+def create_session():
+    return _idempotent(lambda params: store().create_session(params, _hosted_url))
+
+
+@api.get("/checkout/sessions")
+def list_sessions():
+    with store().lock:
+        return jsonify(store().list_sessions(decode_params(request.args.items(multi=True))))
+
+
+@api.get("/checkout/sessions/<session_id>")
+def retrieve_session(session_id: str):
+    expand = decode_params(request.args.items(multi=True)).get("expand") or []
+    with store().lock:
+        return jsonify(store().public_session(session_id, expand))
+
+
+@api.get("/checkout/sessions/<session_id>/line_items")
+def session_line_items(session_id: str):
+    with store().lock:
+        store().session(session_id)
+        return jsonify(
+            store().list_of(store().line_items[session_id], request.path.replace("/sandbox", ""))
+        )
+
+
+@api.post("/checkout/sessions/<session_id>/expire")
+def expire_session(session_id: str):
+    return _idempotent(lambda params: store().expire_session(session_id))
+
+
+@api.get("/payment_intents/<intent_id>")
+def retrieve_payment_intent(intent_id: str):
+    with store().lock:
+        intent = store().payment_intents.get(intent_id)
+        if intent is None:
+            raise StripeError(
+                404,
+                "invalid_request_error",
+                f"No such payment_intent: '{intent_id}'",
+                "resource_missing",
+                "intent",
+            )
+        expand = decode_params(request.args.items(multi=True)).get("expand") or []
+        body = dict(intent)
+        if "latest_charge" in expand and intent["latest_charge"]:
+            body["latest_charge"] = dict(store().charges[intent["latest_charge"]])
+        return jsonify(body)
+
+
+@api.post("/refunds")
+def create_refund():
+    response = _idempotent(lambda params: store().create_refund(params))
+    if response.status_code == 200:
+        _later(
+            current_app._get_current_object(),
+            "SANDBOX_REFUND_SECONDS",
+            lambda sandbox: sandbox.settle_refund(response.get_json()["id"]),
+        )
+    return response
+
+
+@api.get("/refunds/<refund_id>")
+def retrieve_refund(refund_id: str):
+    with store().lock:
+        refund = store().refunds.get(refund_id)
+        if refund is None:
+            raise StripeError(
+                404,
+                "invalid_request_error",
+                f"No such refund: '{refund_id}'",
+                "resource_missing",
+                "id",
+            )
+        return jsonify(refund)
+
+
+@api.get("/events")
+def list_events():
+    with store().lock:
+        events = list(reversed(store().events))
+    kind = request.args.get("type")
+    if kind:
+        events = [event for event in events if event["type"] == kind]
+    return jsonify(store().list_of(events[:100], "/v1/events", has_more=len(events) > 100))
+
+
+def _later(app: Flask, delay_setting: str, action) -> None:
+    """Run `action(store)` after a delay in thread mode, as the card network would."""
+    if app.config.get("SANDBOX_WEBHOOKS", "thread") != "thread":
+        return
+    sandbox = app.extensions["stripe_sandbox"]
+
+    def run():
+        with sandbox.lock:
+            action(sandbox)
+
+    timer = threading.Timer(app.config.get(delay_setting, 5), run)
+    timer.daemon = True
+    timer.start()
+
+
+# -- the hosted Checkout page ----------------------------------------------------------
+
+
+@pages.get("/checkout/<session_id>")
+def checkout(session_id: str):
+    with store().lock:
+        session = store().sessions.get(session_id)
+        if session is None:
+            abort(404)
+        items = list(store().line_items[session_id])
+    return render_template(
+        "sandbox/checkout.html",
+        session=session,
+        items=items,
+        cards=TEST_CARDS,
+        form=EmptyForm(),
+        declined=request.args.get("declined") == "1",
+    )
+
+
+@pages.post("/checkout/<session_id>/pay")
+def pay(session_id: str):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    method = request.form.get("card", "")
+    if method not in TEST_CARDS:
+        abort(400)
+    sandbox = store()
+    with sandbox.lock:
+        if session_id not in sandbox.sessions:
+            abort(404)
+        outcome = sandbox.pay(session_id, method)
+        session = dict(sandbox.sessions[session_id])
+    if outcome == "declined" and method == CARD_DECLINED:
+        return redirect(url_for("sandbox.checkout", session_id=session_id, declined=1), 303)
+    if outcome not in ("paid", "processing"):
+        return redirect(url_for("sandbox.checkout", session_id=session_id), 303)
+    if method == DELAYED_METHOD:
+        _later(
+            current_app._get_current_object(),
+            "SANDBOX_DELAYED_SECONDS",
+            lambda s: s.settle_delayed(session_id, succeeded=True),
+        )
+    return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
+
+
+@pages.post("/checkout/<session_id>/cancel")
+def cancel(session_id: str):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    with store().lock:
+        session = store().sessions.get(session_id)
+        if session is None:
+            abort(404)
+        target = session["cancel_url"]
+    return redirect(target, 303)
+
+
+@pages.get("/")
+def dashboard():
+    with store().lock:
+        sessions = sorted(store().sessions.values(), key=lambda s: s["created"], reverse=True)
+        refunds = sorted(store().refunds.values(), key=lambda r: r["created"], reverse=True)
+        events = list(reversed(store().events))[:50]
+    return render_template(
+        "sandbox/dashboard.html",
+        sessions=sessions[:50],
+        refunds=refunds[:50],
+        events=events,
+        form=EmptyForm(),
+    )
+
+
+@pages.post("/sessions/<session_id>/settle")
+def settle_delayed(session_id: str):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    with store().lock:
+        store().settle_delayed(session_id, succeeded=request.form.get("outcome") == "succeeded")
+    return redirect(url_for("sandbox.dashboard"), 303)
+
+
+@pages.post("/refunds/<refund_id>/settle")
+def settle_refund(refund_id: str):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    with store().lock:
+        try:
+            store().settle_refund(refund_id)
+        except StripeError:
+            abort(404)
+    return redirect(url_for("sandbox.dashboard"), 303)
+
+
+def register(app: Flask) -> None:
+    """Switch the sandbox on for this app."""
+    app.extensions["stripe_sandbox"] = SandboxStore(on_event=WebhookSender(app))
+    app.register_blueprint(api)
+    app.register_blueprint(pages)
