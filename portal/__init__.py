@@ -25,6 +25,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(config or {})
 
     configure_logging(app)
+    register_routing(app)
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
@@ -42,6 +43,12 @@ def configure_logging(app: Flask) -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
         )
+
+
+def register_routing(app: Flask) -> None:
+    from portal.db import IdConverter
+
+    app.url_map.converters["id"] = IdConverter
 
 
 def register_extensions(app: Flask) -> None:

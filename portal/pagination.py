@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Select
 
+from portal.db import parse_id
 from portal.extensions import db
 
 DEFAULT_PAGE_SIZE = 50
@@ -24,10 +25,18 @@ class Page:
     newer_cursor: int | None
 
 
-def page_size(requested: int | None) -> int:
-    if requested is None:
-        return DEFAULT_PAGE_SIZE
-    return max(1, min(requested, MAX_PAGE_SIZE))
+@dataclass(frozen=True)
+class PageRequest:
+    size: int
+    before: int | None
+    after: int | None
+
+
+def page_request(args) -> PageRequest:
+    """Read `per_page`, `before` and `after` from a query string, ignoring nonsense."""
+    requested = parse_id(args.get("per_page"))
+    size = DEFAULT_PAGE_SIZE if requested is None else min(requested, MAX_PAGE_SIZE)
+    return PageRequest(size, parse_id(args.get("before")), parse_id(args.get("after")))
 
 
 def keyset_page(

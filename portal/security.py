@@ -44,6 +44,16 @@ def require_staff() -> None:
         abort(403)
 
 
+def _refuse_nul_bytes():
+    # No text column accepts NUL (PostgreSQL refuses it outright), and no honest form
+    # or link contains one: answer 400 before any view can pass it to the database.
+    values = [*request.args.values(), *(request.view_args or {}).values()]
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        values += request.form.values()
+    if any(isinstance(value, str) and "\x00" in value for value in values):
+        abort(400)
+
+
 def _set_security_headers(response):
     headers = response.headers
     headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
@@ -64,6 +74,7 @@ def _set_hsts(response):
 
 
 def register(app: Flask) -> None:
+    app.before_request(_refuse_nul_bytes)
     app.after_request(_set_security_headers)
     if app.config["PORTAL_ENV"] == "production":
         app.after_request(_set_hsts)

@@ -10,7 +10,7 @@ from portal.billing.models import PurchaseStatus
 from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import limiter
 from portal.forms import EmptyForm
-from portal.pagination import page_size
+from portal.pagination import page_request
 
 bp = Blueprint("billing", __name__)
 
@@ -81,7 +81,7 @@ def checkout_cancel():
     return render_template("billing/cancel.html", form=EmptyForm())
 
 
-@bp.post("/purchases/<int:purchase_id>/cancel")
+@bp.post("/purchases/<id:purchase_id>/cancel")
 @login_required
 def cancel_purchase(purchase_id: int):
     if not EmptyForm().validate_on_submit():
@@ -104,12 +104,8 @@ def cancel_purchase(purchase_id: int):
 @bp.get("/purchases")
 @login_required
 def purchases():
-    page = queries.purchases_page(
-        current_user.id,
-        page_size(request.args.get("per_page", type=int)),
-        before=request.args.get("before", type=int),
-        after=request.args.get("after", type=int),
-    )
+    wanted = page_request(request.args)
+    page = queries.purchases_page(current_user.id, wanted.size, wanted.before, wanted.after)
     return render_template(
         "billing/purchases.html",
         page=page,
@@ -118,7 +114,7 @@ def purchases():
     )
 
 
-@bp.get("/purchases/<int:purchase_id>")
+@bp.get("/purchases/<id:purchase_id>")
 @login_required
 def purchase(purchase_id: int):
     try:

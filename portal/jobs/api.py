@@ -89,11 +89,22 @@ def _string(body: dict, field: str, max_length: int, pattern: re.Pattern | None 
     value = body.get(field)
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(field, f"{field} is required and must be a non-empty string")
-    if len(value) > max_length or "\x00" in value:
+    if len(value) > max_length:
         raise BadRequest(field, f"{field} must be at most {max_length} characters")
+    if not _storable(value):
+        raise BadRequest(field, f"{field} must be valid text without NUL characters")
     if pattern is not None and not pattern.match(value.strip()):
         raise BadRequest(field, f"{field} is not valid")
     return value.strip()
+
+
+def _storable(text: str) -> bool:
+    # JSON can carry lone surrogates ("\\ud800") and NULs, which no database column takes.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _credits(body: dict) -> int:
@@ -139,7 +150,7 @@ def create_job():
     return jsonify(job_json(job, _balance(job.user_id))), 201 if created else 200
 
 
-@bp.get("/jobs/<int:job_id>")
+@bp.get("/jobs/<id:job_id>")
 def show_job(job_id: int):
     job = db.session.get(Job, job_id)
     if job is None:
@@ -147,27 +158,29 @@ def show_job(job_id: int):
     return jsonify(job_json(job))
 
 
-@bp.post("/jobs/<int:job_id>/complete")
+@bp.post("/jobs/<id:job_id>/complete")
 def complete_job(job_id: int):
     job = services.complete_job(job_id)
     return jsonify(job_json(job, _balance(job.user_id)))
 
 
-@bp.post("/jobs/<int:job_id>/fail")
+@bp.post("/jobs/<id:job_id>/fail")
 def fail_job(job_id: int):
     body = _json_body()
     reason = body.get("reason")
-    if reason not in {member.value for member in FailureReason}:
+    if not isinstance(reason, str) or reason not in {member.value for member in FailureReason}:
         raise BadRequest("reason", "reason must be platform_error or invalid_input")
     detail = body.get("detail", "")
-    if not isinstance(detail, str) or len(detail) > 2000:
-        raise BadRequest("detail", "detail must be a string of at most 2,000 characters")
-    job = services.fail_job(job_id, FailureReason(reason), detail.replace("\x00", ""))
+    if not isinstance(detail, str) or len(detail) > 2000 or not _storable(detail):
+        raise BadRequest("detail", "detail must be text of at most 2,000 characters")
+    job = services.fail_job(job_id, FailureReason(reason), detail)
     return jsonify(job_json(job, _balance(job.user_id)))
 
 
 @bp.get("/customers/<path:email>/balance")
 def customer_balance(email: str):
+    if not _storable(email) or len(email) > 254:
+        raise NotFound("no customer with this e-mail")
     user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None or user.is_staff:
         raise NotFound("no customer with this e-mail")

@@ -5,7 +5,7 @@ from flask_login import current_user, login_required
 
 from portal.errors import NotFound
 from portal.jobs import services
-from portal.pagination import page_size
+from portal.pagination import page_request
 
 bp = Blueprint("jobs", __name__)
 
@@ -13,16 +13,12 @@ bp = Blueprint("jobs", __name__)
 @bp.get("/jobs")
 @login_required
 def index():
-    page = services.jobs_page(
-        current_user.id,
-        page_size(request.args.get("per_page", type=int)),
-        before=request.args.get("before", type=int),
-        after=request.args.get("after", type=int),
-    )
+    wanted = page_request(request.args)
+    page = services.jobs_page(current_user.id, wanted.size, wanted.before, wanted.after)
     return render_template("jobs/index.html", page=page)
 
 
-@bp.get("/jobs/<int:job_id>")
+@bp.get("/jobs/<id:job_id>")
 @login_required
 def show(job_id: int):
     try:

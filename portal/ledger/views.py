@@ -14,7 +14,7 @@ from portal.ledger import queries
 from portal.ledger.chart import balance_chart
 from portal.ledger.forms import HistoryFilterForm
 from portal.ledger.models import EntryKind
-from portal.pagination import page_size
+from portal.pagination import page_request
 from portal.timeutil import utcnow
 
 bp = Blueprint("ledger", __name__)
@@ -58,13 +58,8 @@ def _filters(form: HistoryFilterForm) -> queries.HistoryFilter:
 def history():
     form = HistoryFilterForm(request.args)
     filters = _filters(form)
-    page = queries.history_page(
-        current_user.id,
-        filters,
-        page_size(request.args.get("per_page", type=int)),
-        before=request.args.get("before", type=int),
-        after=request.args.get("after", type=int),
-    )
+    wanted = page_request(request.args)
+    page = queries.history_page(current_user.id, filters, wanted.size, wanted.before, wanted.after)
     kept = {key: value for key, value in request.args.items() if key not in ("before", "after")}
     return render_template(
         "ledger/history.html",

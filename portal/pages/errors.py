@@ -22,6 +22,21 @@ TITLES = {
 }
 
 
+# Machine-readable error names for API and webhook callers.
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    429: "rate_limited",
+    500: "server_error",
+    503: "unavailable",
+}
+
+
 def _wants_json() -> bool:
     return request.path.startswith(("/api/", "/webhooks/"))
 
@@ -29,7 +44,7 @@ def _wants_json() -> bool:
 def _render(status: int, description: str | None = None, retry_after: str | None = None):
     title = TITLES.get(status, "Something went wrong")
     if _wants_json():
-        body = {"error": title.lower().replace(" ", "_"), "message": description or title}
+        body = {"error": ERROR_CODES.get(status, "error"), "message": description or title}
         if retry_after:
             body["retry_after"] = retry_after
         response = jsonify(body)

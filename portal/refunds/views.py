@@ -4,6 +4,7 @@ from flask import Blueprint, abort, render_template, request
 from flask_login import current_user, login_required
 
 from portal.billing.queries import purchase_for_customer
+from portal.db import parse_id
 from portal.errors import NotFound
 
 bp = Blueprint("refunds", __name__, url_prefix="/refunds")
@@ -18,7 +19,7 @@ def index():
 @bp.get("/new")
 @login_required
 def new():
-    purchase_id = request.args.get("purchase_id", type=int)
+    purchase_id = parse_id(request.args.get("purchase_id"))
     if purchase_id is None:
         abort(404)
     try:

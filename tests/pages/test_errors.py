@@ -56,3 +56,29 @@ def test_customer_pages_need_log_in(client, path):
     response = client.get(path)
     assert response.status_code == 302
     assert "/login" in response.headers["Location"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/history?before=99999999999",
+        "/history?after=-3&per_page=10000000000",
+        "/jobs?before=1e9",
+        "/purchases/99999999999",
+        "/jobs/2147483648",
+        "/refunds/new?purchase_id=99999999999",
+    ],
+)
+def test_out_of_range_ids_and_cursors_never_reach_the_database(client, path):
+    login_as(client, make_user())
+    assert client.get(path).status_code in (200, 404)
+
+
+def test_nul_bytes_in_forms_are_refused_before_any_query(client):
+    from tests.factories import csrf_token
+
+    token = csrf_token(client, "/login")
+    response = client.post(
+        "/login", data={"email": "a\x00b@example.com", "password": "x", "csrf_token": token}
+    )
+    assert response.status_code == 400
