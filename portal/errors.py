@@ -31,7 +31,14 @@ class InsufficientCredits(PortalError):
 
 
 class Conflict(PortalError):
-    """The object is in a state that does not allow the operation."""
+    """The object is in a state that does not allow the operation.
+
+    `existing_id` names the object that is in the way, when there is one.
+    """
+
+    def __init__(self, message: str, existing_id: int | None = None):
+        super().__init__(message)
+        self.existing_id = existing_id
 
 
 class PaymentProviderError(PortalError):

@@ -173,3 +173,19 @@ def jobs_page(user_id: int, size: int, before: int | None, after: int | None) ->
 
 def latest_jobs(user_id: int, limit: int = 5) -> list[Job]:
     return list(db.session.scalars(_jobs_query(user_id).order_by(Job.id.desc()).limit(limit)))
+
+
+def restore_failed_job(job_id: int) -> Job:
+    """Return a platform-failed job's credits if that has not happened yet (idempotent).
+
+    :raises NotFound: no such job.
+    :raises Conflict: the job did not fail on the platform's side.
+    """
+    job = _locked_job(job_id)
+    if job.status != JobStatus.FAILED or job.failure_reason != FailureReason.PLATFORM_ERROR:
+        db.session.rollback()
+        raise Conflict("only a job that failed on the platform's side is refunded")
+    if not job.credits_restored:
+        restore_job_credits(job)
+    db.session.commit()
+    return job

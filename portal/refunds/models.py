@@ -3,21 +3,13 @@
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.db import UTCDateTime, enum_type
 from portal.extensions import db
+from portal.refunds.eligibility import RequestReason, Verdict
 from portal.timeutil import utcnow
-
-
-class RequestReason(StrEnum):
-    CREDITS_NOT_ADDED = "credits_not_added"
-    CHARGED_TWICE = "charged_twice"
-    SERVICE_UNAVAILABLE = "service_unavailable"
-    JOB_FAILED = "job_failed"
-    NOT_HAPPY = "not_happy"
-    OTHER = "other"
 
 
 class RequestStatus(StrEnum):
@@ -30,11 +22,8 @@ class RequestStatus(StrEnum):
     CLOSED = "closed"
 
 
-class Verdict(StrEnum):
-    LIKELY_ELIGIBLE = "likely_eligible"
-    LIKELY_INELIGIBLE = "likely_ineligible"
-    NEEDS_REVIEW = "needs_review"
-    RESOLVED_AUTOMATICALLY = "resolved_automatically"
+OPEN_STATUSES = (RequestStatus.OPEN, RequestStatus.IN_REVIEW, RequestStatus.WAITING_ON_CUSTOMER)
+OPEN_CONDITION = "status IN ({})".format(", ".join(f"'{status}'" for status in OPEN_STATUSES))
 
 
 class RefundRequest(db.Model):
@@ -48,6 +37,14 @@ class RefundRequest(db.Model):
         Index("ix_refund_requests_status_due", "status", "due_at", "id"),
         Index("ix_refund_requests_assignee_status", "assignee_id", "status", "due_at"),
         Index("ix_refund_requests_user_created", "user_id", "created_at"),
+        # One open request per purchase, enforced by the database against double submits.
+        Index(
+            "uq_refund_requests_open_purchase",
+            "purchase_id",
+            unique=True,
+            sqlite_where=text(OPEN_CONDITION),
+            postgresql_where=text(OPEN_CONDITION),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -82,6 +79,10 @@ class RefundRequest(db.Model):
     @property
     def reference(self) -> str:
         return f"RR-{self.id:06d}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
 
 
 class RefundRequestEvent(db.Model):

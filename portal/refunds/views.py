@@ -1,11 +1,16 @@
-"""The customer's refund requests."""
+"""The customer's refund requests: ask (fill in, review the pre-check, submit) and follow."""
 
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 
-from portal.billing.queries import purchase_for_customer
+from portal import policy
 from portal.db import parse_id
-from portal.errors import NotFound
+from portal.errors import Conflict, NotFound, ValidationError
+from portal.ledger.services import unused_credits
+from portal.refunds import services
+from portal.refunds.eligibility import RequestReason, refund_deadline
+from portal.refunds.forms import REASON_LABELS, RefundRequestForm, ReplyForm
+from portal.timeutil import utcnow
 
 bp = Blueprint("refunds", __name__, url_prefix="/refunds")
 
@@ -13,17 +18,151 @@ bp = Blueprint("refunds", __name__, url_prefix="/refunds")
 @bp.get("/")
 @login_required
 def index():
-    return render_template("refunds/index.html")
+    return render_template(
+        "refunds/index.html",
+        requests=services.requests_for_customer(current_user.id),
+        labels=REASON_LABELS,
+    )
 
 
-@bp.get("/new")
-@login_required
-def new():
-    purchase_id = parse_id(request.args.get("purchase_id"))
-    if purchase_id is None:
-        abort(404)
+def _purchase_or_explain(purchase_id: int | None):
+    """Return the purchase, or a response explaining why no request can be filed."""
     try:
-        purchase, unused = purchase_for_customer(current_user.id, purchase_id)
+        return services.requestable_purchase(current_user, purchase_id), None
     except NotFound:
         abort(404)
-    return render_template("refunds/new.html", purchase=purchase, unused=unused)
+    except Conflict as why:
+        if why.existing_id:
+            flash(str(why), "info")
+            return None, redirect(url_for("refunds.show", request_id=why.existing_id), 303)
+        return None, (render_template("refunds/unavailable.html", why=str(why)), 409)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@login_required
+def new():
+    source = request.form if request.method == "POST" else request.args
+    purchase_id = parse_id(source.get("purchase_id")) or services.purchase_id_for_job(
+        current_user, parse_id(source.get("job_id"))
+    )
+    purchase, explanation = _purchase_or_explain(purchase_id)
+    if explanation is not None:
+        return explanation
+    form = RefundRequestForm()
+    if request.method == "GET":
+        form.purchase_id.data = str(purchase.id)
+        job_id = parse_id(request.args.get("job_id"))
+        form.job_id.data = str(job_id) if job_id else ""
+        if job_id:
+            form.reason.data = RequestReason.JOB_FAILED.value
+    job = None
+    if form.is_submitted() and form.validate():
+        try:
+            job = services.job_for_request(current_user, purchase, parse_id(form.job_id.data))
+        except ValidationError as error:
+            form.details.errors = [*form.details.errors, str(error)]
+        else:
+            if form.step.data == "submit":
+                return _submit(form, purchase, job)
+            if form.step.data == "review":
+                return _review(form, purchase, job)
+    status = 400 if form.errors else 200
+    return _render_form(form, purchase, job), status
+
+
+def _render_form(form, purchase, job):
+    return render_template(
+        "refunds/new.html",
+        form=form,
+        purchase=purchase,
+        job=job,
+        unused=unused_credits(purchase),
+        deadline=refund_deadline(purchase.paid_at),
+    )
+
+
+def _review(form, purchase, job):
+    check = services.preview(
+        current_user,
+        purchase,
+        RequestReason(form.reason.data),
+        job,
+        form.money_back.data,
+        utcnow(),
+    )
+    return render_template(
+        "refunds/review.html",
+        form=form,
+        purchase=purchase,
+        job=job,
+        check=check,
+        reason_label=REASON_LABELS[RequestReason(form.reason.data)],
+    )
+
+
+def _submit(form, purchase, job):
+    uploads = [
+        services.Upload(file.filename or "screenshot", file.read())
+        for file in form.attachments.data or []
+        if file and file.filename
+    ]
+    try:
+        filed = services.file_request(
+            current_user,
+            purchase,
+            RequestReason(form.reason.data),
+            form.details.data.strip(),
+            (form.transaction_ids.data or "").strip(),
+            job,
+            form.money_back.data,
+            uploads,
+            utcnow(),
+        )
+    except ValidationError as error:
+        form.attachments.errors = [str(error)]
+        return _review(form, purchase, job), 400
+    except Conflict as why:
+        flash(str(why), "info")
+        if why.existing_id:
+            return redirect(url_for("refunds.show", request_id=why.existing_id), 303)
+        return redirect(url_for("refunds.index"), 303)
+    flash(f"Your request {filed.reference} is filed.", "success")
+    return redirect(url_for("refunds.show", request_id=filed.id), 303)
+
+
+@bp.route("/<id:request_id>", methods=["GET", "POST"])
+@login_required
+def show(request_id: int):
+    try:
+        refund_request = services.request_for_customer(current_user.id, request_id)
+    except NotFound:
+        abort(404)
+    form = ReplyForm()
+    if form.validate_on_submit():
+        try:
+            services.customer_reply(current_user, refund_request, form.body.data.strip(), utcnow())
+        except Conflict as why:
+            flash(str(why), "info")
+        else:
+            flash("Thank you, your answer was sent to our team.", "success")
+        return redirect(url_for("refunds.show", request_id=request_id), 303)
+    return render_template(
+        "refunds/show.html",
+        refund_request=refund_request,
+        timeline=services.customer_timeline(refund_request),
+        form=form,
+        labels=REASON_LABELS,
+        policy=policy,
+    ), (400 if form.errors else 200)
+
+
+@bp.get("/attachments/<id:attachment_id>")
+@login_required
+def attachment(attachment_id: int):
+    try:
+        found, path = services.attachment_for(current_user, attachment_id)
+    except NotFound:
+        abort(404)
+    if not path.exists():
+        abort(404)
+    return send_file(path, mimetype=found.content_type, download_name=found.filename)

@@ -1,0 +1,467 @@
+"""The refund pre-check: what the policy says about one customer's case, and why.
+
+A pure function of a snapshot of the customer's data and `now`. No database, no Flask:
+the same snapshot and moment always give the same verdict, which is what lets staff see
+the check as it was when the request was filed beside the check as it is today.
+"""
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from portal import policy
+from portal.timeutil import company_date
+
+
+class Outcome(StrEnum):
+    PASS = "pass"  # noqa: S105  (a rule outcome, not a password)
+    FAIL = "fail"
+    NOT_APPLICABLE = "not_applicable"
+
+
+class Verdict(StrEnum):
+    LIKELY_ELIGIBLE = "likely_eligible"
+    LIKELY_INELIGIBLE = "likely_ineligible"
+    NEEDS_REVIEW = "needs_review"
+    RESOLVED_AUTOMATICALLY = "resolved_automatically"
+
+
+class Action(StrEnum):
+    """Something the portal can settle by itself, without staff."""
+
+    ADD_MISSING_CREDITS = "add_missing_credits"
+    RESTORE_JOB_CREDITS = "restore_job_credits"
+
+
+class RequestReason(StrEnum):
+    CREDITS_NOT_ADDED = "credits_not_added"
+    CHARGED_TWICE = "charged_twice"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    JOB_FAILED = "job_failed"
+    NOT_HAPPY = "not_happy"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class PurchaseFacts:
+    id: int
+    package_code: str
+    credits: int
+    amount_cents: int
+    currency: str
+    paid_at: datetime | None
+    credited_at: datetime | None
+    refunded_cents: int = 0
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    id: int
+    operation: str
+    credits: int
+    status: str
+    failure_reason: str | None
+    credits_restored: bool
+    restored_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IncidentFacts:
+    title: str
+    started_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the rules look at, gathered in one place by the refunds service."""
+
+    reason: RequestReason
+    purchase: PurchaseFacts
+    unused_credits: int
+    # When the purchase's last credit was spent; None while some are unused.
+    used_up_at: datetime | None
+    other_purchases: tuple[PurchaseFacts, ...] = ()
+    job: JobFacts | None = None
+    incidents: tuple[IncidentFacts, ...] = ()
+    account_terminated: bool = False
+    money_back_instead: bool = False
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    code: str
+    title: str
+    outcome: Outcome
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Precheck:
+    verdict: Verdict
+    rules: tuple[RuleResult, ...]
+    recommended_cents: int
+    recommended_credits: int
+    stripe_reason: str
+    actions: tuple[Action, ...] = field(default=())
+    summary: str = ""
+
+    def to_json(self) -> dict:
+        """A JSON-ready record of the check, stored with the request."""
+        document = asdict(self)
+        document["rules"] = [asdict(rule) for rule in self.rules]
+        return document
+
+
+def _day(moment: datetime) -> str:
+    return company_date(moment).strftime("%B %-d, %Y")
+
+
+def _money(cents: int) -> str:
+    return f"${cents // 100:,}.{cents % 100:02d}"
+
+
+def duplicate_window() -> timedelta:
+    return timedelta(minutes=policy.DUPLICATE_WINDOW_MINUTES)
+
+
+def refund_deadline(paid_at: datetime):
+    """The last calendar day (company timezone) on which a request is within the window."""
+    return company_date(paid_at) + timedelta(days=policy.REFUND_WINDOW_DAYS)
+
+
+# -- the rules --------------------------------------------------------------------------
+
+
+def window_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = f"Requested within {policy.REFUND_WINDOW_DAYS} days"
+    paid_at = snapshot.purchase.paid_at
+    if paid_at is None:
+        return RuleResult(
+            "window",
+            title,
+            Outcome.NOT_APPLICABLE,
+            "This purchase was never paid, so there is nothing to refund.",
+        )
+    deadline = refund_deadline(paid_at)
+    within = company_date(now) <= deadline
+    return RuleResult(
+        "window",
+        title,
+        Outcome.PASS if within else Outcome.FAIL,
+        f"You paid on {_day(paid_at)}; requests are accepted until "
+        f"{deadline.strftime('%B %-d, %Y')} ({policy.REFUND_WINDOW_DAYS} days)."
+        + ("" if within else " This request comes after that date."),
+    )
+
+
+def account_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = "Account in good standing"
+    if snapshot.account_terminated:
+        return RuleResult(
+            "account",
+            title,
+            Outcome.FAIL,
+            "This account was closed for a violation of the Terms of Use, "
+            "which the policy excludes from refunds.",
+        )
+    return RuleResult("account", title, Outcome.PASS, "Your account is in good standing.")
+
+
+def technical_failure_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = "Credits added after payment"
+    purchase = snapshot.purchase
+    if purchase.paid_at is None:
+        return RuleResult(
+            "technical_failure", title, Outcome.NOT_APPLICABLE, "This purchase was not paid."
+        )
+    if purchase.credited_at is not None:
+        return RuleResult(
+            "technical_failure",
+            title,
+            Outcome.NOT_APPLICABLE,
+            f"The {purchase.credits:,} credits were added on {_day(purchase.credited_at)}.",
+        )
+    return RuleResult(
+        "technical_failure",
+        title,
+        Outcome.PASS,
+        f"You paid on {_day(purchase.paid_at)} but the {purchase.credits:,} "
+        "credits never reached your balance: a system error the policy covers "
+        "in full.",
+    )
+
+
+def duplicate_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = "Charged more than once"
+    purchase = snapshot.purchase
+    window = duplicate_window()
+    if purchase.paid_at is None:
+        return RuleResult("duplicate", title, Outcome.NOT_APPLICABLE, "This purchase was not paid.")
+    # The later of two same-package payments within the window is the duplicate.
+    earlier = [
+        other
+        for other in snapshot.other_purchases
+        if other.package_code == purchase.package_code
+        and other.paid_at is not None
+        and other.paid_at <= purchase.paid_at
+        and purchase.paid_at - other.paid_at <= window
+        and other.id != purchase.id
+    ]
+    if earlier:
+        minutes = int((purchase.paid_at - earlier[-1].paid_at).total_seconds() // 60)
+        return RuleResult(
+            "duplicate",
+            title,
+            Outcome.PASS,
+            f"You bought the same {purchase.package_code.capitalize()} package "
+            f"{minutes} minute{'s' if minutes != 1 else ''} earlier; this payment "
+            "is a duplicate and is refunded in full.",
+        )
+    return RuleResult(
+        "duplicate",
+        title,
+        Outcome.NOT_APPLICABLE,
+        f"No other {purchase.package_code.capitalize()} payment within "
+        f"{policy.DUPLICATE_WINDOW_MINUTES} minutes of this one.",
+    )
+
+
+def _longest_overlap(snapshot: Snapshot, now: datetime) -> tuple[IncidentFacts, timedelta] | None:
+    start = snapshot.purchase.credited_at
+    if start is None:
+        return None
+    end = snapshot.used_up_at or now
+    threshold = timedelta(hours=policy.DOWNTIME_THRESHOLD_HOURS)
+    qualifying = [
+        (incident, (incident.ended_at or now) - incident.started_at)
+        for incident in snapshot.incidents
+        if (incident.ended_at or now) - incident.started_at >= threshold
+        and incident.started_at < end
+        and (incident.ended_at or now) > start
+    ]
+    return max(qualifying, key=lambda pair: pair[1]) if qualifying else None
+
+
+def outage_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = f"Downtime of {policy.DOWNTIME_THRESHOLD_HOURS} hours or more"
+    found = _longest_overlap(snapshot, now)
+    if found is None:
+        return RuleResult(
+            "outage",
+            title,
+            Outcome.NOT_APPLICABLE,
+            f"No outage of {policy.DOWNTIME_THRESHOLD_HOURS} consecutive hours or "
+            "more while you held unused credits from this purchase.",
+        )
+    incident, length = found
+    hours = int(length.total_seconds() // 3600)
+    return RuleResult(
+        "outage",
+        title,
+        Outcome.PASS,
+        f"\u201c{incident.title}\u201d kept the platform down for {hours} hours "
+        f"from {_day(incident.started_at)}, while you held unused credits from "
+        "this purchase.",
+    )
+
+
+def failed_job_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = "Failed job refunded"
+    job = snapshot.job
+    if job is None:
+        return RuleResult(
+            "failed_job", title, Outcome.NOT_APPLICABLE, "No job is named in this request."
+        )
+    if job.status != "failed":
+        return RuleResult(
+            "failed_job", title, Outcome.FAIL, f"Job {job.id} ({job.operation}) did not fail."
+        )
+    if job.failure_reason == "invalid_input":
+        return RuleResult(
+            "failed_job",
+            title,
+            Outcome.FAIL,
+            f"Job {job.id} failed because its input could not be processed; the "
+            "policy refunds only failures caused by the platform.",
+        )
+    if job.credits_restored:
+        when = f" on {_day(job.restored_at)}" if job.restored_at else ""
+        return RuleResult(
+            "failed_job",
+            title,
+            Outcome.PASS,
+            f"Job {job.id} failed on our side and its {job.credits:,} credits were "
+            f"already returned to your balance{when}.",
+        )
+    return RuleResult(
+        "failed_job",
+        title,
+        Outcome.PASS,
+        f"Job {job.id} failed on our side and its {job.credits:,} credits had not "
+        "been returned yet: the portal returns them now.",
+    )
+
+
+def used_credits_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = "Unused credits"
+    purchase = snapshot.purchase
+    if purchase.credited_at is None:
+        return RuleResult(
+            "used_credits",
+            title,
+            Outcome.NOT_APPLICABLE,
+            "The credits were never added, so none were used.",
+        )
+    unused = snapshot.unused_credits
+    package = policy.PACKAGES_BY_CODE.get(purchase.package_code)
+    if unused == 0:
+        return RuleResult(
+            "used_credits",
+            title,
+            Outcome.FAIL,
+            f"All {purchase.credits:,} credits of this purchase have been used; "
+            "used credits are not refunded.",
+        )
+    value = package.refund_for_unused(unused) if package else 0
+    return RuleResult(
+        "used_credits",
+        title,
+        Outcome.PASS,
+        f"{unused:,} of the {purchase.credits:,} credits are unused, worth "
+        f"{_money(value)} at this package's price.",
+    )
+
+
+def satisfaction_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = "Not about the quality of results"
+    if snapshot.reason == RequestReason.NOT_HAPPY:
+        return RuleResult(
+            "satisfaction",
+            title,
+            Outcome.FAIL,
+            "Results vary with the input and the nature of AI processing, so the "
+            "policy does not refund dissatisfaction with them.",
+        )
+    return RuleResult(
+        "satisfaction",
+        title,
+        Outcome.NOT_APPLICABLE,
+        "This request is not about the quality of results.",
+    )
+
+
+RULES = (
+    window_rule,
+    account_rule,
+    technical_failure_rule,
+    duplicate_rule,
+    outage_rule,
+    failed_job_rule,
+    used_credits_rule,
+    satisfaction_rule,
+)
+
+
+def precheck(snapshot: Snapshot, now: datetime) -> Precheck:
+    """Run every rule on `snapshot` at `now` and decide what the policy likely says."""
+    results = {rule.__name__.removesuffix("_rule"): rule(snapshot, now) for rule in RULES}
+    passed = {code for code, result in results.items() if result.outcome == Outcome.PASS}
+    failed = {code for code, result in results.items() if result.outcome == Outcome.FAIL}
+    purchase = snapshot.purchase
+    package = policy.PACKAGES_BY_CODE.get(purchase.package_code)
+    unused_value = package.refund_for_unused(snapshot.unused_credits) if package else 0
+    refundable = purchase.amount_cents - purchase.refunded_cents
+
+    actions: list[Action] = []
+    job = snapshot.job
+    if "technical_failure" in passed and not snapshot.money_back_instead:
+        actions.append(Action.ADD_MISSING_CREDITS)
+    if job is not None and "failed_job" in passed and not job.credits_restored:
+        actions.append(Action.RESTORE_JOB_CREDITS)
+
+    def decide(verdict, cents, credits, stripe_reason, summary):
+        return Precheck(
+            verdict,
+            tuple(results.values()),
+            min(cents, refundable),
+            credits,
+            stripe_reason,
+            tuple(actions),
+            summary,
+        )
+
+    if actions:
+        return decide(
+            Verdict.RESOLVED_AUTOMATICALLY,
+            0,
+            0,
+            "requested_by_customer",
+            "The portal can settle this at once: see the rules below.",
+        )
+    if "account" in failed:
+        return decide(
+            Verdict.LIKELY_INELIGIBLE,
+            0,
+            0,
+            "requested_by_customer",
+            "Accounts closed for a terms violation are not refunded.",
+        )
+    if "technical_failure" in passed:
+        return decide(
+            Verdict.LIKELY_ELIGIBLE,
+            refundable,
+            0,
+            "requested_by_customer",
+            "Credits that never arrived are refunded in full on request.",
+        )
+    if "window" in failed:
+        return decide(
+            Verdict.LIKELY_INELIGIBLE,
+            0,
+            0,
+            "requested_by_customer",
+            f"Requests more than {policy.REFUND_WINDOW_DAYS} days after the purchase "
+            "are generally not refunded.",
+        )
+    if "duplicate" in passed:
+        return decide(
+            Verdict.LIKELY_ELIGIBLE,
+            refundable,
+            snapshot.unused_credits,
+            "duplicate",
+            "Duplicate charges are refunded in full.",
+        )
+    if job is not None and "failed_job" in passed:
+        return decide(
+            Verdict.LIKELY_INELIGIBLE,
+            0,
+            0,
+            "requested_by_customer",
+            "The failed job's credits are already back in your balance.",
+        )
+    if "satisfaction" in failed or "used_credits" in failed or "failed_job" in failed:
+        return decide(
+            Verdict.LIKELY_INELIGIBLE,
+            0,
+            0,
+            "requested_by_customer",
+            "The policy generally does not refund this case.",
+        )
+    if "outage" in passed:
+        return decide(
+            Verdict.LIKELY_ELIGIBLE,
+            unused_value,
+            snapshot.unused_credits,
+            "requested_by_customer",
+            "Long downtime while you held unused credits qualifies for a refund of "
+            "their share of the price.",
+        )
+    return decide(
+        Verdict.NEEDS_REVIEW,
+        unused_value,
+        snapshot.unused_credits,
+        "requested_by_customer",
+        "Staff will look at your case; the unused credits' share of the price is "
+        "what could be refunded.",
+    )

@@ -1,0 +1,478 @@
+"""Refund requests: gather the customer's facts, pre-check them, file, follow up.
+
+Filing runs in three steps so that nothing waits on Stripe while holding a lock: compute
+the pre-check from a snapshot, carry out what the portal can settle by itself (each its
+own idempotent transaction), then store the request with its evidence in one transaction.
+"""
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from portal import policy
+from portal.accounts.models import User
+from portal.billing import services as billing
+from portal.billing.models import Purchase, PurchaseStatus
+from portal.errors import Conflict, NotFound, PaymentProviderError, ValidationError
+from portal.extensions import db
+from portal.jobs import services as jobs
+from portal.jobs.models import Job, JobStatus
+from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation
+from portal.ledger.services import unused_credits
+from portal.notifications.services import queue_email
+from portal.refunds import eligibility
+from portal.refunds.eligibility import Action, Precheck, RequestReason, Verdict
+from portal.refunds.models import (
+    OPEN_STATUSES,
+    Attachment,
+    RefundRequest,
+    RefundRequestEvent,
+    RequestStatus,
+)
+from portal.staff.models import Incident
+from portal.staff.services import audit
+from portal.timeutil import add_business_days
+
+MAX_ATTACHMENTS = 3
+MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
+# Screenshots are recognised by their first bytes, not by what the browser claims.
+IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": ("image/png", "png"),
+    b"\xff\xd8\xff": ("image/jpeg", "jpg"),
+}
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    content: bytes
+
+
+def _purchase_facts(purchase: Purchase) -> eligibility.PurchaseFacts:
+    return eligibility.PurchaseFacts(
+        id=purchase.id,
+        package_code=purchase.package_code,
+        credits=purchase.credits,
+        amount_cents=purchase.amount_cents,
+        currency=purchase.currency,
+        paid_at=purchase.paid_at,
+        credited_at=purchase.credited_at,
+        refunded_cents=purchase.refunded_cents,
+    )
+
+
+def _used_up_at(purchase: Purchase) -> datetime | None:
+    lot = db.session.scalar(select(CreditLot).where(CreditLot.purchase_id == purchase.id))
+    if lot is None or lot.credits_remaining > 0:
+        return None
+    return db.session.scalar(
+        select(func.max(LedgerEntry.created_at))
+        .join(LotAllocation, LotAllocation.ledger_entry_id == LedgerEntry.id)
+        .where(LotAllocation.lot_id == lot.id, LotAllocation.credits < 0)
+    )
+
+
+def _job_facts(job: Job) -> eligibility.JobFacts:
+    restored_at = db.session.scalar(
+        select(LedgerEntry.created_at).where(
+            LedgerEntry.job_id == job.id, LedgerEntry.kind == EntryKind.JOB_REFUND
+        )
+    )
+    return eligibility.JobFacts(
+        id=job.id,
+        operation=job.operation,
+        credits=job.credits,
+        status=job.status.value,
+        failure_reason=job.failure_reason.value if job.failure_reason else None,
+        credits_restored=job.credits_restored,
+        restored_at=restored_at,
+    )
+
+
+def snapshot_for(
+    user: User,
+    purchase: Purchase,
+    reason: RequestReason,
+    job: Job | None = None,
+    money_back_instead: bool = False,
+    now: datetime | None = None,
+) -> eligibility.Snapshot:
+    """Gather everything the pre-check needs about this customer and purchase."""
+    window = eligibility.duplicate_window()
+    others = ()
+    if purchase.paid_at is not None:
+        others = tuple(
+            _purchase_facts(other)
+            for other in db.session.scalars(
+                select(Purchase).where(
+                    Purchase.user_id == user.id,
+                    Purchase.id != purchase.id,
+                    Purchase.paid_at.between(purchase.paid_at - window, purchase.paid_at + window),
+                )
+            )
+        )
+    used_up_at = _used_up_at(purchase)
+    incidents = ()
+    if purchase.credited_at is not None:
+        end = used_up_at or now
+        query = select(Incident).where(
+            (Incident.ended_at.is_(None)) | (Incident.ended_at > purchase.credited_at)
+        )
+        if end is not None:
+            query = query.where(Incident.started_at < end)
+        incidents = tuple(
+            eligibility.IncidentFacts(incident.title, incident.started_at, incident.ended_at)
+            for incident in db.session.scalars(query)
+        )
+    return eligibility.Snapshot(
+        reason=reason,
+        purchase=_purchase_facts(purchase),
+        unused_credits=unused_credits(purchase),
+        used_up_at=used_up_at,
+        other_purchases=others,
+        job=_job_facts(job) if job is not None else None,
+        incidents=incidents,
+        account_terminated=user.is_terminated,
+        money_back_instead=money_back_instead,
+    )
+
+
+def requestable_purchase(user: User, purchase_id: int | None) -> Purchase:
+    """Return the customer's purchase if a refund can be requested for it.
+
+    :raises NotFound: no such purchase, or another customer's.
+    :raises Conflict: a request is already open (its id is in the message args), or the
+        purchase was never paid, is disputed or is fully refunded.
+    """
+    purchase = db.session.get(Purchase, purchase_id) if purchase_id else None
+    if purchase is None or purchase.user_id != user.id:
+        raise NotFound("no such purchase")
+    open_request = open_request_for(purchase.id)
+    if open_request is not None:
+        raise Conflict(
+            f"You already have an open request for this purchase ({open_request.reference}).",
+            open_request.id,
+        )
+    if purchase.paid_at is None:
+        raise Conflict("This purchase was never paid, so there is nothing to refund.")
+    if purchase.status == PurchaseStatus.DISPUTED:
+        raise Conflict(
+            "This payment is disputed with your bank; the dispute decides the refund, so a "
+            "request cannot be filed here."
+        )
+    if purchase.refunded_cents >= purchase.amount_cents:
+        raise Conflict("This purchase has already been refunded in full.")
+    return purchase
+
+
+def purchase_id_for_job(user: User, job_id: int | None) -> int | None:
+    """Return the purchase whose credits the customer's job spent (the oldest, if several)."""
+    if job_id is None:
+        return None
+    return db.session.scalar(
+        select(CreditLot.purchase_id)
+        .join(LotAllocation, LotAllocation.lot_id == CreditLot.id)
+        .join(LedgerEntry, LedgerEntry.id == LotAllocation.ledger_entry_id)
+        .where(
+            LedgerEntry.job_id == job_id,
+            LedgerEntry.user_id == user.id,
+            LedgerEntry.kind == EntryKind.JOB_CHARGE,
+            CreditLot.purchase_id.is_not(None),
+        )
+        .order_by(CreditLot.created_at, CreditLot.id)
+        .limit(1)
+    )
+
+
+def open_request_for(purchase_id: int) -> RefundRequest | None:
+    return db.session.scalar(
+        select(RefundRequest).where(
+            RefundRequest.purchase_id == purchase_id, RefundRequest.status.in_(OPEN_STATUSES)
+        )
+    )
+
+
+def job_for_request(user: User, purchase: Purchase, job_id: int | None) -> Job | None:
+    """Return the named job if the customer may ask about it.
+
+    :raises ValidationError: the job is not the customer's or did not fail.
+    """
+    if job_id is None:
+        return None
+    job = db.session.get(Job, job_id)
+    if job is None or job.user_id != user.id:
+        raise ValidationError("That job is not one of yours.", field="job_id")
+    if job.status != JobStatus.FAILED:
+        raise ValidationError(
+            f"Job {job.id} {job.status.value}; only failed jobs can be refunded.", field="job_id"
+        )
+    return job
+
+
+def preview(
+    user: User,
+    purchase: Purchase,
+    reason: RequestReason,
+    job: Job | None,
+    money_back_instead: bool,
+    now: datetime,
+) -> Precheck:
+    """Run the pre-check for the review step; changes nothing."""
+    snapshot = snapshot_for(user, purchase, reason, job, money_back_instead, now)
+    return eligibility.precheck(snapshot, now)
+
+
+def _check_uploads(uploads: list[Upload]) -> list[tuple[Upload, str, str]]:
+    if len(uploads) > MAX_ATTACHMENTS:
+        raise ValidationError(f"Attach at most {MAX_ATTACHMENTS} screenshots.", "attachments")
+    checked = []
+    for upload in uploads:
+        if len(upload.content) > MAX_ATTACHMENT_BYTES:
+            raise ValidationError(
+                f"{upload.filename} is larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB.",
+                "attachments",
+            )
+        kind = next(
+            (
+                found
+                for magic, found in IMAGE_SIGNATURES.items()
+                if upload.content.startswith(magic)
+            ),
+            None,
+        )
+        if kind is None or not upload.content:
+            raise ValidationError(f"{upload.filename} is not a PNG or JPEG image.", "attachments")
+        checked.append((upload, *kind))
+    return checked
+
+
+def _settle_automatically(
+    purchase: Purchase, job: Job | None, actions: tuple[Action, ...]
+) -> list[str]:
+    """Carry out what the portal can settle itself; return what was done, in words."""
+    done = []
+    if Action.ADD_MISSING_CREDITS in actions and purchase.stripe_checkout_session_id:
+        try:
+            outcome = billing.fulfil_checkout(purchase.stripe_checkout_session_id)
+        except PaymentProviderError:
+            outcome = None
+        if outcome in (billing.Fulfilment.CREDITED, billing.Fulfilment.ALREADY_CREDITED):
+            done.append(f"The {purchase.credits:,} missing credits were added to your balance.")
+    if Action.RESTORE_JOB_CREDITS in actions and job is not None:
+        jobs.restore_failed_job(job.id)
+        done.append(f"The {job.credits:,} credits of job {job.id} were returned to your balance.")
+    return done
+
+
+def file_request(
+    user: User,
+    purchase: Purchase,
+    reason: RequestReason,
+    details: str,
+    transaction_ids: str,
+    job: Job | None,
+    money_back_instead: bool,
+    uploads: list[Upload],
+    now: datetime,
+) -> RefundRequest:
+    """File a refund request with its pre-check and evidence, settling it when possible.
+
+    :raises ValidationError: an attachment is too large, not an image, or one too many.
+    :raises Conflict: a request for this purchase is already open.
+    """
+    checked = _check_uploads(uploads)
+    check = preview(user, purchase, reason, job, money_back_instead, now)
+    done = _settle_automatically(purchase, job, check.actions) if check.actions else []
+    if check.actions and not done:
+        # The portal could not settle it after all (e.g. the payment needs a human look).
+        check = eligibility.Precheck(
+            Verdict.NEEDS_REVIEW,
+            check.rules,
+            check.recommended_cents,
+            check.recommended_credits,
+            check.stripe_reason,
+            (),
+            "The portal could not settle this by itself; staff will look at it.",
+        )
+    resolved = bool(done)
+    request = RefundRequest(
+        user_id=user.id,
+        purchase_id=purchase.id,
+        job_id=job.id if job else None,
+        reason=reason,
+        details=details,
+        transaction_ids=transaction_ids,
+        status=RequestStatus.RESOLVED_AUTOMATICALLY if resolved else RequestStatus.OPEN,
+        verdict=check.verdict,
+        precheck=check.to_json(),
+        recommended_cents=check.recommended_cents,
+        recommended_credits=check.recommended_credits,
+        due_at=add_business_days(now, policy.RESPONSE_BUSINESS_DAYS_MAX),
+        decided_at=now if resolved else None,
+        created_at=now,
+    )
+    db.session.add(request)
+    stored_files: list[Path] = []
+    try:
+        db.session.flush()
+        _add_event(request, "filed", f"Request filed: {reason.value.replace('_', ' ')}.", now=now)
+        _add_event(request, "precheck", check.summary, now=now)
+        for line in done:
+            _add_event(request, "auto_resolved", line, now=now)
+        for upload, content_type, extension in checked:
+            key = f"{secrets.token_hex(16)}.{extension}"
+            path = attachment_folder() / key
+            path.write_bytes(upload.content)
+            stored_files.append(path)
+            db.session.add(
+                Attachment(
+                    request_id=request.id,
+                    filename=upload.filename[:255] or f"screenshot.{extension}",
+                    content_type=content_type,
+                    size_bytes=len(upload.content),
+                    storage_key=key,
+                )
+            )
+        audit(
+            "refund_request.filed",
+            "refund_request",
+            request.id,
+            actor_id=user.id,
+            after={"verdict": check.verdict.value, "recommended_cents": check.recommended_cents},
+        )
+        _confirm_by_email(user, request, purchase, done)
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        for path in stored_files:
+            path.unlink(missing_ok=True)
+        existing = open_request_for(purchase.id)
+        raise Conflict(
+            "A request for this purchase is already open.", existing.id if existing else None
+        ) from None
+    except Exception:
+        db.session.rollback()
+        for path in stored_files:
+            path.unlink(missing_ok=True)
+        raise
+    return request
+
+
+def _confirm_by_email(user: User, request: RefundRequest, purchase: Purchase, done: list[str]):
+    if done:
+        body = "We settled your request straight away:\n\n" + "\n".join(done)
+    else:
+        body = (
+            f"We received your refund request for your {purchase.package_code.capitalize()} "
+            f"purchase. We aim to answer within {policy.RESPONSE_BUSINESS_DAYS_MIN}-"
+            f"{policy.RESPONSE_BUSINESS_DAYS_MAX} business days. An approved refund reaches "
+            f"the original payment method within {policy.PAYOUT_BUSINESS_DAYS_MIN}-"
+            f"{policy.PAYOUT_BUSINESS_DAYS_MAX} business days."
+        )
+    queue_email(user.email, f"Refund request {request.reference} received", body)
+
+
+def _add_event(
+    request: RefundRequest,
+    kind: str,
+    body: str,
+    actor_id: int | None = None,
+    visible_to_customer: bool = True,
+    now: datetime | None = None,
+) -> RefundRequestEvent:
+    event = RefundRequestEvent(
+        request_id=request.id,
+        kind=kind,
+        body=body,
+        actor_id=actor_id,
+        visible_to_customer=visible_to_customer,
+    )
+    if now is not None:
+        event.created_at = now
+    db.session.add(event)
+    return event
+
+
+def attachment_folder() -> Path:
+    """Where screenshots are kept: under instance/, never under static/."""
+    folder = Path(
+        current_app.config.get("UPLOAD_FOLDER") or Path(current_app.instance_path) / "uploads"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def requests_for_customer(user_id: int) -> list[RefundRequest]:
+    return list(
+        db.session.scalars(
+            select(RefundRequest)
+            .where(RefundRequest.user_id == user_id)
+            .order_by(RefundRequest.id.desc())
+        )
+    )
+
+
+def request_for_customer(user_id: int, request_id: int) -> RefundRequest:
+    """Return the customer's own request.
+
+    :raises NotFound: no such request, or another customer's.
+    """
+    request = db.session.get(RefundRequest, request_id)
+    if request is None or request.user_id != user_id:
+        raise NotFound("no such request")
+    return request
+
+
+def customer_timeline(request: RefundRequest) -> list[RefundRequestEvent]:
+    return list(
+        db.session.scalars(
+            select(RefundRequestEvent)
+            .where(
+                RefundRequestEvent.request_id == request.id,
+                RefundRequestEvent.visible_to_customer.is_(True),
+            )
+            .order_by(RefundRequestEvent.id)
+        )
+    )
+
+
+def customer_reply(user: User, request: RefundRequest, body: str, now: datetime) -> None:
+    """Record the customer's answer to a question from staff and restart the clock.
+
+    :raises Conflict: staff are not waiting on the customer.
+    """
+    request = db.session.scalar(
+        select(RefundRequest).where(RefundRequest.id == request.id).with_for_update()
+    )
+    if request.status != RequestStatus.WAITING_ON_CUSTOMER:
+        db.session.rollback()
+        raise Conflict("This request is not waiting for your answer.")
+    if request.clock_paused_at is not None:
+        # The response clock stood still while staff waited for the customer.
+        request.due_at = request.due_at + (now - request.clock_paused_at)
+        request.clock_paused_at = None
+    request.status = RequestStatus.IN_REVIEW
+    _add_event(request, "customer_message", body, actor_id=user.id, now=now)
+    audit("refund_request.customer_replied", "refund_request", request.id, actor_id=user.id)
+    db.session.commit()
+
+
+def attachment_for(user: User, attachment_id: int) -> tuple[Attachment, Path]:
+    """Return an attachment and its file for its owner or for staff.
+
+    :raises NotFound: no such attachment, or not the caller's to see.
+    """
+    attachment = db.session.get(Attachment, attachment_id)
+    if attachment is None:
+        raise NotFound("no such attachment")
+    owner_id = db.session.scalar(
+        select(RefundRequest.user_id).where(RefundRequest.id == attachment.request_id)
+    )
+    if owner_id != user.id and not user.is_staff:
+        raise NotFound("no such attachment")
+    return attachment, attachment_folder() / attachment.storage_key
