@@ -42,4 +42,14 @@ class Conflict(PortalError):
 
 
 class PaymentProviderError(PortalError):
-    """Stripe refused the call or could not be reached."""
+    """Stripe refused the call or could not be reached.
+
+    `retryable` is true when Stripe may not have seen the call at all (network trouble,
+    a 5xx or 429): retrying with the same idempotency key is then the right move. A false
+    value is Stripe's final answer for that key.
+    """
+
+    def __init__(self, message: str, retryable: bool = False, code: str | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code

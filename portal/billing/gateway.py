@@ -6,6 +6,7 @@ the portal's own errors, so services never see Stripe's types. Pointing it elsew
 with no base set, a transport that calls this same app in-process.
 """
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from portal.errors import PaymentProviderError
 log = logging.getLogger(__name__)
 
 IN_PROCESS_BASE = "http://sandbox.invalid/sandbox"
+# Signatures older than this many seconds are refused (Stripe's own default).
+TOLERANCE = 300
 
 
 class InvalidWebhook(Exception):
@@ -79,7 +82,13 @@ class StripeGateway:
             return call().to_dict()
         except stripe.StripeError as error:
             log.warning("Stripe refused or failed %s: %s", what, error.user_message or error)
-            raise PaymentProviderError(error.user_message or str(error)) from error
+            status = error.http_status or 0
+            retryable = (
+                isinstance(error, stripe.APIConnectionError) or status >= 500 or status == 429
+            )
+            raise PaymentProviderError(
+                error.user_message or str(error), retryable=retryable, code=error.code
+            ) from error
 
     def create_checkout_session(self, params: dict, idempotency_key: str) -> CheckoutSession:
         """Create a Checkout Session; the key makes a repeated call return the same one."""
@@ -158,15 +167,19 @@ class StripeGateway:
         """
         if not signature_header or not self.webhook_secrets:
             raise InvalidWebhook("missing signature")
+        text = payload.decode("utf-8", errors="replace")
         for secret in self.webhook_secrets:
             try:
-                event = self.client.construct_event(payload, signature_header, secret)
+                stripe.WebhookSignature.verify_header(text, signature_header, secret, TOLERANCE)
             except stripe.SignatureVerificationError:
                 continue
+            try:
+                document = json.loads(text)
             except ValueError as error:
                 raise InvalidWebhook("body is not JSON") from error
-            document = event.to_dict()
-            if not isinstance(document.get("data"), dict) or "object" not in document["data"]:
+            if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
+                raise InvalidWebhook("body is not an event")
+            if "object" not in document["data"]:
                 raise InvalidWebhook("event without data.object")
             return document
         raise InvalidWebhook("signature does not match")

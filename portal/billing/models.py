@@ -34,6 +34,12 @@ class Purchase(db.Model):
             "refunded_cents >= 0 AND refunded_cents <= amount_cents",
             name="refunded_within_amount",
         ),
+        # Refunds the portal has approved (scheduled, sent or settled) can never add up to
+        # more than was paid: the database refuses the approval that would cross the line.
+        CheckConstraint(
+            "committed_refund_cents >= 0 AND committed_refund_cents <= amount_cents",
+            name="committed_refunds_within_amount",
+        ),
         Index("ix_purchases_user_created", "user_id", "created_at"),
     )
 
@@ -51,6 +57,7 @@ class Purchase(db.Model):
     stripe_charge_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     receipt_url: Mapped[str | None] = mapped_column(Text)
     refunded_cents: Mapped[int] = mapped_column(default=0)
+    committed_refund_cents: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     credited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -75,7 +82,11 @@ class Refund(db.Model):
     """Money sent back to the original payment method of a purchase, through Stripe."""
 
     __tablename__ = "refunds"
-    __table_args__ = (CheckConstraint("amount_cents > 0", name="amount_positive"),)
+    __table_args__ = (
+        CheckConstraint("amount_cents > 0", name="amount_positive"),
+        # The worker looks for scheduled refunds that are due.
+        Index("ix_refunds_status_scheduled", "status", "scheduled_for"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"), index=True)
@@ -91,7 +102,11 @@ class Refund(db.Model):
     reason: Mapped[str] = mapped_column(String(32), default="requested_by_customer")
     stripe_refund_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    # A refusal by Stripe is final for its key; a retry after one uses the next attempt.
+    attempt: Mapped[int] = mapped_column(default=1)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

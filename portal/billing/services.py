@@ -51,7 +51,9 @@ class Fulfilment(StrEnum):
 
 
 def _checkout_key(purchase: Purchase) -> str:
-    return f"purchase-{purchase.id}-checkout"
+    # The creation time keeps keys unique even if purchase ids restart (a reset test
+    # database against the same Stripe account): Stripe refuses a reused key.
+    return f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-checkout"
 
 
 def _credit_key(purchase: Purchase) -> str:
@@ -230,6 +232,8 @@ def fulfil_checkout(session_id: str) -> Fulfilment:
         return _hold_mismatch(purchase, session)
     if purchase.status not in CREDITABLE or purchase.refunded_cents >= purchase.amount_cents:
         # Refunded or disputed before we ever credited it: those credits must not exist.
+        if purchase.refunded_cents >= purchase.amount_cents:
+            purchase.status = PurchaseStatus.REFUNDED
         db.session.commit()
         return Fulfilment.REFUSED
     now = utcnow()
@@ -239,7 +243,7 @@ def fulfil_checkout(session_id: str) -> Fulfilment:
     purchase.credited_at = now
     ledger.credit_purchase(purchase, _credit_key(purchase))
     if purchase.refunded_cents:
-        _claw_back_outside_refunds(purchase)
+        _match_outside_refunds(purchase)
     audit("purchase.credited", "purchase", purchase.id, after={"credits": purchase.credits})
     queue_email(
         _customer_email(purchase),
@@ -260,6 +264,10 @@ def _record_payment(purchase: Purchase, payment: _Payment) -> None:
 
 def _hold_mismatch(purchase: Purchase, session: dict) -> Fulfilment:
     """Keep a payment whose amount does not match its package away from the balance."""
+    if purchase.status == PurchaseStatus.PAID:
+        # Already held and reported when fulfilment first saw it.
+        db.session.commit()
+        return Fulfilment.AMOUNT_MISMATCH
     purchase.status = PurchaseStatus.PAID
     paid = format_cents(session.get("amount_total") or 0, session.get("currency") or "usd")
     expected = format_cents(purchase.amount_cents, purchase.currency)
@@ -361,16 +369,20 @@ def sync_refunds(payment_intent: str) -> Purchase | None:
     before = purchase.refunded_cents
     purchase.stripe_payment_intent_id = purchase.stripe_payment_intent_id or payment_intent
     purchase.refunded_cents = min(int(charge.get("amount_refunded") or 0), purchase.amount_cents)
+    fully_refunded = purchase.refunded_cents == purchase.amount_cents
     if purchase.status != PurchaseStatus.DISPUTED and purchase.credited_at is not None:
         purchase.status = (
             PurchaseStatus.REFUNDED
-            if purchase.refunded_cents == purchase.amount_cents
+            if fully_refunded
             else PurchaseStatus.PARTIALLY_REFUNDED
             if purchase.refunded_cents
             else PurchaseStatus.CREDITED
         )
+    elif fully_refunded and purchase.status in CREDITABLE:
+        # Refunded before it was ever credited: it must never be credited now.
+        purchase.status = PurchaseStatus.REFUNDED
     if purchase.credited_at is not None:
-        _claw_back_outside_refunds(purchase)
+        _match_outside_refunds(purchase)
     if before != purchase.refunded_cents:
         audit(
             "purchase.refund_synced",
@@ -383,35 +395,41 @@ def sync_refunds(payment_intent: str) -> Purchase | None:
     return purchase
 
 
-def _claw_back_outside_refunds(purchase: Purchase) -> None:
-    """Remove unused credits for money refunded outside the portal's own refund flow."""
-    portal_refunded = db.session.scalar(
+def _match_outside_refunds(purchase: Purchase) -> None:
+    """Keep the credits removed for refunds made outside the portal in step with them.
+
+    Money refunded through Stripe's dashboard removes the matching share of unused
+    credits (rounded up: refunding part of a credit's price removes that credit); if
+    such a refund later fails, the credits come back.
+    """
+    at_stripe = db.session.scalar(
         select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
             Refund.purchase_id == purchase.id,
             Refund.refund_request_id.is_not(None),
-            Refund.status.not_in([RefundStatus.FAILED, RefundStatus.CANCELED]),
+            Refund.stripe_refund_id.is_not(None),
+            Refund.status.in_(
+                [RefundStatus.PENDING, RefundStatus.REQUIRES_ACTION, RefundStatus.SUCCEEDED]
+            ),
         )
     )
-    outside_cents = purchase.refunded_cents - portal_refunded
-    if outside_cents <= 0:
-        return
-    # Round up: refunding part of a credit's price removes that credit.
+    outside_cents = max(purchase.refunded_cents - at_stripe, 0)
     due = -(-outside_cents * purchase.credits // purchase.amount_cents)
-    removed = -db.session.scalar(
-        select(func.coalesce(func.sum(LedgerEntry.credits), 0)).where(
+    outside_entries = db.session.execute(
+        select(func.count(), func.coalesce(func.sum(LedgerEntry.credits), 0)).where(
             LedgerEntry.purchase_id == purchase.id,
-            LedgerEntry.kind == EntryKind.REFUND_CLAW_BACK,
+            LedgerEntry.kind.in_([EntryKind.REFUND_CLAW_BACK, EntryKind.CLAW_BACK_REVERSAL]),
             LedgerEntry.refund_id.is_(None),
         )
-    )
-    credits = min(due - removed, ledger.unused_credits(purchase))
-    if credits > 0:
-        ledger.claw_back(
-            purchase,
-            credits,
-            f"purchase:{purchase.id}:outside-refund:{purchase.refunded_cents}",
-            memo="refunded through Stripe",
-        )
+    ).one()
+    count, net = outside_entries
+    removed = -net
+    key = f"purchase:{purchase.id}:outside-refund:{count + 1}"
+    if due > removed:
+        credits = min(due - removed, ledger.unused_credits(purchase))
+        if credits > 0:
+            ledger.claw_back(purchase, credits, key, memo="refunded through Stripe")
+    elif due < removed:
+        ledger.give_back(purchase, removed - due, key, memo="refund through Stripe failed")
 
 
 def record_refund(refund: dict) -> Refund | None:
@@ -444,6 +462,14 @@ def record_refund(refund: dict) -> Refund | None:
     row.failure_reason = refund.get("failure_reason") or row.failure_reason
     row.updated_at = utcnow()
     db.session.commit()
+    return row
+
+
+def refund_changed(refund: dict) -> Refund | None:
+    """Record a refund's new state, then re-read the charge so amounts and credits agree."""
+    row = record_refund(refund)
+    if refund.get("payment_intent"):
+        sync_refunds(refund["payment_intent"])
     return row
 
 
@@ -488,20 +514,28 @@ def dispute_closed(dispute: dict) -> Purchase | None:
             LedgerEntry.idempotency_key == f"dispute:{dispute.get('id')}:hold"
         )
     )
+    credit_now = None
     if outcome == "won" and purchase.status == PurchaseStatus.DISPUTED:
         if hold is not None:
             ledger.restore(hold, f"dispute:{dispute.get('id')}:release", memo="dispute won")
-        purchase.status = (
-            PurchaseStatus.PARTIALLY_REFUNDED
-            if purchase.refunded_cents
-            else PurchaseStatus.CREDITED
-        )
+        if purchase.credited_at is None:
+            # Disputed before its credits were added: it is creditable again.
+            purchase.status = PurchaseStatus.PAID
+            credit_now = purchase.stripe_checkout_session_id
+        else:
+            purchase.status = (
+                PurchaseStatus.PARTIALLY_REFUNDED
+                if purchase.refunded_cents
+                else PurchaseStatus.CREDITED
+            )
     audit("purchase.dispute_closed", "purchase", purchase.id, after={"outcome": outcome})
     notify_staff(
         f"Dispute closed on purchase {purchase.id}: {outcome}",
         f"Stripe dispute {dispute.get('id')} closed as {outcome}.",
     )
     db.session.commit()
+    if credit_now:
+        fulfil_checkout(credit_now)
     return purchase
 
 

@@ -36,9 +36,9 @@ HANDLERS = {
     "checkout.session.expired": lambda obj: services.checkout_expired(_session_id(obj)),
     "payment_intent.payment_failed": services.payment_attempt_failed,
     "charge.refunded": lambda obj: services.sync_refunds(obj["payment_intent"]),
-    "refund.created": services.record_refund,
-    "refund.updated": services.record_refund,
-    "refund.failed": services.record_refund,
+    "refund.created": services.refund_changed,
+    "refund.updated": services.refund_changed,
+    "refund.failed": services.refund_changed,
     "charge.dispute.created": services.dispute_opened,
     "charge.dispute.closed": services.dispute_closed,
 }

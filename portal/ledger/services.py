@@ -207,6 +207,27 @@ def claw_back(
     )
 
 
+def give_back(
+    purchase: Purchase, credits: int, idempotency_key: str, memo: str = ""
+) -> LedgerEntry:
+    """Return credits earlier removed from a purchase (a refund that did not go through)."""
+    _require_positive(credits)
+    account = lock_account(purchase.user_id)
+    if entry := _existing(idempotency_key):
+        return entry
+    lot = _purchase_lot(purchase.id)
+    if lot is None or lot.credits_remaining + credits > lot.credits_granted:
+        raise ValidationError("more credits than were removed from this purchase", "credits")
+    return _post(
+        account,
+        EntryKind.CLAW_BACK_REVERSAL,
+        [(lot, credits)],
+        idempotency_key,
+        memo,
+        purchase_id=purchase.id,
+    )
+
+
 def hold_for_dispute(purchase: Purchase, idempotency_key: str) -> LedgerEntry | None:
     """Put every still-unused credit of a disputed purchase on hold; None if none are left."""
     lock_account(purchase.user_id)

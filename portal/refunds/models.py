@@ -7,6 +7,7 @@ from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, t
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.db import UTCDateTime, enum_type
+from portal.errors import Conflict
 from portal.extensions import db
 from portal.refunds.eligibility import RequestReason, Verdict
 from portal.timeutil import utcnow
@@ -21,6 +22,34 @@ class RequestStatus(StrEnum):
     RESOLVED_AUTOMATICALLY = "resolved_automatically"
     CLOSED = "closed"
 
+
+# Which status may follow which; `transition` refuses everything else.
+ALLOWED_TRANSITIONS: dict[RequestStatus, set[RequestStatus]] = {
+    RequestStatus.OPEN: {
+        RequestStatus.IN_REVIEW,
+        RequestStatus.WAITING_ON_CUSTOMER,
+        RequestStatus.APPROVED,
+        RequestStatus.DENIED,
+        RequestStatus.CLOSED,
+    },
+    RequestStatus.IN_REVIEW: {
+        RequestStatus.WAITING_ON_CUSTOMER,
+        RequestStatus.APPROVED,
+        RequestStatus.DENIED,
+        RequestStatus.CLOSED,
+    },
+    RequestStatus.WAITING_ON_CUSTOMER: {
+        RequestStatus.IN_REVIEW,
+        RequestStatus.APPROVED,
+        RequestStatus.DENIED,
+        RequestStatus.CLOSED,
+    },
+    # Back to review when an approval is undone or its refund fails.
+    RequestStatus.APPROVED: {RequestStatus.IN_REVIEW},
+    RequestStatus.DENIED: set(),
+    RequestStatus.RESOLVED_AUTOMATICALLY: set(),
+    RequestStatus.CLOSED: set(),
+}
 
 OPEN_STATUSES = (RequestStatus.OPEN, RequestStatus.IN_REVIEW, RequestStatus.WAITING_ON_CUSTOMER)
 OPEN_CONDITION = "status IN ({})".format(", ".join(f"'{status}'" for status in OPEN_STATUSES))
@@ -83,6 +112,18 @@ class RefundRequest(db.Model):
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    def transition(self, new_status: RequestStatus) -> None:
+        """Move to `new_status` if the status table allows it.
+
+        :raises Conflict: the move is not allowed from the current status.
+        """
+        if new_status not in ALLOWED_TRANSITIONS[self.status]:
+            raise Conflict(
+                f"A {self.status.value.replace('_', ' ')} request cannot become "
+                f"{new_status.value.replace('_', ' ')}."
+            )
+        self.status = new_status
 
 
 class RefundRequestEvent(db.Model):

@@ -320,10 +320,10 @@ def file_request(
     stored_files: list[Path] = []
     try:
         db.session.flush()
-        _add_event(request, "filed", f"Request filed: {reason.value.replace('_', ' ')}.", now=now)
-        _add_event(request, "precheck", check.summary, now=now)
+        add_event(request, "filed", f"Request filed: {reason.value.replace('_', ' ')}.", now=now)
+        add_event(request, "precheck", check.summary, now=now)
         for line in done:
-            _add_event(request, "auto_resolved", line, now=now)
+            add_event(request, "auto_resolved", line, now=now)
         for upload, content_type, extension in checked:
             key = f"{secrets.token_hex(16)}.{extension}"
             path = attachment_folder() / key
@@ -377,7 +377,7 @@ def _confirm_by_email(user: User, request: RefundRequest, purchase: Purchase, do
     queue_email(user.email, f"Refund request {request.reference} received", body)
 
 
-def _add_event(
+def add_event(
     request: RefundRequest,
     kind: str,
     body: str,
@@ -456,8 +456,8 @@ def customer_reply(user: User, request: RefundRequest, body: str, now: datetime)
         # The response clock stood still while staff waited for the customer.
         request.due_at = request.due_at + (now - request.clock_paused_at)
         request.clock_paused_at = None
-    request.status = RequestStatus.IN_REVIEW
-    _add_event(request, "customer_message", body, actor_id=user.id, now=now)
+    request.transition(RequestStatus.IN_REVIEW)
+    add_event(request, "customer_message", body, actor_id=user.id, now=now)
     audit("refund_request.customer_replied", "refund_request", request.id, actor_id=user.id)
     db.session.commit()
 

@@ -1,0 +1,379 @@
+"""Buying credits through Checkout, from the Buy page to the credits in the balance."""
+
+import re
+
+import pytest
+
+from portal import policy
+from portal.accounts.models import AccountStatus
+from portal.billing.models import PurchaseStatus
+from portal.ledger.models import EntryKind
+from portal.sandbox.store import CARD_DECLINED, CARD_REFUND_FAILS, CARD_SUCCEEDS, DELAYED_METHOD
+from tests.billing.helpers import (
+    balance,
+    buy,
+    emails_to,
+    entries,
+    events_for,
+    lot_count,
+    pay_on_page,
+    plain,
+    post_buy,
+    purchase_of_session,
+    purchases_of,
+    sandbox,
+    session_at_stripe,
+    session_id_of,
+    settle_delayed,
+)
+from tests.factories import csrf_token, login_as, make_user
+
+FORM = re.compile(r'<form method="post" action="/credits/buy">(.*?)</form>', re.S)
+CSRF_FIELD = re.compile(r'name="csrf_token" type="hidden" value="[^"]+"')
+PACKAGE_FIELD = re.compile(r'name="package" value="([^"]+)"')
+
+
+def success_page(client, response):
+    """Follow the sandbox's redirect back to the portal's success page."""
+    assert response.status_code == 303, response.get_data(as_text=True)
+    location = response.headers["Location"]
+    assert location.startswith("http://portal.test/credits/success?session_id=cs_"), location
+    return client.get(location)
+
+
+# -- the Buy page -----------------------------------------------------------------------
+
+
+def test_buy_page_lists_the_four_packages_each_with_its_own_csrf_form(client, customer):
+    response = client.get("/credits/buy")
+
+    assert response.status_code == 200
+    forms = FORM.findall(response.get_data(as_text=True))
+    assert [PACKAGE_FIELD.search(form).group(1) for form in forms] == [
+        "starter",
+        "basic",
+        "pro",
+        "premium",
+    ]
+    assert all(CSRF_FIELD.search(form) for form in forms)
+    text = plain(response)
+    for package in policy.PACKAGES:
+        assert f"{package.name} {package.credits:,} credits" in text
+        assert f"${package.price_cents // 100:,}.00" in text
+
+
+def test_buy_creates_a_pending_purchase_and_redirects_to_its_checkout(client, customer):
+    response = post_buy(client, "pro")
+
+    session_id = session_id_of(response)
+    [purchase] = purchases_of(customer.id)
+    assert purchase.status == PurchaseStatus.PENDING
+    assert purchase.stripe_checkout_session_id == session_id
+    assert (purchase.package_code, purchase.credits) == ("pro", 300)
+    assert (purchase.amount_cents, purchase.currency) == (2_000, "usd")
+    assert purchase.paid_at is None and purchase.credited_at is None
+    assert balance(customer.id) == 0
+    page = client.get(response.headers["Location"])
+    assert page.status_code == 200
+    assert "Pay $20.00" in plain(page)
+
+
+def test_checkout_session_carries_amount_references_and_email(client, customer):
+    session_id = buy(client, "premium")
+
+    [purchase] = purchases_of(customer.id)
+    session = session_at_stripe(session_id)
+    references = {"purchase_id": str(purchase.id), "user_id": str(customer.id)}
+    assert session["status"] == "open"
+    assert session["amount_total"] == 5_000
+    assert session["currency"] == "usd"
+    assert session["client_reference_id"] == str(purchase.id)
+    assert session["metadata"] == references
+    assert session["payment_intent_data"] == {"metadata": references}
+    assert session["customer_email"] == customer.email
+    assert session["success_url"] == (
+        "http://portal.test/credits/success?session_id={CHECKOUT_SESSION_ID}"
+    )
+    assert session["cancel_url"] == "http://portal.test/credits/cancel"
+    with sandbox().lock:
+        [item] = sandbox().line_items[session_id]
+    assert item["amount_total"] == 5_000 and item["quantity"] == 1
+    assert "1,000 credits" in item["description"]
+
+
+@pytest.mark.parametrize("package", ["", "platinum", "PRO", "pro "])
+def test_unknown_package_is_refused_with_a_message_and_nothing_is_created(
+    client, customer, package
+):
+    response = post_buy(client, package)
+
+    assert response.status_code == 400
+    assert "That package does not exist" in plain(response)
+    assert purchases_of(customer.id) == []
+
+
+def test_buy_without_csrf_token_is_refused(client, customer):
+    response = post_buy(client, "pro", with_csrf=False)
+
+    assert response.status_code == 400
+    assert purchases_of(customer.id) == []
+
+
+def test_double_click_reuses_the_pending_purchase_and_the_same_checkout_session(
+    client, customer, inline_webhooks
+):
+    first = buy(client, "pro")
+    second = buy(client, "pro")
+
+    assert first == second
+    [purchase] = purchases_of(customer.id)
+    assert purchase.stripe_checkout_session_id == first
+    # Paying the one session, then trying to pay "the other", charges once.
+    pay_on_page(client, first)
+    again = pay_on_page(client, second)
+    assert again.headers["Location"] == f"/sandbox/checkout/{first}"
+    assert len(events_for("checkout.session.completed", id=first)) == 1
+    assert balance(customer.id) == 300
+    assert len(entries(customer.id, EntryKind.PURCHASE_CREDIT)) == 1
+
+
+def test_buying_another_package_starts_a_separate_purchase(client, customer):
+    pro = buy(client, "pro")
+    starter = buy(client, "starter")
+
+    assert pro != starter
+    assert [p.package_code for p in purchases_of(customer.id)] == ["pro", "starter"]
+
+
+def test_terminated_account_cannot_buy(client):
+    user = make_user(status=AccountStatus.TERMINATED)
+    login_as(client, user)
+
+    page = client.get("/credits/buy")
+    assert "cannot buy credits" in plain(page)
+    assert FORM.findall(page.get_data(as_text=True)) == []
+    response = client.post(
+        "/credits/buy", data={"package": "pro", "csrf_token": csrf_token(client, "/credits/buy")}
+    )
+
+    assert response.status_code == 403
+    assert purchases_of(user.id) == []
+
+
+def test_payment_provider_outage_keeps_the_purchase_pending_and_a_retry_reuses_it(client, customer):
+    store = sandbox()
+    with store.lock:
+        store.failures_to_inject = 5
+
+    response = post_buy(client, "pro")
+
+    assert response.status_code == 400
+    assert "could not reach our payment provider" in plain(response)
+    [purchase] = purchases_of(customer.id)
+    assert purchase.status == PurchaseStatus.PENDING
+    assert purchase.stripe_checkout_session_id is None
+    assert purchase.paid_at is None
+    with store.lock:
+        store.failures_to_inject = 0
+
+    session_id = buy(client, "pro")
+
+    [retried] = purchases_of(customer.id)
+    assert retried.id == purchase.id
+    assert retried.stripe_checkout_session_id == session_id
+    assert session_at_stripe(session_id)["client_reference_id"] == str(purchase.id)
+
+
+# -- paying -----------------------------------------------------------------------------
+
+
+def test_paying_pro_adds_300_credits_and_the_books_balance(app, client, customer, inline_webhooks):
+    session_id = buy(client, "pro")
+
+    page = success_page(client, pay_on_page(client, session_id, CARD_SUCCEEDS))
+
+    assert page.status_code == 200
+    text = plain(page)
+    assert "Credits added" in text
+    assert "Your balance is now 300 credits" in text
+    assert balance(customer.id) == 300
+    purchase = purchase_of_session(session_id)
+    assert purchase.status == PurchaseStatus.CREDITED
+    assert purchase.paid_at is not None and purchase.credited_at is not None
+    assert purchase.stripe_payment_intent_id == session_at_stripe(session_id)["payment_intent"]
+    assert purchase.stripe_charge_id and purchase.receipt_url
+    [entry] = entries(customer.id)
+    assert (entry.kind, entry.credits, entry.balance_after) == (EntryKind.PURCHASE_CREDIT, 300, 300)
+    assert lot_count(customer.id) == 1
+    [mail] = emails_to(customer.email)
+    assert mail.subject == "300 credits added to your account"
+    result = app.test_cli_runner().invoke(args=["ledger-check"])
+    assert result.exit_code == 0, result.output
+    assert "Ledger OK" in result.output
+
+
+def test_declined_card_credits_nothing_and_marks_the_purchase_failed(
+    client, customer, inline_webhooks
+):
+    session_id = buy(client, "pro")
+
+    response = pay_on_page(client, session_id, CARD_DECLINED)
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/sandbox/checkout/{session_id}?declined=1"
+    page = client.get(response.headers["Location"])
+    assert "Your card was declined" in plain(page)
+    assert purchase_of_session(session_id).status == PurchaseStatus.FAILED
+    assert balance(customer.id) == 0
+    assert entries(customer.id) == []
+    assert lot_count(customer.id) == 0
+
+
+def test_a_declined_card_can_be_followed_by_a_good_one(client, customer, inline_webhooks):
+    session_id = buy(client, "basic")
+    pay_on_page(client, session_id, CARD_DECLINED)
+
+    page = success_page(client, pay_on_page(client, session_id, CARD_SUCCEEDS))
+
+    assert "Credits added" in plain(page)
+    assert purchase_of_session(session_id).status == PurchaseStatus.CREDITED
+    assert balance(customer.id) == 120
+    assert len(entries(customer.id, EntryKind.PURCHASE_CREDIT)) == 1
+
+
+def test_delayed_payment_shows_processing_then_credits_once_when_it_settles(
+    client, customer, inline_webhooks
+):
+    session_id = buy(client, "pro")
+
+    page = success_page(client, pay_on_page(client, session_id, DELAYED_METHOD))
+
+    assert "Payment processing" in plain(page)
+    assert balance(customer.id) == 0
+    assert entries(customer.id) == []
+    assert purchase_of_session(session_id).status == PurchaseStatus.PENDING
+
+    settle_delayed(session_id, succeeded=True)
+
+    assert balance(customer.id) == 300
+    assert len(entries(customer.id, EntryKind.PURCHASE_CREDIT)) == 1
+    assert lot_count(customer.id) == 1
+    assert purchase_of_session(session_id).status == PurchaseStatus.CREDITED
+    again = client.get(f"/credits/success?session_id={session_id}")
+    assert "Credits added" in plain(again)
+    assert balance(customer.id) == 300
+    assert len(entries(customer.id)) == 1
+
+
+def test_delayed_payment_that_fails_marks_the_purchase_failed_and_tells_the_customer(
+    client, customer, inline_webhooks
+):
+    session_id = buy(client, "pro")
+    success_page(client, pay_on_page(client, session_id, DELAYED_METHOD))
+
+    settle_delayed(session_id, succeeded=False)
+
+    assert purchase_of_session(session_id).status == PurchaseStatus.FAILED
+    assert balance(customer.id) == 0
+    assert entries(customer.id) == []
+    [mail] = emails_to(customer.email)
+    assert mail.subject == "Your Pro purchase could not be completed"
+    assert "no credits were added" in mail.body_text
+    assert "Payment processing" in plain(client.get(f"/credits/success?session_id={session_id}"))
+
+
+def test_success_page_for_another_customers_session_is_not_found(
+    app, client, customer, inline_webhooks
+):
+    session_id = buy(client, "pro")
+    pay_on_page(client, session_id)
+    intruder = app.test_client()
+    login_as(intruder, make_user())
+
+    response = intruder.get(f"/credits/success?session_id={session_id}")
+
+    assert response.status_code == 404
+    assert "300" not in plain(response)
+
+
+@pytest.mark.parametrize("query", ["", "?session_id=", "?session_id=cs_test_nonexistent"])
+def test_success_page_without_a_known_session_is_not_found(client, customer, query):
+    assert client.get(f"/credits/success{query}").status_code == 404
+
+
+def test_cancel_page_says_no_payment_was_made(client, customer):
+    response = client.get("/credits/cancel")
+
+    assert response.status_code == 200
+    assert "No payment was made" in plain(response)
+    assert "nothing was charged" in plain(response)
+
+
+def test_leaving_the_sandbox_page_returns_to_the_cancel_page(client, customer):
+    session_id = buy(client, "pro")
+    token = csrf_token(client, f"/sandbox/checkout/{session_id}")
+
+    response = client.post(f"/sandbox/checkout/{session_id}/cancel", data={"csrf_token": token})
+
+    assert response.headers["Location"] == "http://portal.test/credits/cancel"
+    assert purchase_of_session(session_id).status == PurchaseStatus.PENDING
+
+
+def test_cancelling_a_pending_purchase_expires_its_checkout(client, customer, inline_webhooks):
+    session_id = buy(client, "pro")
+    purchase_id = purchase_of_session(session_id).id
+
+    response = client.post(
+        f"/purchases/{purchase_id}/cancel",
+        data={"csrf_token": csrf_token(client, "/credits/buy")},
+    )
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/purchases"
+    assert "The checkout is cancelled" in plain(client.get("/purchases"))
+    assert session_at_stripe(session_id)["status"] == "expired"
+    assert purchase_of_session(session_id).status == PurchaseStatus.EXPIRED
+    # The expired checkout can no longer be paid.
+    assert pay_on_page(client, session_id).headers["Location"] == f"/sandbox/checkout/{session_id}"
+    assert balance(customer.id) == 0
+    assert entries(customer.id) == []
+
+
+def test_cancelling_someone_elses_purchase_is_not_found(app, client, customer):
+    session_id = buy(client, "pro")
+    purchase_id = purchase_of_session(session_id).id
+    other = app.test_client()
+    login_as(other, make_user())
+
+    response = other.post(
+        f"/purchases/{purchase_id}/cancel", data={"csrf_token": csrf_token(other, "/credits/buy")}
+    )
+
+    assert response.status_code == 404
+    assert session_at_stripe(session_id)["status"] == "open"
+    assert purchase_of_session(session_id).status == PurchaseStatus.PENDING
+
+
+@pytest.mark.parametrize("package", policy.PACKAGES, ids=lambda package: package.code)
+def test_each_package_buys_its_credits_for_its_price(client, customer, inline_webhooks, package):
+    session_id = buy(client, package.code)
+    assert session_at_stripe(session_id)["amount_total"] == package.price_cents
+
+    page = success_page(client, pay_on_page(client, session_id, CARD_SUCCEEDS))
+
+    assert f"{package.credits:,} credits from your {package.name} purchase" in plain(page)
+    assert balance(customer.id) == package.credits
+    purchase = purchase_of_session(session_id)
+    assert (purchase.credits, purchase.amount_cents) == (package.credits, package.price_cents)
+    [entry] = entries(customer.id, EntryKind.PURCHASE_CREDIT)
+    assert entry.credits == package.credits
+    assert lot_count(customer.id) == 1
+
+
+def test_refund_failing_card_still_pays_and_credits(client, customer, inline_webhooks):
+    session_id = buy(client, "starter")
+
+    page = success_page(client, pay_on_page(client, session_id, CARD_REFUND_FAILS))
+
+    assert "Credits added" in plain(page)
+    assert balance(customer.id) == 50

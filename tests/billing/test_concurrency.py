@@ -1,0 +1,114 @@
+"""Exactly-once crediting under real concurrency (PostgreSQL row locks)."""
+
+import json
+import threading
+
+import pytest
+
+from portal.accounts.models import User
+from portal.billing import services
+from portal.billing.models import PurchaseStatus
+from portal.extensions import db
+from portal.ledger import services as ledger
+from portal.ledger.models import EntryKind
+from tests.billing.helpers import (
+    balance,
+    entries,
+    lot_count,
+    open_checkout,
+    pay_in_store,
+    purchase,
+    signature,
+    stripe_event_rows,
+    the_event,
+)
+from tests.factories import make_user
+
+pytestmark = pytest.mark.postgres
+
+THREADS = 20
+
+
+@pytest.fixture
+def threaded_app(make_app):
+    """An app with a connection for every thread; it has its own sandbox store."""
+    return make_app(
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 30, "max_overflow": 0, "pool_pre_ping": True},
+        SANDBOX_WEBHOOKS="off",
+    )
+
+
+def run_together(app, work) -> list:
+    """Run `work(index)` in THREADS threads released at once; return results or errors."""
+    barrier = threading.Barrier(THREADS)
+    outcomes: list = [None] * THREADS
+
+    def run(index: int) -> None:
+        with app.app_context():
+            try:
+                barrier.wait(timeout=30)
+                outcomes[index] = work(index)
+            except Exception as error:
+                outcomes[index] = error
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    db.session.expire_all()
+    return outcomes
+
+
+def paid_session(threaded_app, user_id: int) -> tuple[int, str, dict]:
+    """Open and pay a Pro checkout at `threaded_app`'s own sandbox; return (purchase id,
+    session id, its checkout.session.completed event)."""
+    with threaded_app.app_context():
+        purchase_id, session_id = open_checkout(db.session.get(User, user_id), "pro")
+        pay_in_store(session_id)
+        event = the_event("checkout.session.completed", id=session_id)
+    return purchase_id, session_id, event
+
+
+def test_twenty_simultaneous_deliveries_of_one_completed_event_credit_once(threaded_app):
+    user_id = make_user().id
+    purchase_id, _, event = paid_session(threaded_app, user_id)
+    payload = json.dumps(event).encode()
+    header = signature(payload)
+
+    def post(_index: int):
+        response = threaded_app.test_client().post(
+            "/webhooks/stripe",
+            data=payload,
+            headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+        )
+        return response.status_code, response.get_json()
+
+    outcomes = run_together(threaded_app, post)
+
+    assert not [outcome for outcome in outcomes if isinstance(outcome, Exception)], outcomes
+    assert [status for status, _ in outcomes] == [200] * THREADS, outcomes
+    assert sum(body.get("outcome") == "credited" for _, body in outcomes) == 1, outcomes
+    assert balance(user_id) == 300
+    assert len(entries(user_id, EntryKind.PURCHASE_CREDIT)) == 1
+    assert lot_count(user_id) == 1
+    assert purchase(purchase_id).status == PurchaseStatus.CREDITED
+    [row] = stripe_event_rows(event["id"])
+    assert row.processed_at is not None
+    assert ledger.check_books() == []
+
+
+def test_twenty_simultaneous_fulfilments_of_one_session_credit_once(threaded_app):
+    user_id = make_user().id
+    purchase_id, session_id, _ = paid_session(threaded_app, user_id)
+
+    outcomes = run_together(threaded_app, lambda _index: services.fulfil_checkout(session_id))
+
+    assert outcomes.count(services.Fulfilment.CREDITED) == 1, outcomes
+    assert outcomes.count(services.Fulfilment.ALREADY_CREDITED) == THREADS - 1, outcomes
+    assert balance(user_id) == 300
+    assert len(entries(user_id, EntryKind.PURCHASE_CREDIT)) == 1
+    assert lot_count(user_id) == 1
+    assert purchase(purchase_id).status == PurchaseStatus.CREDITED
+    assert ledger.check_books() == []
