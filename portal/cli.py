@@ -100,6 +100,32 @@ def reconcile(since) -> None:
     )
 
 
+@click.command("worker")
+@click.option("--once", is_flag=True, help="Do one round of work and exit.")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
+def worker(once: bool, interval: float) -> None:
+    """Send due refunds and outbox e-mails until stopped (SIGTERM finishes the round)."""
+    from flask import current_app
+
+    from portal.worker import Worker
+
+    runner = Worker(current_app._get_current_object(), interval)
+    if once:
+        click.echo(f"Done: {runner.run_once()}")
+    else:
+        runner.run()
+
+
+@click.command("digest")
+def digest() -> None:
+    """E-mail staff the refund requests that are past their response date."""
+    from portal.staff.services import send_overdue_digest
+    from portal.timeutil import utcnow
+
+    click.echo(f"{send_overdue_digest(utcnow())} overdue request(s) in the digest.")
+
+
 def register(app: Flask) -> None:
-    for command in (create_staff, seed_demo, send_mail, ledger_check, reconcile):
+    commands = (create_staff, seed_demo, send_mail, ledger_check, reconcile, worker, digest)
+    for command in commands:
         app.cli.add_command(command)

@@ -1,4 +1,6 @@
-"""Formatting of integer cents and credits. Money never becomes a float."""
+"""Formatting and parsing of integer cents and credits. Money never becomes a float."""
+
+import re
 
 
 def format_cents(cents: int, currency: str = "usd") -> str:
@@ -13,3 +15,19 @@ def format_cents(cents: int, currency: str = "usd") -> str:
 def format_credits(credits: int, signed: bool = False) -> str:
     """Render a credit count with thousands separators, optionally with a + sign."""
     return f"{credits:+,}" if signed else f"{credits:,}"
+
+
+_DOLLARS = re.compile(r"^\$?([0-9]{1,7})(?:\.([0-9]{1,2}))?$")
+
+
+def parse_dollars(text: str) -> int | None:
+    """Read "5.86" or "$5.86" as 586 cents; None for anything else.
+
+    Only ASCII digits and at most two decimals: no exponents, NaN, infinity, signs or
+    thousands separators, which float-based parsing would let through.
+    """
+    match = _DOLLARS.match((text or "").strip())
+    if not match:
+        return None
+    whole, fraction = match.groups()
+    return int(whole) * 100 + int((fraction or "0").ljust(2, "0"))

@@ -16,13 +16,13 @@ from portal import policy
 from portal.accounts.models import User
 from portal.billing.gateway import gateway
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
-from portal.errors import AccountTerminated, NotFound, ValidationError
+from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import db
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry
 from portal.money import format_cents
-from portal.notifications.services import queue_email
-from portal.staff.services import audit, notify_staff
+from portal.notifications.services import notify_staff, queue_email
+from portal.staff.audit import audit
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -457,6 +457,14 @@ def record_refund(refund: dict) -> Refund | None:
         db.session.add(row)
     row.stripe_refund_id = stripe_id
     status = refund.get("status")
+    if row.refund_request_id is not None:
+        # The portal's own refunds settle through the functions that also move credits.
+        db.session.commit()
+        if status == RefundStatus.SUCCEEDED:
+            return refund_succeeded(row.id)
+        if status in (RefundStatus.FAILED, RefundStatus.CANCELED):
+            return refund_failed(row.id, refund.get("failure_reason") or status)
+        return row
     if status in {member.value for member in RefundStatus}:
         row.status = RefundStatus(status)
     row.failure_reason = refund.get("failure_reason") or row.failure_reason
@@ -559,3 +567,184 @@ def reconcile(since: datetime) -> list[ReconcileResult]:
         outcome = fulfil_checkout(session["id"])
         results.append(ReconcileResult(session["id"], _purchase_id_of(session), outcome))
     return results
+
+
+# -- refunds the portal sends -------------------------------------------------------------
+
+
+def refund_key(refund: Refund) -> str:
+    """The Stripe idempotency key of a refund's current attempt."""
+    return f"refund-{refund.id}-{refund.created_at:%Y%m%dT%H%M%S%f}-attempt-{refund.attempt}"
+
+
+def _lock_refund(refund_id: int, skip_locked: bool = False) -> Refund | None:
+    return db.session.scalar(
+        select(Refund)
+        .where(Refund.id == refund_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+
+
+def due_refund_ids(now: datetime, limit: int = 50) -> list[int]:
+    """Refunds to send now: scheduled ones past their undo window, and sends left unfinished."""
+    unfinished = (Refund.status == RefundStatus.PENDING) & Refund.stripe_refund_id.is_(None)
+    return list(
+        db.session.scalars(
+            select(Refund.id)
+            .where(
+                ((Refund.status == RefundStatus.SCHEDULED) & (Refund.scheduled_for <= now))
+                | (unfinished & (Refund.sent_at <= now - timedelta(minutes=1)))
+            )
+            .order_by(Refund.id)
+            .limit(limit)
+        )
+    )
+
+
+def send_refund(refund_id: int, now: datetime) -> Refund | None:
+    """Send one due refund to Stripe, exactly once, and record what Stripe answered.
+
+    The refund is claimed (marked pending) in its own transaction before Stripe is
+    called, so two workers never send it twice; if the process dies mid-call, the next
+    run sends it again with the same idempotency key, which Stripe answers with the
+    refund it already made.
+    """
+    refund = _lock_refund(refund_id, skip_locked=True)
+    due = refund is not None and (
+        (refund.status == RefundStatus.SCHEDULED and refund.scheduled_for <= now)
+        or (refund.status == RefundStatus.PENDING and refund.stripe_refund_id is None)
+    )
+    if not due:
+        db.session.rollback()
+        return None
+    refund.status = RefundStatus.PENDING
+    refund.sent_at = now
+    purchase = db.session.get(Purchase, refund.purchase_id)
+    payment_intent = purchase.stripe_payment_intent_id
+    key, amount, reason = refund_key(refund), refund.amount_cents, refund.reason
+    metadata = {"refund_id": str(refund.id), "purchase_id": str(purchase.id)}
+    db.session.commit()
+    if payment_intent is None:
+        return refund_failed(refund_id, "The purchase has no Stripe payment to refund.")
+    try:
+        answer = gateway().create_refund(payment_intent, amount, reason, key, metadata)
+    except PaymentProviderError as error:
+        if error.retryable:
+            log.warning("refund %s not sent yet (%s); it will be retried", refund_id, error)
+            return refund
+        return refund_failed(refund_id, str(error))
+    return refund_answered(refund_id, answer)
+
+
+def refund_answered(refund_id: int, answer: dict) -> Refund | None:
+    """Store Stripe's refund id and status on our record, and act on a final status."""
+    refund = _lock_refund(refund_id)
+    if refund is None:
+        db.session.rollback()
+        return None
+    refund.stripe_refund_id = refund.stripe_refund_id or answer.get("id")
+    status = answer.get("status")
+    db.session.commit()
+    if status == RefundStatus.SUCCEEDED:
+        return refund_succeeded(refund_id)
+    if status in (RefundStatus.FAILED, RefundStatus.CANCELED):
+        return refund_failed(refund_id, answer.get("failure_reason") or status)
+    return refund
+
+
+def _request_event(refund: Refund, kind: str, body: str) -> None:
+    if refund.refund_request_id is None:
+        return
+    from portal.refunds.models import RefundRequestEvent
+
+    db.session.add(RefundRequestEvent(request_id=refund.refund_request_id, kind=kind, body=body))
+
+
+def refund_succeeded(refund_id: int) -> Refund | None:
+    """Mark a refund settled and tell the customer (once)."""
+    refund = _lock_refund(refund_id)
+    if refund is None or refund.status == RefundStatus.SUCCEEDED:
+        db.session.rollback()
+        return refund
+    refund.status = RefundStatus.SUCCEEDED
+    purchase = db.session.get(Purchase, refund.purchase_id)
+    amount = format_cents(refund.amount_cents, refund.currency)
+    _request_event(
+        refund,
+        "refund_settled",
+        f"{amount} was refunded to your original payment "
+        "method. Banks usually show it within "
+        f"{policy.PAYOUT_BUSINESS_DAYS_MIN}-{policy.PAYOUT_BUSINESS_DAYS_MAX} "
+        "business days.",
+    )
+    audit("refund.succeeded", "refund", refund.id, after={"amount_cents": refund.amount_cents})
+    queue_email(
+        _customer_email(purchase),
+        f"Your refund of {amount} was sent",
+        f"We refunded {amount} to the card or account you paid with. It usually shows "
+        f"within {policy.PAYOUT_BUSINESS_DAYS_MIN}-{policy.PAYOUT_BUSINESS_DAYS_MAX} "
+        "business days.",
+    )
+    db.session.commit()
+    return refund
+
+
+def refund_failed(refund_id: int, why: str) -> Refund | None:
+    """Record a refund that did not go through: give the credits back, free the amount.
+
+    The request returns to review so that staff see it and can retry.
+    """
+    from portal.refunds.models import RefundRequest, RequestStatus
+
+    refund = _lock_refund(refund_id)
+    if refund is None or refund.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
+        db.session.rollback()
+        return refund
+    purchase = _lock_purchase(refund.purchase_id)
+    refund.status = RefundStatus.FAILED
+    refund.failure_reason = why[:500]
+    purchase.committed_refund_cents -= refund.amount_cents
+    _reverse_claw_back(refund)
+    amount = format_cents(refund.amount_cents, refund.currency)
+    if refund.refund_request_id is not None:
+        request = db.session.get(RefundRequest, refund.refund_request_id)
+        if request.status == RequestStatus.APPROVED:
+            request.transition(RequestStatus.IN_REVIEW)
+        _request_event(
+            refund,
+            "refund_failed",
+            f"The refund of {amount} did not go through "
+            f"({why}). The credits are back in your balance; our team will follow up.",
+        )
+    audit("refund.failed", "refund", refund.id, after={"reason": why[:200]})
+    queue_email(
+        _customer_email(purchase),
+        f"Your refund of {amount} did not go through",
+        "The refund could not be completed, so the credits it would have removed are "
+        "back in your balance. Our team will contact you about another way.",
+    )
+    notify_staff(f"Refund {refund.id} failed", f"Refund {refund.id} of {amount} failed: {why}")
+    db.session.commit()
+    return refund
+
+
+def _reverse_claw_back(refund: Refund) -> None:
+    taken = db.session.scalar(
+        select(LedgerEntry).where(LedgerEntry.idempotency_key == claw_back_key(refund))
+    )
+    if taken is not None:
+        ledger.restore(taken, f"{claw_back_key(refund)}:reversal", memo="refund did not go through")
+
+
+def claw_back_key(refund: Refund) -> str:
+    return f"refund:{refund.id}:attempt-{refund.attempt}:claw-back"
+
+
+def send_due_refunds(now: datetime) -> int:
+    """Send every refund that is due; return how many were sent or settled."""
+    sent = 0
+    for refund_id in due_refund_ids(now):
+        if send_refund(refund_id, now) is not None:
+            sent += 1
+    return sent

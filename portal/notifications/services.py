@@ -2,11 +2,13 @@
 
 import logging
 import smtplib
+from datetime import timedelta
 from email.message import EmailMessage
 
 from flask import current_app
 from sqlalchemy import select
 
+from portal.accounts.models import Role, User
 from portal.extensions import db
 from portal.notifications.models import OutboxEmail, OutboxStatus
 from portal.timeutil import utcnow
@@ -29,17 +31,40 @@ def queue_email(to_address: str, subject: str, body_text: str) -> OutboxEmail:
     return message
 
 
+MAX_ATTEMPTS = 8
+
+
+def _retry_delay(attempts: int) -> timedelta:
+    """Wait 2, 4, 8 ... minutes between tries, at most six hours."""
+    return min(timedelta(minutes=2**attempts), timedelta(hours=6))
+
+
 def deliver_pending(limit: int = 100) -> int:
-    """Send pending outbox e-mails over SMTP; return how many were sent."""
+    """Send due outbox e-mails over SMTP; return how many were sent.
+
+    Rows are claimed with SKIP LOCKED (on PostgreSQL), so several workers never send the
+    same e-mail; a failure is retried with growing pauses and given up after
+    MAX_ATTEMPTS, visibly (status failed, last error kept).
+    """
     config = current_app.config
-    pending = db.session.scalars(
-        select(OutboxEmail)
-        .where(OutboxEmail.status == OutboxStatus.PENDING, OutboxEmail.next_attempt_at <= utcnow())
+    now = utcnow()
+    due_ids = db.session.scalars(
+        select(OutboxEmail.id)
+        .where(OutboxEmail.status == OutboxStatus.PENDING, OutboxEmail.next_attempt_at <= now)
         .order_by(OutboxEmail.id)
         .limit(limit)
     ).all()
+    db.session.rollback()
     sent = 0
-    for message in pending:
+    for message_id in due_ids:
+        message = db.session.scalar(
+            select(OutboxEmail)
+            .where(OutboxEmail.id == message_id, OutboxEmail.status == OutboxStatus.PENDING)
+            .with_for_update(skip_locked=True)
+        )
+        if message is None:
+            db.session.rollback()
+            continue
         email = EmailMessage()
         email["From"] = config["MAIL_FROM"]
         email["To"] = message.to_address
@@ -55,10 +80,30 @@ def deliver_pending(limit: int = 100) -> int:
                 smtp.send_message(email)
         except (OSError, smtplib.SMTPException) as error:
             message.last_error = str(error)[:500]
-            log.warning("outbox e-mail %s not sent: %s", message.id, error)
+            if message.attempts >= MAX_ATTEMPTS:
+                message.status = OutboxStatus.FAILED
+                log.error(
+                    "gave up on outbox e-mail %s after %s tries: %s",
+                    message.id,
+                    message.attempts,
+                    error,
+                )
+            else:
+                message.next_attempt_at = utcnow() + _retry_delay(message.attempts)
+                log.warning(
+                    "outbox e-mail %s not sent (try %s): %s", message.id, message.attempts, error
+                )
         else:
             message.status = OutboxStatus.SENT
             message.sent_at = utcnow()
             sent += 1
         db.session.commit()
     return sent
+
+
+def notify_staff(subject: str, body: str) -> int:
+    """E-mail every staff member, inside the caller's transaction; return how many."""
+    addresses = db.session.scalars(select(User.email).where(User.role == Role.STAFF)).all()
+    for address in addresses:
+        queue_email(address, subject, body)
+    return len(addresses)

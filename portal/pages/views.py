@@ -1,8 +1,12 @@
 """Public pages: the packages, the refund policy in plain words, contact details."""
 
+from datetime import timedelta
+
 from flask import Blueprint, render_template
 
 from portal import policy
+from portal.staff.queries import incidents_since
+from portal.timeutil import utcnow
 
 bp = Blueprint("pages", __name__)
 
@@ -20,3 +24,16 @@ def refund_policy():
 @bp.get("/contact")
 def contact():
     return render_template("pages/contact.html")
+
+
+STATUS_PAGE_DAYS = 90
+
+
+@bp.get("/status")
+def status():
+    incidents = incidents_since(utcnow() - timedelta(days=STATUS_PAGE_DAYS))
+    return render_template(
+        "pages/status.html",
+        incidents=incidents,
+        ongoing=[incident for incident in incidents if incident.ended_at is None],
+    )

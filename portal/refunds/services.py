@@ -34,8 +34,8 @@ from portal.refunds.models import (
     RefundRequestEvent,
     RequestStatus,
 )
+from portal.staff.audit import audit
 from portal.staff.models import Incident
-from portal.staff.services import audit
 from portal.timeutil import add_business_days
 
 MAX_ATTACHMENTS = 3

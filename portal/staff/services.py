@@ -1,39 +1,543 @@
-"""Staff-side services: the audit log and messages to the staff team."""
+"""Staff-side services: refund decisions, assignment, incidents, the audit log."""
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from portal.accounts.models import Role, User
+from portal import policy
+from portal.accounts.models import User
+from portal.billing import services as billing
+from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
+from portal.errors import Conflict, NotFound, ValidationError
 from portal.extensions import db
-from portal.notifications.services import queue_email
-from portal.staff.models import AuditLogEntry
+from portal.jobs.models import Job
+from portal.ledger import services as ledger
+from portal.ledger.models import LedgerEntry
+from portal.ledger.services import unused_credits
+from portal.money import format_cents
+from portal.notifications.services import notify_staff, queue_email
+from portal.refunds.models import OPEN_STATUSES, RefundRequest, RequestStatus
+from portal.refunds.services import add_event
+from portal.staff.audit import audit
+from portal.staff.models import Incident
+
+# -- refund request decisions ------------------------------------------------------------
+#
+# Each decision is one service call and one transaction: lock the request, check that
+# the status table allows the move, act, and write the timeline event, the audit line
+# and the customer's e-mail together. Money leaves later, through the worker, after the
+# undo window.
+
+UNDO_WINDOW = timedelta(minutes=10)
+
+DENIAL_REASONS = {
+    "credits_used": "The credits of this purchase have already been used for processing jobs.",
+    "results_quality": "Dissatisfaction with AI-generated results is not refunded: output "
+    "quality depends on the input and on the nature of AI processing.",
+    "window": f"The request came more than {policy.REFUND_WINDOW_DAYS} days after the purchase.",
+    "terms_violation": "The account was closed for a violation of our Terms of Use.",
+    "other": "",
+}
 
 
-def audit(
-    action: str,
-    target_type: str,
-    target_id: int | None,
-    actor_id: int | None = None,
-    before: dict | None = None,
-    after: dict | None = None,
-    ip_address: str | None = None,
-) -> AuditLogEntry:
-    """Add an audit log line to the caller's transaction (actor None = the portal itself)."""
-    entry = AuditLogEntry(
-        actor_id=actor_id,
-        action=action,
-        target_type=target_type,
-        target_id=target_id,
+@dataclass(frozen=True)
+class Actor:
+    """The staff member acting, and from where (for the audit log)."""
+
+    user: User
+    ip_address: str | None = None
+
+
+def _locked_request(request_id: int) -> RefundRequest:
+    request = db.session.scalar(
+        select(RefundRequest)
+        .where(RefundRequest.id == request_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if request is None:
+        raise NotFound("no such request")
+    return request
+
+
+def _customer(request: RefundRequest) -> User:
+    return db.session.get(User, request.user_id)
+
+
+def _log(actor: Actor, action: str, request: RefundRequest, before=None, after=None) -> None:
+    audit(
+        action,
+        "refund_request",
+        request.id,
+        actor_id=actor.user.id,
         before=before,
         after=after,
-        ip_address=ip_address,
+        ip_address=actor.ip_address,
     )
-    db.session.add(entry)
-    return entry
 
 
-def notify_staff(subject: str, body: str) -> int:
-    """E-mail every staff member, inside the caller's transaction; return how many."""
-    addresses = db.session.scalars(select(User.email).where(User.role == Role.STAFF)).all()
-    for address in addresses:
-        queue_email(address, subject, body)
-    return len(addresses)
+def _email_customer(request: RefundRequest, subject: str, body: str) -> None:
+    link_hint = f"Open {request.reference} in the portal under Refunds to see the details."
+    queue_email(
+        _customer(request).email, f"{request.reference}: {subject}", f"{body}\n\n{link_hint}"
+    )
+
+
+def take(request_id: int, actor: Actor) -> RefundRequest:
+    """Assign the request to the acting staff member."""
+    return assign(request_id, actor, actor.user.id)
+
+
+def assign(request_id: int, actor: Actor, assignee_id: int | None) -> RefundRequest:
+    """Hand the request to a staff member, or release it with None.
+
+    :raises ValidationError: the assignee is not staff.
+    """
+    request = _locked_request(request_id)
+    if assignee_id is not None:
+        assignee = db.session.get(User, assignee_id)
+        if assignee is None or not assignee.is_staff:
+            db.session.rollback()
+            raise ValidationError("Choose a staff member.", field="assignee")
+    before = request.assignee_id
+    request.assignee_id = assignee_id
+    if request.status == RequestStatus.OPEN and assignee_id is not None:
+        request.transition(RequestStatus.IN_REVIEW)
+    add_event(
+        request,
+        "assigned",
+        f"Assigned to staff member {assignee_id}."
+        if assignee_id
+        else "Released back to the queue.",
+        actor_id=actor.user.id,
+        visible_to_customer=False,
+    )
+    _log(
+        actor,
+        "refund_request.assigned",
+        request,
+        {"assignee_id": before},
+        {"assignee_id": assignee_id},
+    )
+    db.session.commit()
+    return request
+
+
+def add_note(request_id: int, actor: Actor, body: str) -> None:
+    """Write an internal note, never shown to the customer."""
+    request = _locked_request(request_id)
+    add_event(request, "internal_note", body, actor_id=actor.user.id, visible_to_customer=False)
+    _log(actor, "refund_request.noted", request)
+    db.session.commit()
+
+
+def message_customer(request_id: int, actor: Actor, body: str) -> None:
+    """Send the customer a message: on their timeline and by e-mail."""
+    request = _locked_request(request_id)
+    add_event(request, "staff_message", body, actor_id=actor.user.id)
+    _email_customer(request, "a message from our team", body)
+    _log(actor, "refund_request.messaged", request)
+    db.session.commit()
+
+
+def ask_for_information(request_id: int, actor: Actor, question: str, now: datetime) -> None:
+    """Ask the customer for more information; the response clock pauses until they reply.
+
+    :raises Conflict: the request is already decided.
+    """
+    request = _locked_request(request_id)
+    try:
+        request.transition(RequestStatus.WAITING_ON_CUSTOMER)
+    except Conflict:
+        db.session.rollback()
+        raise
+    request.clock_paused_at = now
+    add_event(request, "information_requested", question, actor_id=actor.user.id, now=now)
+    _email_customer(
+        request,
+        "we need a little more information",
+        f"{question}\n\nPlease answer on the request's page in the portal.",
+    )
+    _log(actor, "refund_request.information_requested", request)
+    db.session.commit()
+
+
+def deny(request_id: int, actor: Actor, reason_code: str, message: str, now: datetime) -> None:
+    """Deny the request with a reason the customer sees.
+
+    :raises ValidationError: no reason given.
+    :raises Conflict: the request is already decided.
+    """
+    if reason_code not in DENIAL_REASONS:
+        raise ValidationError("Choose a reason.", field="reason")
+    reason_text = " ".join(part for part in (DENIAL_REASONS[reason_code], message.strip()) if part)
+    if not reason_text:
+        raise ValidationError("Write the reason the customer will read.", field="message")
+    request = _locked_request(request_id)
+    try:
+        request.transition(RequestStatus.DENIED)
+    except Conflict:
+        db.session.rollback()
+        raise
+    request.decided_at = now
+    request.decided_by_id = actor.user.id
+    request.decision_reason = reason_text
+    request.clock_paused_at = None
+    add_event(request, "decision", f"Not refunded. {reason_text}", actor_id=actor.user.id, now=now)
+    _email_customer(
+        request,
+        "our decision",
+        f"We looked at your request and cannot refund it. "
+        f"{reason_text}\n\nQuestions? Reply to this e-mail or write to our support "
+        "team.",
+    )
+    _log(actor, "refund_request.denied", request, after={"reason": reason_code})
+    db.session.commit()
+
+
+def recommendation_now(request: RefundRequest, now: datetime):
+    """Re-run the pre-check on today's data (the customer may have spent credits since)."""
+    from portal.refunds.services import preview
+
+    purchase = db.session.get(Purchase, request.purchase_id)
+    job = db.session.get(Job, request.job_id) if request.job_id else None
+    money_back = "add_missing_credits" not in request.precheck.get("actions", [])
+    return preview(_customer(request), purchase, request.reason, job, money_back, now)
+
+
+def approve(
+    request_id: int, actor: Actor, amount_cents: int, justification: str, now: datetime
+) -> Refund:
+    """Approve a refund: remove the purchase's unused credits and schedule the money back.
+
+    The refund waits out the undo window, then the worker sends it to Stripe.
+
+    :raises ValidationError: the amount is not positive, exceeds what is left to refund,
+        or exceeds the unused credits' value without a justification.
+    :raises Conflict: the request is already decided.
+    """
+    request = _locked_request(request_id)
+    if not request.is_open:
+        db.session.rollback()
+        raise Conflict("This request was already decided.")
+    purchase = db.session.scalar(
+        select(Purchase)
+        .where(Purchase.id == request.purchase_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    left = purchase.amount_cents - max(purchase.refunded_cents, purchase.committed_refund_cents)
+    if not 0 < amount_cents <= left:
+        db.session.rollback()
+        raise ValidationError(f"Refund between $0.01 and {format_cents(left)}.", field="amount")
+    check = recommendation_now(request, now)
+    unused = unused_credits(purchase)
+    package = policy.PACKAGES_BY_CODE.get(purchase.package_code)
+    unused_value = package.refund_for_unused(unused) if package else 0
+    if amount_cents > max(unused_value, check.recommended_cents) and not justification.strip():
+        db.session.rollback()
+        raise ValidationError(
+            f"More than the unused credits' value ({format_cents(unused_value)}) needs a "
+            "written justification.",
+            field="justification",
+        )
+    credits = min(unused, -(-amount_cents * purchase.credits // purchase.amount_cents))
+    refund = Refund(
+        purchase_id=purchase.id,
+        refund_request_id=request.id,
+        amount_cents=amount_cents,
+        currency=purchase.currency,
+        reason=check.stripe_reason,
+        status=RefundStatus.SCHEDULED,
+        scheduled_for=now + UNDO_WINDOW,
+        idempotency_key=f"pending-{secrets.token_hex(8)}",
+        created_by_id=actor.user.id,
+        created_at=now,
+    )
+    db.session.add(refund)
+    purchase.committed_refund_cents += amount_cents
+    try:
+        db.session.flush()
+    except IntegrityError:
+        db.session.rollback()
+        raise ValidationError("That is more than is left to refund.", field="amount") from None
+    refund.idempotency_key = billing.refund_key(refund)
+    if credits:
+        ledger.claw_back(
+            purchase,
+            credits,
+            billing.claw_back_key(refund),
+            refund_id=refund.id,
+            memo=f"refund of {request.reference}",
+        )
+    request.transition(RequestStatus.APPROVED)
+    request.decided_at = now
+    request.decided_by_id = actor.user.id
+    request.decision_reason = justification.strip() or None
+    request.clock_paused_at = None
+    amount = format_cents(amount_cents, purchase.currency)
+    add_event(
+        request,
+        "decision",
+        f"Approved: {amount} back to your original payment method"
+        + (f"; {credits:,} unused credits leave your balance." if credits else "."),
+        actor_id=actor.user.id,
+        now=now,
+    )
+    add_event(
+        request,
+        "refund_scheduled",
+        f"Refund of {amount} scheduled.",
+        actor_id=actor.user.id,
+        now=now,
+    )
+    _log(
+        actor,
+        "refund_request.approved",
+        request,
+        before={"unused_credits": unused, "recommended_cents": request.recommended_cents},
+        after={"amount_cents": amount_cents, "credits_removed": credits, "refund_id": refund.id},
+    )
+    _email_customer(
+        request,
+        "refund approved",
+        f"We approved a refund of {amount} to your "
+        f"original payment method. It reaches you within "
+        f"{policy.PAYOUT_BUSINESS_DAYS_MIN}-{policy.PAYOUT_BUSINESS_DAYS_MAX} "
+        "business days.",
+    )
+    db.session.commit()
+    return refund
+
+
+def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
+    """Cancel a scheduled refund inside its undo window and reopen the request.
+
+    :raises Conflict: the refund was already sent or the window has passed.
+    """
+    refund = db.session.scalar(
+        select(Refund)
+        .where(Refund.id == refund_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if refund is None or refund.refund_request_id is None:
+        raise NotFound("no such refund")
+    if refund.status != RefundStatus.SCHEDULED or refund.scheduled_for <= now:
+        db.session.rollback()
+        raise Conflict("This refund has already been sent; it can no longer be undone.")
+    request = _locked_request(refund.refund_request_id)
+    purchase = db.session.get(Purchase, refund.purchase_id)
+    refund.status = RefundStatus.CANCELED
+    purchase.committed_refund_cents -= refund.amount_cents
+    taken = db.session.scalar(
+        select(LedgerEntry).where(LedgerEntry.idempotency_key == billing.claw_back_key(refund))
+    )
+    if taken is not None:
+        ledger.restore(taken, f"{billing.claw_back_key(refund)}:undo", memo="approval undone")
+    request.transition(RequestStatus.IN_REVIEW)
+    request.decided_at = None
+    request.decided_by_id = None
+    add_event(
+        request,
+        "decision_undone",
+        "The approval was withdrawn before any money moved; the credits are back in your balance.",
+        actor_id=actor.user.id,
+        now=now,
+    )
+    _log(actor, "refund_request.approval_undone", request, after={"refund_id": refund.id})
+    db.session.commit()
+
+
+def retry_refund(refund_id: int, actor: Actor, now: datetime) -> Refund:
+    """Try a failed refund again: a new attempt (Stripe's refusal is final for the old key).
+
+    :raises Conflict: the refund has not failed.
+    :raises ValidationError: the amount no longer fits what is left to refund.
+    """
+    refund = db.session.scalar(
+        select(Refund)
+        .where(Refund.id == refund_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if refund is None or refund.refund_request_id is None:
+        raise NotFound("no such refund")
+    if refund.status != RefundStatus.FAILED:
+        db.session.rollback()
+        raise Conflict("Only a failed refund can be tried again.")
+    request = _locked_request(refund.refund_request_id)
+    purchase = db.session.scalar(
+        select(Purchase)
+        .where(Purchase.id == refund.purchase_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    refund.attempt += 1
+    refund.status = RefundStatus.SCHEDULED
+    refund.scheduled_for = now
+    refund.failure_reason = None
+    refund.idempotency_key = billing.refund_key(refund)
+    purchase.committed_refund_cents += refund.amount_cents
+    try:
+        db.session.flush()
+    except IntegrityError:
+        db.session.rollback()
+        raise ValidationError("That is more than is left to refund.", field="amount") from None
+    credits = min(
+        unused_credits(purchase),
+        -(-refund.amount_cents * purchase.credits // purchase.amount_cents),
+    )
+    if credits:
+        ledger.claw_back(
+            purchase,
+            credits,
+            billing.claw_back_key(refund),
+            refund_id=refund.id,
+            memo=f"refund of {request.reference}, attempt {refund.attempt}",
+        )
+    if request.status != RequestStatus.APPROVED:
+        request.transition(RequestStatus.APPROVED)
+    add_event(
+        request,
+        "refund_scheduled",
+        "The refund is being tried again.",
+        actor_id=actor.user.id,
+        now=now,
+    )
+    _log(
+        actor, "refund.retried", request, after={"refund_id": refund.id, "attempt": refund.attempt}
+    )
+    db.session.commit()
+    return refund
+
+
+def credit_instead(request_id: int, actor: Actor, now: datetime) -> None:
+    """Settle a never-credited purchase by adding its credits instead of refunding money.
+
+    :raises Conflict: the purchase's credits were already added, or the request decided.
+    """
+    request = _locked_request(request_id)
+    purchase = db.session.scalar(
+        select(Purchase)
+        .where(Purchase.id == request.purchase_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if not request.is_open or purchase.credited_at is not None or purchase.paid_at is None:
+        db.session.rollback()
+        raise Conflict(
+            "Only an open request for a paid purchase whose credits never arrived "
+            "can be settled with credits."
+        )
+    purchase.status = PurchaseStatus.CREDITED
+    purchase.credited_at = now
+    ledger.credit_purchase(purchase, f"purchase:{purchase.id}:credit")
+    request.transition(RequestStatus.APPROVED)
+    request.decided_at = now
+    request.decided_by_id = actor.user.id
+    request.decision_reason = "Credits added instead of a refund."
+    add_event(
+        request,
+        "decision",
+        f"The {purchase.credits:,} missing credits were added to your balance.",
+        actor_id=actor.user.id,
+        now=now,
+    )
+    _log(actor, "refund_request.credited_instead", request, after={"credits": purchase.credits})
+    _email_customer(
+        request,
+        "credits added",
+        f"We added the {purchase.credits:,} missing credits to your balance.",
+    )
+    db.session.commit()
+
+
+# -- incidents -------------------------------------------------------------------------
+
+
+def record_incident(
+    actor: Actor, title: str, started_at: datetime, ended_at: datetime | None, note: str
+) -> Incident:
+    """Log a period of platform downtime (the pre-check's outage rule reads these).
+
+    :raises ValidationError: it ends before it starts.
+    """
+    if ended_at is not None and ended_at < started_at:
+        raise ValidationError("The end must come after the start.", field="ended_at")
+    incident = Incident(
+        title=title,
+        started_at=started_at,
+        ended_at=ended_at,
+        note=note,
+        created_by_id=actor.user.id,
+    )
+    db.session.add(incident)
+    db.session.flush()
+    audit(
+        "incident.recorded",
+        "incident",
+        incident.id,
+        actor_id=actor.user.id,
+        after={
+            "title": title,
+            "started_at": started_at.isoformat(),
+            "ended_at": ended_at.isoformat() if ended_at else None,
+        },
+        ip_address=actor.ip_address,
+    )
+    db.session.commit()
+    return incident
+
+
+def end_incident(incident_id: int, actor: Actor, ended_at: datetime) -> Incident:
+    """Close an ongoing incident.
+
+    :raises NotFound: no such incident.
+    :raises ValidationError: it would end before it started.
+    """
+    incident = db.session.get(Incident, incident_id)
+    if incident is None:
+        raise NotFound("no such incident")
+    if ended_at < incident.started_at:
+        raise ValidationError("The end must come after the start.", field="ended_at")
+    before = incident.ended_at
+    incident.ended_at = ended_at
+    audit(
+        "incident.ended",
+        "incident",
+        incident.id,
+        actor_id=actor.user.id,
+        before={"ended_at": before.isoformat() if before else None},
+        after={"ended_at": ended_at.isoformat()},
+        ip_address=actor.ip_address,
+    )
+    db.session.commit()
+    return incident
+
+
+def send_overdue_digest(now: datetime) -> int:
+    """E-mail staff the list of open requests past their response date; return how many."""
+    overdue = db.session.scalars(
+        select(RefundRequest)
+        .where(
+            RefundRequest.status.in_(OPEN_STATUSES),
+            RefundRequest.due_at < now,
+            RefundRequest.status != RequestStatus.WAITING_ON_CUSTOMER,
+        )
+        .order_by(RefundRequest.due_at)
+    ).all()
+    if overdue:
+        lines = [
+            f"{request.reference}  due {request.due_at:%Y-%m-%d}  {request.reason.value}"
+            for request in overdue
+        ]
+        notify_staff(
+            f"{len(overdue)} overdue refund request(s)",
+            "These refund requests are past their response date:\n\n" + "\n".join(lines),
+        )
+        db.session.commit()
+    return len(overdue)
