@@ -15,9 +15,18 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# In sandbox mode the server and the worker share the server's in-memory Stripe sandbox,
+# so both reach it over HTTP.
+ifeq ($(STRIPE_SECRET_KEY),)
+run: export STRIPE_API_BASE ?= http://127.0.0.1:5000/sandbox
+endif
+
 run: venv
 	$(FLASK) db upgrade
 	$(FLASK) seed-demo
+	@echo "Portal on http://127.0.0.1:5000 (a background worker sends refunds and e-mails)."
+	$(FLASK) worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(FLASK) run --host 127.0.0.1 --port 5000
 
 test: venv

@@ -48,6 +48,12 @@ def test_settings(database_url, tmp_path_factory) -> dict:
         "SECRET_KEY": "test-secret-key",
         "SERVER_NAME": "portal.test",
         "MAIL_BACKEND": "log",
+        # Always the in-process sandbox, whatever the developer's environment says.
+        "PAYMENTS_MODE": "sandbox",
+        "STRIPE_API_BASE": "",
+        "STRIPE_SECRET_KEY": "sk_test_sandbox",
+        "STRIPE_WEBHOOK_SECRET": "whsec_sandbox",
+        "STRIPE_WEBHOOK_SECRET_PREVIOUS": "",
     }
 
 
