@@ -6,6 +6,7 @@ read at import time, so tests build apps with their own environment.
 
 import os
 import secrets
+from datetime import timedelta
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,
+        # "Keep me logged in" survives closing the browser, never the 12-hour session limit.
+        "REMEMBER_COOKIE_DURATION": timedelta(hours=12),
+        # __Host- cookies are only accepted over HTTPS, for this exact host, on path /.
+        "SESSION_COOKIE_NAME": "__Host-portal-session" if production else "portal-session",
+        "REMEMBER_COOKIE_NAME": "__Host-portal-remember" if production else "portal-remember",
         "REMEMBER_COOKIE_HTTPONLY": True,
         "REMEMBER_COOKIE_SAMESITE": "Lax",
         "REMEMBER_COOKIE_SECURE": production,

@@ -62,9 +62,13 @@ class User(UserMixin, db.Model):
     def is_terminated(self) -> bool:
         return self.status == AccountStatus.TERMINATED
 
+    # The server-side session this request belongs to (set at log-in and by the loader).
+    session_token = None
+
     def get_id(self) -> str:
-        # The generation makes Flask-Login's remember cookie die with a password change.
-        return f"{self.id}:{self.session_generation}"
+        # What Flask-Login keeps in the session and the remember cookie: the generation
+        # dies with a password change, the token with the server-side session.
+        return f"{self.id}:{self.session_generation}:{self.session_token or ''}"
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.role}>"
@@ -83,3 +87,22 @@ class PasswordResetToken(db.Model):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship(back_populates="reset_tokens")
+
+
+class UserSession(db.Model):
+    """A signed-in browser: revocable on the server, unlike a cookie alone.
+
+    The cookie carries a random token; only its SHA-256 digest is stored.
+    """
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(255))

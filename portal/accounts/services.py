@@ -9,6 +9,7 @@ from zoneinfo import available_timezones
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from portal.accounts import sessions
 from portal.accounts.models import AccountStatus, PasswordResetToken, Role, User
 from portal.accounts.passwords import (
     hash_password,
@@ -16,6 +17,7 @@ from portal.accounts.passwords import (
     password_problems,
     verify_password,
 )
+from portal.db import MAX_ID
 from portal.errors import ValidationError
 from portal.extensions import db
 from portal.notifications.services import queue_email
@@ -34,14 +36,34 @@ def user_by_email(email: str) -> User | None:
 
 
 def load_user_from_session(session_id: str) -> User | None:
-    """Resolve Flask-Login's `id:generation` value; stale generations log the user out."""
-    user_id, _, generation = session_id.partition(":")
-    if not user_id.isdigit() or not generation.isdigit():
+    """Resolve Flask-Login's `id:generation:token` value to a user with a live session.
+
+    A stale generation (password changed) or an ended server-side session (log-out,
+    timeout) gives None: the browser is logged out, whatever cookies it still holds.
+    """
+    user_id, generation, token = (session_id.split(":") + ["", ""])[:3]
+    if not (user_id.isascii() and user_id.isdigit() and generation.isdigit() and token):
         return None
-    user = db.session.get(User, int(user_id))
+    user = db.session.get(User, int(user_id)) if int(user_id) <= MAX_ID else None
     if user is None or user.session_generation != int(generation):
         return None
+    if not sessions.is_live(user, token, utcnow()):
+        return None
+    user.session_token = token
     return user
+
+
+def log_in(user: User, ip_address: str | None, user_agent: str | None) -> str:
+    """Open a server-side session for a user who just proved who they are."""
+    token = sessions.start(user, utcnow(), ip_address, user_agent)
+    db.session.commit()
+    return token
+
+
+def log_out(user: User) -> None:
+    """End the user's current server-side session."""
+    sessions.end(user.session_token, utcnow())
+    db.session.commit()
 
 
 def register_user(email: str, password: str) -> User:
@@ -107,6 +129,7 @@ def _set_password(user: User, new_password: str) -> None:
         raise ValidationError(" ".join(problems), field="password")
     user.password_hash = hash_password(new_password)
     user.session_generation += 1
+    sessions.end_all(user, utcnow())
 
 
 def request_password_reset(email: str, link_for: Callable[[str], str]) -> None:
@@ -182,7 +205,10 @@ def create_or_promote_staff(email: str, password: str | None) -> tuple[User, boo
     elif password is not None:
         _set_password(user, password)
     user.role = Role.STAFF
-    user.session_generation = (user.session_generation or 0) + (0 if created else 1)
+    if not created:
+        # A change of privilege starts every session of the user afresh.
+        user.session_generation += 1
+        sessions.end_all(user, utcnow())
     db.session.commit()
     return user, created
 

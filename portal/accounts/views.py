@@ -28,6 +28,7 @@ INVALID_LOGIN = "The e-mail or password is not correct."
 def _start_session(user, remember: bool = False) -> None:
     # A fresh session at log-in, so an identifier planted before it is worthless.
     session.clear()
+    services.log_in(user, request.remote_addr, request.headers.get("User-Agent"))
     login_user(user, remember=remember)
 
 
@@ -76,8 +77,11 @@ def login():
 def logout():
     form = EmptyForm()
     if form.validate_on_submit():
-        logout_user()
+        if current_user.is_authenticated:
+            services.log_out(current_user)
+        # Clear first: logout_user() then marks the remember-me cookie for deletion.
         session.clear()
+        logout_user()
         flash("You are logged out.", "info")
     return redirect(url_for("pages.landing"), 303)
 
@@ -163,8 +167,8 @@ def reset_password(token: str):
                 return redirect(url_for("accounts.reset_request"), 303)
             form.password.errors.append(str(error))
         else:
-            logout_user()
             session.clear()
+            logout_user()
             flash("Your password is changed. Log in with the new one.", "success")
             return redirect(url_for("accounts.login"), 303)
     return render_template("accounts/reset_password.html", form=form), 400 if form.errors else 200

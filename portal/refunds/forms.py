@@ -4,9 +4,14 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import MultipleFileField
 from wtforms import BooleanField, HiddenField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import AnyOf, InputRequired, Length, Optional, Regexp
+from wtforms.validators import AnyOf, DataRequired, InputRequired, Length, Optional, Regexp
 
 from portal.refunds.eligibility import RequestReason
+
+
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
 
 REASON_LABELS = {
     RequestReason.CREDITS_NOT_ADDED: "I paid but my credits were not added",
@@ -30,13 +35,15 @@ class RefundRequestForm(FlaskForm):
     )
     details = TextAreaField(
         "Tell us what happened",
+        filters=[_strip],
         validators=[
-            InputRequired(message="Tell us in a few words what happened."),
+            DataRequired(message="Tell us in a few words what happened."),
             Length(min=10, max=5000, message="Write between 10 and 5,000 characters."),
         ],
     )
     transaction_ids = StringField(
         "Transaction or receipt ids (optional)",
+        filters=[_strip],
         validators=[Optional(), Length(max=500)],
         description="From your bank statement or Stripe receipt, if you have them.",
     )
@@ -53,8 +60,9 @@ class RefundRequestForm(FlaskForm):
 class ReplyForm(FlaskForm):
     body = TextAreaField(
         "Your answer",
+        filters=[_strip],
         validators=[
-            InputRequired(message="Write your answer."),
+            DataRequired(message="Write your answer."),
             Length(max=5000, message="Write at most 5,000 characters."),
         ],
     )

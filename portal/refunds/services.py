@@ -447,7 +447,10 @@ def customer_reply(user: User, request: RefundRequest, body: str, now: datetime)
     :raises Conflict: staff are not waiting on the customer.
     """
     request = db.session.scalar(
-        select(RefundRequest).where(RefundRequest.id == request.id).with_for_update()
+        select(RefundRequest)
+        .where(RefundRequest.id == request.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if request.status != RequestStatus.WAITING_ON_CUSTOMER:
         db.session.rollback()

@@ -49,13 +49,18 @@ def new():
     if explanation is not None:
         return explanation
     form = RefundRequestForm()
+    job = None
     if request.method == "GET":
         form.purchase_id.data = str(purchase.id)
         job_id = parse_id(request.args.get("job_id"))
         form.job_id.data = str(job_id) if job_id else ""
         if job_id:
             form.reason.data = RequestReason.JOB_FAILED.value
-    job = None
+            try:
+                job = services.job_for_request(current_user, purchase, job_id)
+            except ValidationError as error:
+                flash(str(error), "error")
+                form.job_id.data = ""
     if form.is_submitted() and form.validate():
         try:
             job = services.job_for_request(current_user, purchase, parse_id(form.job_id.data))

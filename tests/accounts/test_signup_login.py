@@ -148,7 +148,7 @@ def test_remember_me_sets_a_persistent_cookie(client):
             "csrf_token": token,
         },
     )
-    cookie = client.get_cookie("remember_token", domain="portal.test")
+    cookie = client.get_cookie("portal-remember", domain="portal.test")
     assert cookie is not None and cookie.expires is not None
 
 

@@ -1,0 +1,76 @@
+"""Server-side sessions: each signed-in browser is a row that log-out can end.
+
+Lifetimes follow OWASP ASVS level 2: every session ends 12 hours after log-in, and a
+staff session also ends after 30 minutes without a request.
+"""
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from portal.accounts.models import User, UserSession
+from portal.extensions import db
+
+ABSOLUTE_LIFETIME = timedelta(hours=12)
+STAFF_IDLE_TIMEOUT = timedelta(minutes=30)
+# Refreshing last_seen_at on every request would write on every page view.
+TOUCH_EVERY = timedelta(seconds=60)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start(user: User, now: datetime, ip_address: str | None, user_agent: str | None) -> str:
+    """Open a session for `user` and return its token (the caller commits)."""
+    token = secrets.token_urlsafe(32)
+    db.session.add(
+        UserSession(
+            user_id=user.id,
+            token_hash=_digest(token),
+            created_at=now,
+            last_seen_at=now,
+            ends_at=now + ABSOLUTE_LIFETIME,
+            ip_address=ip_address,
+            user_agent=(user_agent or "")[:255],
+        )
+    )
+    user.session_token = token
+    return token
+
+
+def end(token: str | None, now: datetime) -> None:
+    """End one session (log-out); the caller commits."""
+    if token:
+        db.session.execute(
+            update(UserSession)
+            .where(UserSession.token_hash == _digest(token), UserSession.ended_at.is_(None))
+            .values(ended_at=now)
+        )
+
+
+def end_all(user: User, now: datetime) -> None:
+    """End every session of `user` (password change or reset, role change)."""
+    db.session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user.id, UserSession.ended_at.is_(None))
+        .values(ended_at=now)
+    )
+
+
+def is_live(user: User, token: str, now: datetime) -> bool:
+    """Say whether `token` is a live session of `user`, and mark it as seen."""
+    row = db.session.scalar(select(UserSession).where(UserSession.token_hash == _digest(token)))
+    if row is None or row.user_id != user.id or row.ended_at is not None or row.ends_at <= now:
+        return False
+    if user.is_staff and now - row.last_seen_at > STAFF_IDLE_TIMEOUT:
+        return False
+    if now - row.last_seen_at > TOUCH_EVERY:
+        # A connection of its own, so the touch never commits a view's half-done work.
+        with db.engine.begin() as connection:
+            connection.execute(
+                update(UserSession).where(UserSession.id == row.id).values(last_seen_at=now)
+            )
+    return True

@@ -1,0 +1,554 @@
+"""Filing a refund request: the form, the review of the pre-check, and what gets stored."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from portal.billing.models import PurchaseStatus
+from portal.errors import Conflict
+from portal.extensions import db
+from portal.jobs import services as jobs
+from portal.ledger.models import EntryKind
+from portal.refunds import services
+from portal.refunds.eligibility import RequestReason, Verdict, refund_deadline
+from portal.refunds.models import Attachment, RefundRequest, RequestStatus
+from portal.timeutil import add_business_days, utcnow
+from tests.factories import login_as, make_purchase, make_staff, make_user
+from tests.refunds.helpers import (
+    DETAILS,
+    JPEG_BYTES,
+    PNG_BYTES,
+    balance,
+    count,
+    csrf_of,
+    emails_to,
+    events_of,
+    fail_without_restoring,
+    file_through_form,
+    form_data,
+    has_form_field,
+    ledger_entries,
+    new_form_path,
+    nothing_filed,
+    pay_at_sandbox,
+    post_form,
+    refund_requests,
+    spend,
+    stored_files,
+    text,
+)
+
+pytestmark = pytest.mark.usefixtures("upload_folder")
+
+
+@pytest.fixture
+def pro_88_unused(customer):
+    """A Pro purchase of `customer` with 88 of its 300 credits unused."""
+    purchase = make_purchase(customer, "pro")
+    spend(customer, 212)
+    return purchase
+
+
+def _open_form(client, purchase_id=None, job_id=None):
+    page = client.get(new_form_path(purchase_id, job_id))
+    assert page.status_code == 200, text(page)
+    return page, csrf_of(page)
+
+
+def _deadline(purchase) -> str:
+    return refund_deadline(purchase.paid_at).strftime("%B %-d, %Y")
+
+
+# -- the happy path: form, review, submit ------------------------------------------------
+
+
+def test_new_shows_the_form_for_the_customers_purchase(client, pro_88_unused):
+    page, _ = _open_form(client, pro_88_unused.id)
+    words = text(page)
+    assert "Request a refund" in words
+    assert "Pro purchase" in words
+    assert "88 of 300 credits unused" in words
+    assert f"Requests are accepted until {_deadline(pro_88_unused)}" in words
+    for field in ("reason", "details", "transaction_ids", "money_back", "purchase_id"):
+        assert has_form_field(page, field), field
+    assert f'name="purchase_id" type="hidden" value="{pro_88_unused.id}"' in page.get_data(
+        as_text=True
+    )
+
+
+def test_review_shows_every_rule_the_verdict_the_estimate_and_the_timeline(
+    client, customer, pro_88_unused
+):
+    _, token = _open_form(client, pro_88_unused.id)
+    review = post_form(client, form_data(token, pro_88_unused.id, "review"))
+    assert review.status_code == 200, text(review)
+    words = text(review)
+
+    expected = services.preview(customer, pro_88_unused, RequestReason.OTHER, None, False, utcnow())
+    assert len(expected.rules) == 8
+    for result in expected.rules:
+        assert result.title in words
+        assert result.explanation in words, result.code
+    assert f"requests are accepted until {_deadline(pro_88_unused)}" in words
+    assert "88 of the 300 credits are unused, worth $5.86" in words
+    assert "Needs a closer look" in words
+    assert "Estimated refund: $5.86 for 88 unused credits" in words
+    assert "We answer within 3\u20135 business days" in words
+    assert "5\u201310 business days after approval" in words
+    assert "Submit my request" in words
+    assert "Submit anyway" not in words
+    assert nothing_filed()
+
+
+def test_submit_files_the_request_with_its_precheck_deadline_timeline_and_email(
+    client, customer, pro_88_unused
+):
+    before = utcnow()
+    response = file_through_form(client, pro_88_unused.id)
+    after = utcnow()
+
+    assert response.status_code == 303, text(response)
+    [filed] = refund_requests()
+    assert response.headers["Location"].endswith(f"/refunds/{filed.id}")
+    assert re.fullmatch(r"RR-\d{6}", filed.reference)
+    assert filed.reference == f"RR-{filed.id:06d}"
+    assert filed.user_id == customer.id
+    assert filed.purchase_id == pro_88_unused.id
+    assert filed.reason == RequestReason.OTHER
+    assert filed.details == DETAILS
+    assert filed.status == RequestStatus.OPEN
+    assert filed.verdict == Verdict.NEEDS_REVIEW
+    assert filed.precheck["verdict"] == "needs_review"
+    assert [rule["code"] for rule in filed.precheck["rules"]][0] == "window"
+    assert len(filed.precheck["rules"]) == 8
+    assert filed.recommended_cents == 586
+    assert filed.recommended_credits == 88
+    assert before <= filed.created_at <= after
+    assert filed.due_at == add_business_days(filed.created_at, 5)
+    assert filed.decided_at is None
+
+    assert [event.kind for event in events_of(filed.id)] == ["filed", "precheck"]
+    [email] = emails_to(customer.email)
+    assert email.subject == f"Refund request {filed.reference} received"
+    assert "3-5 business days" in email.body_text
+    assert "5-10 business days" in email.body_text
+
+    shown = client.get(response.headers["Location"])
+    assert shown.status_code == 200
+    words = text(shown)
+    assert f"Refund request {filed.reference}" in words
+    assert f"Your request {filed.reference} is filed." in words
+    assert "Filed \u2014 Request filed: other." in words
+    assert "Precheck \u2014" in words
+    assert "88 of the 300 credits are unused, worth $5.86" in words
+    assert "Estimated refund: $5.86" in words
+
+    listing = client.get("/refunds/")
+    assert listing.status_code == 200
+    assert filed.reference in text(listing)
+    assert f'href="/refunds/{filed.id}"' in listing.get_data(as_text=True)
+
+
+def test_a_purchase_outside_the_window_can_still_be_filed_as_likely_ineligible(client, customer):
+    purchase = make_purchase(customer, "pro", paid_at=utcnow() - timedelta(days=40))
+    _, token = _open_form(client, purchase.id)
+    review = post_form(client, form_data(token, purchase.id, "review"))
+    assert review.status_code == 200
+    words = text(review)
+    assert "Likely not eligible" in words
+    assert "This request comes after that date." in words
+    assert "Submit anyway" in words
+    assert "Submit my request" not in words
+
+    response = post_form(client, form_data(token, purchase.id, "submit"))
+    assert response.status_code == 303, text(response)
+    [filed] = refund_requests()
+    assert filed.status == RequestStatus.OPEN
+    assert filed.verdict == Verdict.LIKELY_INELIGIBLE
+    assert filed.recommended_cents == 0
+
+
+# -- what the portal settles by itself ----------------------------------------------------
+
+
+def test_credits_that_never_arrived_are_added_once(client, customer, monkeypatch):
+    purchase = make_purchase(customer, "pro", credited=False)
+    assert purchase.status == PurchaseStatus.PAID
+    pay_at_sandbox(purchase, monkeypatch)
+    assert balance(customer.id) == 0
+
+    response = file_through_form(client, purchase.id, reason=RequestReason.CREDITS_NOT_ADDED.value)
+    assert response.status_code == 303, text(response)
+    [first] = refund_requests()
+    assert first.status == RequestStatus.RESOLVED_AUTOMATICALLY
+    assert first.verdict == Verdict.RESOLVED_AUTOMATICALLY
+    assert first.decided_at is not None
+    assert balance(customer.id) == 300
+    assert len(ledger_entries(customer.id, EntryKind.PURCHASE_CREDIT)) == 1
+    assert "auto_resolved" in [event.kind for event in events_of(first.id)]
+    assert "The 300 missing credits were added" in text(client.get(f"/refunds/{first.id}"))
+
+    again = file_through_form(client, purchase.id, reason=RequestReason.CREDITS_NOT_ADDED.value)
+    assert again.status_code == 303, text(again)
+    first_again, second = refund_requests()
+    assert second.status == RequestStatus.OPEN
+    assert second.verdict != Verdict.RESOLVED_AUTOMATICALLY
+    assert balance(customer.id) == 300
+    assert len(ledger_entries(customer.id, EntryKind.PURCHASE_CREDIT)) == 1
+
+
+def test_a_platform_failed_job_not_yet_restored_is_restored_once(client, customer):
+    make_purchase(customer, "pro")
+    job = fail_without_restoring(spend(customer, 12))
+    assert balance(customer.id) == 288
+
+    page, _ = _open_form(client, job_id=job.id)
+    assert re.search(
+        r'<option (?=[^>]*selected)(?=[^>]*value="job_failed")', page.get_data(as_text=True)
+    )
+    response = file_through_form(client, job_id=job.id, reason=RequestReason.JOB_FAILED.value)
+    assert response.status_code == 303, text(response)
+    [first] = refund_requests()
+    assert first.job_id == job.id
+    assert first.status == RequestStatus.RESOLVED_AUTOMATICALLY
+    assert balance(customer.id) == 300
+    assert len(ledger_entries(customer.id, EntryKind.JOB_REFUND)) == 1
+    assert "auto_resolved" in [event.kind for event in events_of(first.id)]
+
+    again = file_through_form(client, job_id=job.id, reason=RequestReason.JOB_FAILED.value)
+    assert again.status_code == 303, text(again)
+    _, second = refund_requests()
+    assert second.status == RequestStatus.OPEN
+    assert "already returned to your balance on" in str(second.precheck["rules"])
+    assert balance(customer.id) == 300
+    assert len(ledger_entries(customer.id, EntryKind.JOB_REFUND)) == 1
+
+
+# -- what cannot be filed, or only once ------------------------------------------------------
+
+
+def test_another_customers_purchase_is_not_found(client, customer):
+    stranger = make_purchase(make_user(), "pro")
+    own = make_purchase(customer, "pro")
+    assert client.get(new_form_path(stranger.id)).status_code == 404
+    _, token = _open_form(client, own.id)
+    for step in ("review", "submit"):
+        assert post_form(client, form_data(token, stranger.id, step)).status_code == 404
+    assert nothing_filed()
+
+
+def test_a_purchase_with_an_open_request_leads_to_that_request(client, pro_88_unused):
+    assert file_through_form(client, pro_88_unused.id).status_code == 303
+    [filed] = refund_requests()
+
+    response = client.get(new_form_path(pro_88_unused.id))
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/refunds/{filed.id}")
+    shown = client.get(response.headers["Location"])
+    assert f"You already have an open request for this purchase ({filed.reference})" in text(shown)
+    assert len(refund_requests()) == 1
+
+
+def test_submitting_twice_files_one_request(client, pro_88_unused):
+    _, token = _open_form(client, pro_88_unused.id)
+    data = form_data(token, pro_88_unused.id, "submit")
+    first = post_form(client, data)
+    second = post_form(client, data)
+    assert first.status_code == second.status_code == 303
+    [filed] = refund_requests()
+    assert first.headers["Location"] == second.headers["Location"]
+    assert first.headers["Location"].endswith(f"/refunds/{filed.id}")
+    assert len(events_of(filed.id)) == 2
+
+
+def _request_row(user, purchase, status=RequestStatus.OPEN) -> RefundRequest:
+    now = utcnow()
+    return RefundRequest(
+        user_id=user.id,
+        purchase_id=purchase.id,
+        reason=RequestReason.OTHER,
+        details=DETAILS,
+        status=status,
+        verdict=Verdict.NEEDS_REVIEW,
+        precheck={"verdict": "needs_review", "rules": []},
+        due_at=add_business_days(now, 5),
+        created_at=now,
+    )
+
+
+def test_the_database_refuses_a_second_open_request_for_a_purchase(app, customer):
+    purchase = make_purchase(customer, "pro")
+    db.session.add(_request_row(customer, purchase))
+    db.session.commit()
+
+    db.session.add(_request_row(customer, purchase, RequestStatus.WAITING_ON_CUSTOMER))
+    with pytest.raises(IntegrityError):
+        db.session.commit()
+    db.session.rollback()
+
+    # Closed requests do not count: a new open one may follow them.
+    db.session.add(_request_row(customer, purchase, RequestStatus.CLOSED))
+    db.session.commit()
+    assert count(RefundRequest, RefundRequest.purchase_id == purchase.id) == 2
+
+
+@pytest.mark.parametrize("step", ["review", "submit"])
+def test_a_job_that_succeeded_is_refused_with_a_clear_message(client, customer, step):
+    purchase = make_purchase(customer, "pro")
+    job = spend(customer, 12)
+    jobs.complete_job(job.id)
+    _, token = _open_form(client, job_id=job.id)
+
+    response = post_form(
+        client,
+        form_data(token, purchase.id, step, reason="job_failed", job_id=job.id),
+    )
+    assert response.status_code == 400
+    assert f"Job {job.id} succeeded; only failed jobs can be refunded." in text(response)
+    assert nothing_filed()
+    assert balance(customer.id) == 288
+
+
+@pytest.mark.parametrize(
+    ("details", "message"),
+    [
+        pytest.param("", "Tell us in a few words what happened.", id="empty"),
+        pytest.param(" " * 20, "Tell us in a few words what happened.", id="only spaces"),
+        pytest.param("x" * 10_000, "Write between 10 and 5,000 characters.", id="10,000 chars"),
+    ],
+)
+@pytest.mark.parametrize("step", ["review", "submit"])
+def test_details_must_say_something_and_not_too_much(
+    client, pro_88_unused, upload_folder, details, message, step
+):
+    _, token = _open_form(client, pro_88_unused.id)
+    response = post_form(client, form_data(token, pro_88_unused.id, step, details=details))
+    assert response.status_code == 400, text(response)
+    assert 'class="field-error" id="details-error"' in response.get_data(as_text=True)
+    assert message in text(response)
+    assert nothing_filed(upload_folder)
+
+
+@pytest.mark.parametrize("step", ["review", "submit"])
+def test_a_forged_reason_is_refused(client, pro_88_unused, upload_folder, step):
+    _, token = _open_form(client, pro_88_unused.id)
+    response = post_form(client, form_data(token, pro_88_unused.id, step, reason="refund_me_now"))
+    assert response.status_code == 400
+    assert 'class="field-error" id="reason-error"' in response.get_data(as_text=True)
+    assert nothing_filed(upload_folder)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        pytest.param({"status": PurchaseStatus.DISPUTED}, id="disputed"),
+        pytest.param(
+            {"status": PurchaseStatus.REFUNDED, "refunded_cents": 2000}, id="fully refunded"
+        ),
+    ],
+)
+def test_a_disputed_or_fully_refunded_purchase_explains_why_and_shows_no_form(
+    client, customer, status
+):
+    purchase = make_purchase(customer, "pro", **status)
+    page = client.get(new_form_path(purchase.id))
+    assert page.status_code == 409
+    words = text(page)
+    assert "A refund cannot be requested here" in words
+    assert ("disputed with your bank" in words) or ("already been refunded in full" in words)
+    assert not has_form_field(page, "details")
+    assert not has_form_field(page, "reason")
+
+    own = make_purchase(customer, "basic")
+    _, token = _open_form(client, own.id)
+    response = post_form(client, form_data(token, purchase.id, "submit"))
+    assert response.status_code == 409
+    assert nothing_filed()
+
+
+# -- screenshots -------------------------------------------------------------------------------
+
+
+def test_png_and_jpeg_screenshots_are_stored_and_shown_only_to_owner_and_staff(
+    app, client, customer, pro_88_unused, upload_folder
+):
+    response = file_through_form(
+        client,
+        pro_88_unused.id,
+        files=[(PNG_BYTES, "error screen.png"), (JPEG_BYTES, "receipt.jpg")],
+    )
+    assert response.status_code == 303, text(response)
+    [filed] = refund_requests()
+    attachments = sorted(filed.attachments, key=lambda attachment: attachment.filename)
+    assert [(a.filename, a.content_type, a.size_bytes) for a in attachments] == [
+        ("error screen.png", "image/png", len(PNG_BYTES)),
+        ("receipt.jpg", "image/jpeg", len(JPEG_BYTES)),
+    ]
+    files = stored_files(upload_folder)
+    assert sorted(path.name for path in files) == sorted(a.storage_key for a in attachments)
+    assert {path.read_bytes() for path in files} == {PNG_BYTES, JPEG_BYTES}
+
+    shown = text(client.get(f"/refunds/{filed.id}"))
+    assert "error screen.png" in shown
+    assert "receipt.jpg" in shown
+
+    for attachment, content in zip(attachments, (PNG_BYTES, JPEG_BYTES), strict=True):
+        path = f"/refunds/attachments/{attachment.id}"
+        served = client.get(path)
+        assert served.status_code == 200
+        assert served.mimetype == attachment.content_type
+        assert served.data == content
+
+        stranger = app.test_client()
+        login_as(stranger, make_user())
+        assert stranger.get(path).status_code == 404
+
+        staff = app.test_client()
+        login_as(staff, make_staff())
+        from_staff = staff.get(path)
+        assert from_staff.status_code == 200
+        assert from_staff.mimetype == attachment.content_type
+
+
+def test_a_screenshot_of_exactly_5_mb_is_accepted(client, pro_88_unused, upload_folder):
+    content = PNG_BYTES + b"\x00" * (5 * 1024 * 1024 - len(PNG_BYTES))
+    response = file_through_form(client, pro_88_unused.id, files=[(content, "big.png")])
+    assert response.status_code == 303, text(response)
+    assert count(Attachment) == 1
+    assert [path.stat().st_size for path in stored_files(upload_folder)] == [5 * 1024 * 1024]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        pytest.param(
+            [(b"just some text, honestly a picture", "screenshot.png")],
+            "screenshot.png is not a PNG or JPEG image.",
+            id="text renamed .png",
+        ),
+        pytest.param(
+            [(PNG_BYTES, f"shot{number}.png") for number in range(4)],
+            "Attach at most 3 screenshots.",
+            id="four files",
+        ),
+        pytest.param(
+            [(PNG_BYTES, "ok.png"), (PNG_BYTES + b"\x00" * (5 * 1024 * 1024), "huge.png")],
+            "huge.png is larger than 5 MB.",
+            id="over 5 MB",
+        ),
+    ],
+)
+def test_refused_screenshots_store_nothing(client, pro_88_unused, upload_folder, files, message):
+    _, token = _open_form(client, pro_88_unused.id)
+    response = post_form(client, form_data(token, pro_88_unused.id, "submit"), files)
+    assert response.status_code == 400, text(response)
+    assert message in text(response)
+    assert nothing_filed(upload_folder)
+    assert emails_to(pro_88_unused.user.email) == []
+
+
+# -- the facts the service gathers from the database ----------------------------------------
+
+
+def _incident(started_at, ended_at):
+    from portal.staff.models import Incident
+
+    db.session.add(Incident(title="Render farm down", started_at=started_at, ended_at=ended_at))
+    db.session.commit()
+
+
+def test_the_service_sees_a_duplicate_payment_9_minutes_earlier(customer):
+    paid = utcnow() - timedelta(days=2)
+    make_purchase(customer, "pro", paid_at=paid - timedelta(minutes=9))
+    make_purchase(customer, "basic", paid_at=paid - timedelta(minutes=2))
+    later = make_purchase(customer, "pro", paid_at=paid)
+    check = services.preview(customer, later, RequestReason.CHARGED_TWICE, None, False, utcnow())
+    assert check.verdict == Verdict.LIKELY_ELIGIBLE
+    assert check.stripe_reason == "duplicate"
+    assert check.recommended_cents == 2000
+
+
+@pytest.mark.parametrize(
+    ("start_hours", "length_hours", "spend_at_hours", "verdict", "cents"),
+    [
+        pytest.param(5, 48, None, Verdict.LIKELY_ELIGIBLE, 586, id="48h while unused"),
+        pytest.param(5, 47.99, None, Verdict.NEEDS_REVIEW, 586, id="just under 48h"),
+        pytest.param(-60, 50, None, Verdict.NEEDS_REVIEW, 586, id="ended before credited"),
+        pytest.param(30, 72, 24, Verdict.LIKELY_INELIGIBLE, 0, id="after all were used"),
+        pytest.param(30, None, None, Verdict.LIKELY_ELIGIBLE, 586, id="ongoing since"),
+    ],
+)
+def test_the_service_weighs_incidents_against_when_the_credits_were_held(
+    customer, start_hours, length_hours, spend_at_hours, verdict, cents
+):
+    credited = utcnow() - timedelta(days=5)
+    purchase = make_purchase(customer, "pro", paid_at=credited)
+    if spend_at_hours is None:
+        spend(customer, 212)
+    else:
+        jobs.charge_job(
+            "all-of-it", customer.email, "upscale", 300, at=credited + timedelta(hours=24)
+        )
+    started = credited + timedelta(hours=start_hours)
+    ended = None if length_hours is None else started + timedelta(hours=length_hours)
+    _incident(started, ended)
+
+    check = services.preview(
+        customer, purchase, RequestReason.SERVICE_UNAVAILABLE, None, False, utcnow()
+    )
+    assert check.verdict == verdict
+    assert check.recommended_cents == cents
+
+
+def test_money_back_instead_of_missing_credits_files_a_full_refund_request(client, customer):
+    purchase = make_purchase(customer, "pro", credited=False)
+    response = file_through_form(
+        client, purchase.id, reason=RequestReason.CREDITS_NOT_ADDED.value, money_back=True
+    )
+    assert response.status_code == 303, text(response)
+    [filed] = refund_requests()
+    assert filed.status == RequestStatus.OPEN
+    assert filed.verdict == Verdict.LIKELY_ELIGIBLE
+    assert filed.recommended_cents == 2000
+    assert balance(customer.id) == 0
+    assert ledger_entries(customer.id, EntryKind.PURCHASE_CREDIT) == []
+
+
+def test_missing_credits_the_payment_provider_cannot_confirm_go_to_staff(client, customer):
+    # The factory's made-up session id is unknown to the sandbox: nothing can be credited.
+    purchase = make_purchase(customer, "pro", credited=False)
+    response = file_through_form(client, purchase.id, reason=RequestReason.CREDITS_NOT_ADDED.value)
+    assert response.status_code == 303, text(response)
+    [filed] = refund_requests()
+    assert filed.status == RequestStatus.OPEN
+    assert filed.verdict == Verdict.NEEDS_REVIEW
+    assert filed.decided_at is None
+    assert balance(customer.id) == 0
+    assert "auto_resolved" not in [event.kind for event in events_of(filed.id)]
+
+
+def test_a_second_open_request_filed_past_the_checks_is_a_conflict_and_stores_nothing(
+    customer, pro_88_unused, upload_folder
+):
+    def file(uploads):
+        return services.file_request(
+            customer,
+            pro_88_unused,
+            RequestReason.OTHER,
+            DETAILS,
+            "",
+            None,
+            False,
+            uploads,
+            utcnow(),
+        )
+
+    first = file([])
+    with pytest.raises(Conflict) as refused:
+        file([services.Upload("shot.png", PNG_BYTES)])
+    assert refused.value.existing_id == first.id
+    assert [request.id for request in refund_requests()] == [first.id]
+    assert count(Attachment) == 0
+    assert stored_files(upload_folder) == []
