@@ -5,6 +5,7 @@ from zoneinfo import available_timezones
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
+from portal import limits
 from portal.accounts import services
 from portal.accounts.forms import (
     BrowserTimezoneForm,
@@ -37,7 +38,9 @@ def _home_for(user) -> str:
 
 
 @bp.route("/signup", methods=["GET", "POST"])
-@limiter.limit("10 per hour", methods=["POST"])
+@limiter.limit(
+    limits.configured("RATELIMIT_SIGNUP"), key_func=limits.client_address, methods=["POST"]
+)
 def signup():
     if current_user.is_authenticated:
         return redirect(_home_for(current_user))
@@ -55,7 +58,12 @@ def signup():
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit("20 per hour", methods=["POST"])
+@limiter.limit(
+    limits.configured("RATELIMIT_LOGIN_IP"), key_func=limits.client_address, methods=["POST"]
+)
+@limiter.limit(
+    limits.configured("RATELIMIT_LOGIN_ACCOUNT"), key_func=limits.login_account, methods=["POST"]
+)
 def login():
     if current_user.is_authenticated:
         return redirect(_home_for(current_user))
@@ -133,7 +141,9 @@ def browser_timezone():
 
 
 @bp.route("/reset", methods=["GET", "POST"])
-@limiter.limit("5 per hour", methods=["POST"])
+@limiter.limit(
+    limits.configured("RATELIMIT_PASSWORD_RESET"), key_func=limits.client_address, methods=["POST"]
+)
 def reset_request():
     form = ResetRequestForm()
     if form.validate_on_submit():

@@ -3,7 +3,7 @@
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from portal import policy
+from portal import limits, policy
 from portal.billing import queries, services
 from portal.billing.forms import BuyForm
 from portal.billing.models import PurchaseStatus
@@ -15,13 +15,9 @@ from portal.pagination import page_request
 bp = Blueprint("billing", __name__)
 
 
-def _customer_key() -> str:
-    return f"user:{current_user.get_id()}" if current_user.is_authenticated else "anonymous"
-
-
 @bp.route("/credits/buy", methods=["GET", "POST"])
 @login_required
-@limiter.limit("10 per minute", key_func=_customer_key, methods=["POST"])
+@limiter.limit(limits.configured("RATELIMIT_CHECKOUT"), key_func=limits.customer, methods=["POST"])
 def buy():
     form = BuyForm()
     if form.validate_on_submit():

@@ -6,15 +6,17 @@ import re
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select
 
+from portal import limits
 from portal.accounts.models import User
 from portal.errors import AccountTerminated, Conflict, InsufficientCredits, NotFound
-from portal.extensions import csrf, db
+from portal.extensions import csrf, db, limiter
 from portal.jobs import services
 from portal.jobs.models import FailureReason, Job
 from portal.jobs.openapi import OPENAPI_DOCUMENT
 
 bp = Blueprint("jobs_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
+limiter.limit(limits.configured("RATELIMIT_JOBS_API"), key_func=limits.service_token)(bp)
 
 MAX_CREDITS_PER_JOB = 1_000_000
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")

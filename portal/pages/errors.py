@@ -63,15 +63,25 @@ def _render(status: int, description: str | None = None, retry_after: str | None
     )
 
 
+def _wait_words(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} second{'' if seconds == 1 else 's'}"
+    if seconds < 7200:
+        return f"{seconds // 60} minutes"
+    return f"{seconds // 3600} hours"
+
+
 def handle_http_error(error: HTTPException):
     if error.code is None or error.code < 400:
         return error
     if error.code >= 500:
         return handle_unexpected(error)
     retry_after = None
-    if error.code == 429 and error.response is None:
-        retry_after = getattr(error, "retry_after", None)
-    description = error.description if error.code in (400, 409, 413, 429) else None
+    window = getattr(getattr(error, "limit", None), "limit", None)
+    if error.code == 429 and window is not None:
+        # The window's length is the longest anyone waits for the count to clear.
+        retry_after = _wait_words(window.get_expiry())
+    description = error.description if error.code in (400, 409, 413) else None
     if error.code == 400 and "CSRF" in (error.description or ""):
         description = "The form expired or was sent from elsewhere. Reload the page and try again."
     return _render(error.code, description, retry_after)

@@ -3,9 +3,10 @@
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 
-from portal import policy
+from portal import limits, policy
 from portal.db import parse_id
 from portal.errors import Conflict, NotFound, ValidationError
+from portal.extensions import limiter
 from portal.ledger.services import unused_credits
 from portal.refunds import services
 from portal.refunds.eligibility import RequestReason, refund_deadline
@@ -40,6 +41,12 @@ def _purchase_or_explain(purchase_id: int | None):
 
 @bp.route("/new", methods=["GET", "POST"])
 @login_required
+@limiter.limit(
+    limits.configured("RATELIMIT_REFUND_REQUESTS"),
+    key_func=limits.customer,
+    methods=["POST"],
+    exempt_when=limits.not_a_submission,
+)
 def new():
     source = request.form if request.method == "POST" else request.args
     purchase_id = parse_id(source.get("purchase_id")) or services.purchase_id_for_job(

@@ -1,0 +1,50 @@
+"""Abuse limits: who is counted (the key) and how much they may do (from configuration).
+
+Limits live in settings (RATELIMIT_*) so that operators can tune them and tests can make
+them small. Counters are kept in Redis when REDIS_URL is set, so that every app server
+shares them; in memory otherwise.
+"""
+
+import hashlib
+
+from flask import current_app, request
+from flask_login import current_user
+
+DEFAULT_LIMITS = {
+    "RATELIMIT_LOGIN_IP": "30 per 10 minutes",
+    "RATELIMIT_LOGIN_ACCOUNT": "10 per 10 minutes",
+    "RATELIMIT_SIGNUP": "10 per hour",
+    "RATELIMIT_PASSWORD_RESET": "5 per hour",
+    "RATELIMIT_REFUND_REQUESTS": "5 per day",
+    "RATELIMIT_CHECKOUT": "10 per minute",
+    "RATELIMIT_JOBS_API": "6000 per minute",
+}
+
+
+def configured(name: str):
+    """The limit named `name`, read from the app's settings when the request comes."""
+    return lambda: current_app.config.get(name) or DEFAULT_LIMITS[name]
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def login_account() -> str:
+    # Guessing one account's password from many addresses is still counted per account.
+    email = (request.form.get("email") or "").strip().lower()
+    return f"account:{hashlib.sha256(email.encode()).hexdigest()[:32]}"
+
+
+def customer() -> str:
+    return f"user:{current_user.id}" if current_user.is_authenticated else client_address()
+
+
+def service_token() -> str:
+    token = request.headers.get("Authorization", "")
+    return f"token:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
+
+
+def not_a_submission() -> bool:
+    """Only the final submit of a refund request counts, not the review step."""
+    return request.form.get("step") != "submit"

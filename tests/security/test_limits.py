@@ -1,0 +1,157 @@
+"""Each abuse limit triggers, answers 429 saying when to retry, and clears by itself."""
+
+import time
+
+import pytest
+
+from portal.extensions import limiter
+from tests.factories import csrf_token, login_as, make_purchase, make_user
+
+WINDOW = "2 per 1 second"
+
+
+@pytest.fixture
+def limited(make_app):
+    """An app whose limits are on and tiny, so a test can hit them and wait them out."""
+
+    def build(setting: str):
+        app = make_app(
+            RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://", **{setting: WINDOW}
+        )
+        with app.app_context():
+            limiter.reset()
+        return app
+
+    return build
+
+
+def hit_until_limited(send, allowed: int = 2):
+    statuses = [send().status_code for _ in range(allowed + 1)]
+    assert 429 not in statuses[:allowed], statuses
+    assert statuses[-1] == 429, statuses
+
+
+def wait_out_the_window():
+    time.sleep(1.1)
+
+
+def test_login_is_limited_per_address_and_clears(limited):
+    app = limited("RATELIMIT_LOGIN_IP")
+    client = app.test_client()
+
+    def attempt(email="someone@example.com"):
+        token = csrf_token(client, "/login")
+        return client.post(
+            "/login", data={"email": email, "password": "wrong password here", "csrf_token": token}
+        )
+
+    hit_until_limited(attempt)
+    page = attempt("other@example.com")
+    assert page.status_code == 429
+    assert b"Please try again in at most 1 second." in page.data
+    assert "Retry-After" in page.headers
+    wait_out_the_window()
+    assert attempt().status_code == 400
+
+
+def test_login_is_limited_per_account_from_any_address(limited):
+    app = limited("RATELIMIT_LOGIN_ACCOUNT")
+    clients = [app.test_client() for _ in range(3)]
+
+    def attempt(index, email="victim@example.com"):
+        client = clients[index]
+        token = csrf_token(client, "/login")
+        return client.post(
+            "/login",
+            data={"email": email, "password": "guess guess guess", "csrf_token": token},
+            environ_base={"REMOTE_ADDR": f"10.0.0.{index + 1}"},
+        )
+
+    assert attempt(0).status_code == 400
+    assert attempt(1).status_code == 400
+    assert attempt(2).status_code == 429
+    assert attempt(2, "someone.else@example.com").status_code == 400
+
+
+def test_signup_is_limited(limited):
+    client = limited("RATELIMIT_SIGNUP").test_client()
+
+    def attempt():
+        token = csrf_token(client, "/signup")
+        return client.post(
+            "/signup",
+            data={"email": "not-an-email", "password": "x", "confirm": "x", "csrf_token": token},
+        )
+
+    hit_until_limited(attempt)
+    wait_out_the_window()
+    assert attempt().status_code == 400
+
+
+def test_password_reset_is_limited(limited):
+    client = limited("RATELIMIT_PASSWORD_RESET").test_client()
+
+    def attempt():
+        token = csrf_token(client, "/reset")
+        return client.post("/reset", data={"email": "a@example.com", "csrf_token": token})
+
+    hit_until_limited(attempt)
+    wait_out_the_window()
+    assert attempt().status_code == 303
+
+
+def test_checkout_is_limited_per_customer(limited):
+    app = limited("RATELIMIT_CHECKOUT")
+    client = app.test_client()
+    login_as(client, make_user())
+
+    def attempt():
+        token = csrf_token(client, "/credits/buy")
+        return client.post("/credits/buy", data={"package": "nope", "csrf_token": token})
+
+    hit_until_limited(attempt)
+    wait_out_the_window()
+    assert attempt().status_code == 400
+
+
+def test_refund_submissions_are_limited_but_reviews_are_not(limited):
+    app = limited("RATELIMIT_REFUND_REQUESTS")
+    client = app.test_client()
+    user = make_user()
+    purchase = make_purchase(user, "pro")
+    login_as(client, user)
+
+    def attempt(step):
+        token = csrf_token(client, f"/refunds/new?purchase_id={purchase.id}")
+        return client.post(
+            "/refunds/new",
+            data={
+                "purchase_id": purchase.id,
+                "reason": "other",
+                "details": "",
+                "step": step,
+                "csrf_token": token,
+            },
+        )
+
+    for _ in range(4):
+        assert attempt("review").status_code == 400
+    hit_until_limited(lambda: attempt("submit"))
+    assert attempt("review").status_code == 400
+
+
+def test_jobs_api_is_limited_per_token_with_a_json_answer(limited):
+    app = limited("RATELIMIT_JOBS_API")
+    app.config["PORTAL_SERVICE_TOKEN"] = "api-token"
+    client = app.test_client()
+
+    def attempt():
+        return client.get("/api/v1/jobs/1", headers={"Authorization": "Bearer api-token"})
+
+    hit_until_limited(attempt)
+    limited_answer = attempt()
+    assert limited_answer.get_json()["error"] == "rate_limited"
+    other_token = client.get("/api/v1/jobs/1", headers={"Authorization": "Bearer other"})
+    assert other_token.status_code == 401
+    wait_out_the_window()
+    assert attempt().status_code == 404
