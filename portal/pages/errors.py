@@ -4,6 +4,7 @@ import logging
 import uuid
 
 from flask import Flask, g, jsonify, render_template, request
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,23 @@ def handle_http_error(error: HTTPException):
     return _render(error.code, description, retry_after)
 
 
+def handle_database_unavailable(error: Exception):
+    """The database went away (restart, failover): a 503 the client may retry, not a 500."""
+    from portal.extensions import db, login_manager
+
+    request_id = g.get("request_id") or uuid.uuid4().hex[:12]
+    g.request_id = request_id
+    log.error("database unavailable in request %s: %s", request_id, error)
+    db.session.rollback()
+    # Render as a visitor: looking the user up would need the database that just failed.
+    g._login_user = login_manager.anonymous_user()
+    response = _render(503)
+    if isinstance(response, tuple):
+        return response[0], 503, {"Retry-After": "5"}
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def handle_unexpected(error: Exception):
     request_id = g.get("request_id") or uuid.uuid4().hex[:12]
     g.request_id = request_id
@@ -107,3 +125,5 @@ def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(InternalServerError, handle_unexpected)
     app.register_error_handler(Exception, handle_unexpected)
+    app.register_error_handler(OperationalError, handle_database_unavailable)
+    app.register_error_handler(InterfaceError, handle_database_unavailable)
