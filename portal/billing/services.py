@@ -442,10 +442,22 @@ def record_refund(refund: dict) -> Refund | None:
     if purchase is None:
         db.session.rollback()
         return None
-    ours = (refund.get("metadata") or {}).get("refund_id")
+    metadata = refund.get("metadata") or {}
+    ours, attempt = metadata.get("refund_id"), metadata.get("attempt")
     row = db.session.scalar(select(Refund).where(Refund.stripe_refund_id == stripe_id))
     if row is None and isinstance(ours, str) and ours.isdigit():
-        row = db.session.get(Refund, int(ours))
+        candidate = db.session.get(Refund, int(ours))
+        # Only news of the current attempt counts: a late event about an earlier,
+        # failed attempt must not undo the retry.
+        if (
+            candidate is not None
+            and attempt == str(candidate.attempt)
+            and (candidate.stripe_refund_id in (None, stripe_id))
+        ):
+            row = candidate
+        elif candidate is not None:
+            db.session.rollback()
+            return candidate
     if row is None:
         row = Refund(
             purchase_id=purchase.id,
@@ -572,6 +584,10 @@ def reconcile(since: datetime) -> list[ReconcileResult]:
 # -- refunds the portal sends -------------------------------------------------------------
 
 
+# A send still without Stripe's answer after this long was cut off and is sent again.
+UNFINISHED_AFTER = timedelta(minutes=1)
+
+
 def refund_key(refund: Refund) -> str:
     """The Stripe idempotency key of a refund's current attempt."""
     return f"refund-{refund.id}-{refund.created_at:%Y%m%dT%H%M%S%f}-attempt-{refund.attempt}"
@@ -594,7 +610,7 @@ def due_refund_ids(now: datetime, limit: int = 50) -> list[int]:
             select(Refund.id)
             .where(
                 ((Refund.status == RefundStatus.SCHEDULED) & (Refund.scheduled_for <= now))
-                | (unfinished & (Refund.sent_at <= now - timedelta(minutes=1)))
+                | (unfinished & (Refund.sent_at <= now - UNFINISHED_AFTER))
             )
             .order_by(Refund.id)
             .limit(limit)
@@ -613,7 +629,12 @@ def send_refund(refund_id: int, now: datetime) -> Refund | None:
     refund = _lock_refund(refund_id, skip_locked=True)
     due = refund is not None and (
         (refund.status == RefundStatus.SCHEDULED and refund.scheduled_for <= now)
-        or (refund.status == RefundStatus.PENDING and refund.stripe_refund_id is None)
+        or (
+            # Left unfinished by a worker that stopped mid-call, not one still calling.
+            refund.status == RefundStatus.PENDING
+            and refund.stripe_refund_id is None
+            and refund.sent_at <= now - UNFINISHED_AFTER
+        )
     )
     if not due:
         db.session.rollback()
@@ -623,7 +644,11 @@ def send_refund(refund_id: int, now: datetime) -> Refund | None:
     purchase = db.session.get(Purchase, refund.purchase_id)
     payment_intent = purchase.stripe_payment_intent_id
     key, amount, reason = refund_key(refund), refund.amount_cents, refund.reason
-    metadata = {"refund_id": str(refund.id), "purchase_id": str(purchase.id)}
+    metadata = {
+        "refund_id": str(refund.id),
+        "attempt": str(refund.attempt),
+        "purchase_id": str(purchase.id),
+    }
     db.session.commit()
     if payment_intent is None:
         return refund_failed(refund_id, "The purchase has no Stripe payment to refund.")
@@ -643,7 +668,8 @@ def refund_answered(refund_id: int, answer: dict) -> Refund | None:
     if refund is None:
         db.session.rollback()
         return None
-    refund.stripe_refund_id = refund.stripe_refund_id or answer.get("id")
+    # Stripe's answer names the refund of this attempt (a retry is a new Stripe refund).
+    refund.stripe_refund_id = answer.get("id") or refund.stripe_refund_id
     status = answer.get("status")
     db.session.commit()
     if status == RefundStatus.SUCCEEDED:
@@ -711,6 +737,8 @@ def refund_failed(refund_id: int, why: str) -> Refund | None:
         request = db.session.get(RefundRequest, refund.refund_request_id)
         if request.status == RequestStatus.APPROVED:
             request.transition(RequestStatus.IN_REVIEW)
+            request.decided_at = None
+            request.decided_by_id = None
         _request_event(
             refund,
             "refund_failed",

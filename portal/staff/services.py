@@ -377,6 +377,7 @@ def retry_refund(refund_id: int, actor: Actor, now: datetime) -> Refund:
         .execution_options(populate_existing=True)
     )
     refund.attempt += 1
+    refund.stripe_refund_id = None
     refund.status = RefundStatus.SCHEDULED
     refund.scheduled_for = now
     refund.failure_reason = None

@@ -6,6 +6,7 @@ service call, flashes what happened and redirects (303).
 
 import csv
 import io
+import json
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -358,6 +359,10 @@ def audit_log():
     rows = queries.audit_page(_audit_filters(form), parse_id(request.args.get("before")))
     kept = {key: value for key, value in request.args.items() if key != "before"}
     return render_template("staff/audit.html", form=form, rows=rows, kept_args=kept)
+
+
+def _json_cell(value) -> str:
+    return json.dumps(value, sort_keys=True) if value is not None else ""
 
 
 @bp.get("/audit.csv")
