@@ -1,6 +1,5 @@
 """The credit portal: `create_app` reads like the table of contents of the application."""
 
-import logging
 import os
 from pathlib import Path
 
@@ -31,6 +30,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_error_handlers(app)
     register_template_helpers(app)
     register_security(app)
+    register_operations(app)
     register_cli(app)
     if app.config["PROXY_FIX_COUNT"]:
         count = app.config["PROXY_FIX_COUNT"]
@@ -39,10 +39,9 @@ def create_app(config: dict | None = None) -> Flask:
 
 
 def configure_logging(app: Flask) -> None:
-    if not app.logger.handlers or app.debug:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+    from portal.ops.requestlog import configure_logging as configure
+
+    configure(app)
 
 
 def register_routing(app: Flask) -> None:
@@ -107,6 +106,15 @@ def register_security(app: Flask) -> None:
     from portal.security import register
 
     register(app)
+
+
+def register_operations(app: Flask) -> None:
+    from portal.ops import metrics, requestlog
+    from portal.ops.health import bp as health
+
+    app.register_blueprint(health)
+    requestlog.register(app)
+    metrics.register(app)
 
 
 def register_cli(app: Flask) -> None:

@@ -125,7 +125,31 @@ def digest() -> None:
     click.echo(f"{send_overdue_digest(utcnow())} overdue request(s) in the digest.")
 
 
+@click.command("check-deploy")
+def check_deploy() -> None:
+    """Fail, listing each problem, when settings are unsafe for production."""
+    from flask import current_app
+
+    from portal.ops.deploycheck import deployment_problems
+
+    problems = deployment_problems(current_app._get_current_object())
+    for problem in problems:
+        click.echo(f"- {problem}", err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} deployment problem(s).")
+    click.echo("Deployment settings look safe.")
+
+
 def register(app: Flask) -> None:
-    commands = (create_staff, seed_demo, send_mail, ledger_check, reconcile, worker, digest)
+    commands = (
+        create_staff,
+        seed_demo,
+        send_mail,
+        ledger_check,
+        reconcile,
+        worker,
+        digest,
+        check_deploy,
+    )
     for command in commands:
         app.cli.add_command(command)

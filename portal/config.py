@@ -4,6 +4,7 @@
 read at import time, so tests build apps with their own environment.
 """
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -116,6 +117,13 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
         "WTF_CSRF_TIME_LIMIT": None,
         "PROXY_FIX_COUNT": int(environ.get("PROXY_FIX_COUNT", "0")),
+        # /metrics answers these networks, or anyone with the bearer token.
+        "METRICS_TOKEN": environ.get("METRICS_TOKEN", ""),
+        "METRICS_NETWORKS": [
+            ipaddress.ip_network(network.strip())
+            for network in environ.get("METRICS_NETWORKS", "127.0.0.1/32,::1/128").split(",")
+            if network.strip()
+        ],
     }
 
 

@@ -1,4 +1,4 @@
-"""The background worker: sends due refunds and outbox e-mails, on a short loop.
+"""The background worker: sends due refunds and outbox e-mails, runs periodic tasks.
 
 Run with `flask --app portal worker`. On SIGTERM or SIGINT it finishes the item in hand
 and stops claiming more.
@@ -12,6 +12,7 @@ from flask import Flask
 
 from portal.billing.services import send_due_refunds
 from portal.notifications.services import deliver_pending
+from portal.ops.schedule import run_due_tasks
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,11 @@ class Worker:
     def run_once(self) -> dict[str, int]:
         """Do one round of every kind of work; return how much of each was done."""
         with self.app.app_context():
-            done = {"refunds": send_due_refunds(utcnow())}
+            now = utcnow()
+            done = {"refunds": send_due_refunds(now)}
             if self.app.config["MAIL_BACKEND"] == "smtp":
                 done["emails"] = deliver_pending()
+            done["periodic"] = len(run_due_tasks(now))
             return done
 
     def stop(self, *_signal_args) -> None:

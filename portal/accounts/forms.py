@@ -73,3 +73,13 @@ class BrowserTimezoneForm(FlaskForm):
 
 class SettingsForm(FlaskForm):
     timezone = SelectField("Timezone", validate_choice=True)
+
+
+class CloseAccountForm(FlaskForm):
+    current_password = PasswordField(
+        "Your password", validators=[InputRequired(), Length(max=MAX_LENGTH)]
+    )
+    confirm = BooleanField(
+        "I understand that my unused credits are lost and this cannot be undone",
+        validators=[InputRequired(message="Tick the box to confirm.")],
+    )

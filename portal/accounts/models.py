@@ -20,6 +20,8 @@ class Role(StrEnum):
 class AccountStatus(StrEnum):
     ACTIVE = "active"
     TERMINATED = "terminated"
+    # Closed at the customer's request: personal data erased, financial records kept.
+    CLOSED = "closed"
 
 
 class User(UserMixin, db.Model):

@@ -2,24 +2,38 @@
 
 from zoneinfo import available_timezones
 
-from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    flash,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
 from flask_login import current_user, login_required, login_user, logout_user
 
 from portal import limits
-from portal.accounts import services
+from portal.accounts import datarights, services
 from portal.accounts.forms import (
     BrowserTimezoneForm,
     ChangePasswordForm,
+    CloseAccountForm,
     LoginForm,
     ResetPasswordForm,
     ResetRequestForm,
     SettingsForm,
     SignupForm,
 )
+from portal.accounts.passwords import verify_password
 from portal.errors import ValidationError
-from portal.extensions import limiter
+from portal.extensions import db, limiter
 from portal.forms import EmptyForm
+from portal.refunds.services import attachment_folder
 from portal.security import is_safe_next
+from portal.staff.audit import audit
+from portal.timeutil import utcnow
 
 bp = Blueprint("accounts", __name__)
 
@@ -28,6 +42,7 @@ INVALID_LOGIN = "The e-mail or password is not correct."
 
 def _start_session(user, remember: bool = False) -> None:
     # A fresh session at log-in, so an identifier planted before it is worthless.
+    user = getattr(user, "_get_current_object", lambda: user)()
     session.clear()
     services.log_in(user, request.remote_addr, request.headers.get("User-Agent"))
     login_user(user, remember=remember)
@@ -119,10 +134,51 @@ def settings():
     status = 400 if password_form.errors or settings_form.errors else 200
     return (
         render_template(
-            "accounts/settings.html", password_form=password_form, settings_form=settings_form
+            "accounts/settings.html",
+            password_form=password_form,
+            settings_form=settings_form,
+            close_form=CloseAccountForm(prefix="close"),
         ),
         status,
     )
+
+
+@bp.get("/account/export")
+@login_required
+def export_data():
+    archive = datarights.export_archive(current_user)
+    audit(
+        "account.exported",
+        "user",
+        current_user.id,
+        actor_id=current_user.id,
+        ip_address=request.remote_addr,
+    )
+    db.session.commit()
+    return send_file(
+        archive,
+        mimetype="application/zip",
+        as_attachment=True,
+        download_name=f"my-data-{utcnow():%Y-%m-%d}.zip",
+    )
+
+
+@bp.post("/account/close")
+@login_required
+def close_account():
+    form = CloseAccountForm(prefix="close")
+    if not form.validate_on_submit() or current_user.is_staff:
+        flash("Tick the box and give your password to close the account.", "error")
+        return redirect(url_for("accounts.settings"), 303)
+    if not verify_password(current_user.password_hash, form.current_password.data):
+        flash("Your password is not correct; nothing was closed.", "error")
+        return redirect(url_for("accounts.settings"), 303)
+    user = current_user._get_current_object()
+    datarights.close_account(user, utcnow(), user.id, request.remote_addr, attachment_folder())
+    session.clear()
+    logout_user()
+    flash("Your account is closed and your personal data erased. Thank you for using us.", "info")
+    return redirect(url_for("pages.landing"), 303)
 
 
 @bp.post("/account/browser-timezone")

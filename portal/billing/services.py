@@ -22,6 +22,7 @@ from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
+from portal.ops.metrics import FULFILMENTS, REFUNDS
 from portal.staff.audit import audit
 from portal.timeutil import utcnow
 
@@ -197,6 +198,13 @@ def _payment_details(session: dict) -> _Payment:
 
 
 def fulfil_checkout(session_id: str) -> Fulfilment:
+    """Credit the purchase behind a paid Checkout Session, exactly once (see `_fulfil`)."""
+    outcome = _fulfil(session_id)
+    FULFILMENTS.labels(outcome.value).inc()
+    return outcome
+
+
+def _fulfil(session_id: str) -> Fulfilment:
     """Credit the purchase behind a paid Checkout Session, exactly once.
 
     Safe to call any number of times, from the webhook, the success page and the
@@ -694,6 +702,7 @@ def refund_succeeded(refund_id: int) -> Refund | None:
         db.session.rollback()
         return refund
     refund.status = RefundStatus.SUCCEEDED
+    REFUNDS.labels("succeeded").inc()
     purchase = db.session.get(Purchase, refund.purchase_id)
     amount = format_cents(refund.amount_cents, refund.currency)
     _request_event(
@@ -729,6 +738,7 @@ def refund_failed(refund_id: int, why: str) -> Refund | None:
         return refund
     purchase = _lock_purchase(refund.purchase_id)
     refund.status = RefundStatus.FAILED
+    REFUNDS.labels("failed").inc()
     refund.failure_reason = why[:500]
     purchase.committed_refund_cents -= refund.amount_cents
     _reverse_claw_back(refund)

@@ -15,6 +15,7 @@ from portal.billing.gateway import InvalidWebhook, gateway
 from portal.billing.models import StripeEvent
 from portal.errors import PaymentProviderError
 from portal.extensions import csrf, db
+from portal.ops.metrics import WEBHOOK_EVENTS
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -98,5 +99,6 @@ def stripe_webhook():
     row.processed_at = utcnow()
     row.outcome = outcome[:255]
     db.session.commit()
+    WEBHOOK_EVENTS.labels(event["type"], outcome).inc()
     log.info("Stripe event %s (%s): %s", event["id"], event["type"], outcome)
     return jsonify({"received": True, "outcome": outcome})

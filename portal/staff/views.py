@@ -397,3 +397,58 @@ def audit_csv():
         mimetype="text/csv",
         headers={"Content-Disposition": 'attachment; filename="audit-log.csv"'},
     )
+
+
+# -- customer data on request ----------------------------------------------------------
+
+
+def _customer_or_404(user_id: int):
+    from portal.accounts.models import User
+    from portal.extensions import db
+
+    customer = db.session.get(User, user_id)
+    if customer is None or customer.is_staff:
+        abort(404)
+    return customer
+
+
+@bp.get("/customers/<id:user_id>/export")
+def export_customer(user_id: int):
+    from flask import send_file
+
+    from portal.accounts.datarights import export_archive
+    from portal.extensions import db
+    from portal.staff.audit import audit
+
+    customer = _customer_or_404(user_id)
+    archive = export_archive(customer)
+    audit(
+        "account.exported",
+        "user",
+        customer.id,
+        actor_id=current_user.id,
+        ip_address=request.remote_addr,
+    )
+    db.session.commit()
+    return send_file(
+        archive,
+        mimetype="application/zip",
+        as_attachment=True,
+        download_name=f"customer-{customer.id}-data.zip",
+    )
+
+
+@bp.post("/customers/<id:user_id>/close")
+def close_customer(user_id: int):
+    from portal.accounts.datarights import close_account
+    from portal.refunds.services import attachment_folder
+
+    if not _confirmed():
+        abort(400)
+    customer = _customer_or_404(user_id)
+    close_account(customer, utcnow(), current_user.id, request.remote_addr, attachment_folder())
+    flash(f"Customer {customer.id}'s account is closed and personal data erased.", "success")
+    back = parse_id(request.form.get("request_id"))
+    if back:
+        return _back(back)
+    return redirect(url_for("staff.queue"), 303)

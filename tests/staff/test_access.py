@@ -31,6 +31,7 @@ PAYLOADS = {
         "note": "",
     },
     "staff.end_incident": {"ended_at": "2026-11-02T10:00"},
+    "staff.close_customer": {},
 }
 
 
@@ -51,6 +52,7 @@ def world(app, staff, customer):
         "request_id": open_request.id,
         "refund_id": scheduled.id,
         "incident_id": incident.id,
+        "user_id": customer.id,
     }
     return {
         "ids": ids,

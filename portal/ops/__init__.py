@@ -1,0 +1,1 @@
+"""Running the portal: health checks, request logs, metrics, deployment checks."""

@@ -1,0 +1,57 @@
+"""Liveness and readiness, for load balancers and orchestrators. No secrets in the output."""
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import text
+
+from portal.extensions import db
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is alive and answering."""
+    return jsonify({"status": "ok"})
+
+
+def _migrations_at_head() -> bool:
+    migrate = current_app.extensions["migrate"]
+    script = ScriptDirectory.from_config(migrate.migrate.get_config(migrate.directory))
+    with db.engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    return current == set(script.get_heads())
+
+
+def _redis_reachable(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready for traffic: database reachable, schema migrated, Redis up when configured."""
+    checks = {}
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if _migrations_at_head() else "behind"
+    except Exception:  # any failure here means "not ready", whatever raised it
+        checks["database"] = "unreachable"
+    redis_url = current_app.config["REDIS_URL"]
+    if redis_url:
+        try:
+            checks["redis"] = "ok" if _redis_reachable(redis_url) else "unreachable"
+        except Exception:  # same: report, do not crash
+            checks["redis"] = "unreachable"
+    ready = all(value == "ok" for value in checks.values())
+    return jsonify({"status": "ready" if ready else "not ready", "checks": checks}), (
+        200 if ready else 503
+    )

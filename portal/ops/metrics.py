@@ -1,0 +1,134 @@
+"""Prometheus metrics on /metrics, for configured networks or a bearer token only.
+
+Counters and histograms are updated where things happen; the business gauges (open and
+overdue requests, outbox backlog) are read from the database when Prometheus scrapes,
+so every app server reports the same truth. With several gunicorn workers, set
+PROMETHEUS_MULTIPROC_DIR so that counters add up across processes.
+"""
+
+import hmac
+import ipaddress
+import os
+import time
+
+from flask import Blueprint, Flask, Response, abort, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+bp = Blueprint("metrics", __name__)
+
+REQUEST_SECONDS = Histogram(
+    "portal_request_seconds",
+    "Time to answer a request",
+    ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+WEBHOOK_EVENTS = Counter(
+    "portal_webhook_events_total", "Stripe webhook events received", ["type", "outcome"]
+)
+FULFILMENTS = Counter("portal_fulfilments_total", "Checkout fulfilment outcomes", ["outcome"])
+REFUNDS = Counter("portal_refunds_total", "Refunds reaching a status", ["status"])
+
+
+class BusinessCollector:
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+
+    def collect(self):
+        from portal.extensions import db
+        from portal.notifications.models import OutboxEmail, OutboxStatus
+        from portal.refunds.models import OPEN_STATUSES, RefundRequest, RequestStatus
+        from portal.timeutil import utcnow
+
+        with self.app.app_context():
+            now = utcnow()
+            open_requests = db.session.scalar(
+                select(func.count())
+                .select_from(RefundRequest)
+                .where(RefundRequest.status.in_(OPEN_STATUSES))
+            )
+            overdue = db.session.scalar(
+                select(func.count())
+                .select_from(RefundRequest)
+                .where(
+                    RefundRequest.status.in_((RequestStatus.OPEN, RequestStatus.IN_REVIEW)),
+                    RefundRequest.due_at < now,
+                )
+            )
+            backlog, oldest = db.session.execute(
+                select(func.count(), func.min(OutboxEmail.created_at)).where(
+                    OutboxEmail.status == OutboxStatus.PENDING
+                )
+            ).one()
+            db.session.remove()
+        yield GaugeMetricFamily(
+            "portal_refund_requests_open", "Open refund requests", value=open_requests
+        )
+        yield GaugeMetricFamily(
+            "portal_refund_requests_overdue", "Overdue refund requests", value=overdue
+        )
+        yield GaugeMetricFamily(
+            "portal_outbox_backlog", "E-mails waiting to be sent", value=backlog
+        )
+        age = (now - oldest).total_seconds() if oldest else 0
+        yield GaugeMetricFamily(
+            "portal_outbox_oldest_seconds", "Age of the oldest unsent e-mail", value=age
+        )
+
+
+def _allowed() -> bool:
+    token = current_app.config["METRICS_TOKEN"]
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme == "Bearer" and hmac.compare_digest(given.encode(), token.encode()):
+        return True
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(address in network for network in current_app.config["METRICS_NETWORKS"])
+
+
+@bp.get("/metrics")
+def metrics():
+    if not _allowed():
+        abort(404)
+    registry = current_app.extensions["metrics_registry"]
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _start_clock():
+    g.metrics_started = time.perf_counter()
+
+
+def _observe(response):
+    started = g.get("metrics_started")
+    if started is not None and request.url_rule is not None:
+        REQUEST_SECONDS.labels(
+            request.url_rule.rule, request.method, str(response.status_code)
+        ).observe(time.perf_counter() - started)
+    return response
+
+
+def register(app: Flask) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        for collector in (REQUEST_SECONDS, WEBHOOK_EVENTS, FULFILMENTS, REFUNDS):
+            registry.register(collector)
+    registry.register(BusinessCollector(app))
+    app.extensions["metrics_registry"] = registry
+    app.before_request(_start_clock)
+    app.after_request(_observe)
+    app.register_blueprint(bp)
