@@ -87,6 +87,9 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         "SANDBOX_WEBHOOKS": environ.get("SANDBOX_WEBHOOKS", "thread"),
         "SANDBOX_DELAYED_SECONDS": float(environ.get("SANDBOX_DELAYED_SECONDS", "15")),
         "SANDBOX_REFUND_SECONDS": float(environ.get("SANDBOX_REFUND_SECONDS", "5")),
+        # A refund claimed by a worker that died before Stripe answered is sent again
+        # (same idempotency key) after this long.
+        "REFUND_RESEND_AFTER_SECONDS": float(environ.get("REFUND_RESEND_AFTER_SECONDS", "60")),
         "PORTAL_SERVICE_TOKEN": environ.get("PORTAL_SERVICE_TOKEN", ""),
         "SUPPORT_EMAIL": environ.get("SUPPORT_EMAIL", "support@aiimagestudio.example"),
         "MAIL_BACKEND": environ.get("MAIL_BACKEND", "smtp" if production else "log"),

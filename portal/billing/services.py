@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from flask import current_app
 from sqlalchemy import func, select
 
 from portal import policy
@@ -592,8 +593,9 @@ def reconcile(since: datetime) -> list[ReconcileResult]:
 # -- refunds the portal sends -------------------------------------------------------------
 
 
-# A send still without Stripe's answer after this long was cut off and is sent again.
-UNFINISHED_AFTER = timedelta(minutes=1)
+def _unfinished_after() -> timedelta:
+    """A send still without Stripe's answer after this long was cut off: send it again."""
+    return timedelta(seconds=current_app.config["REFUND_RESEND_AFTER_SECONDS"])
 
 
 def refund_key(refund: Refund) -> str:
@@ -618,7 +620,7 @@ def due_refund_ids(now: datetime, limit: int = 50) -> list[int]:
             select(Refund.id)
             .where(
                 ((Refund.status == RefundStatus.SCHEDULED) & (Refund.scheduled_for <= now))
-                | (unfinished & (Refund.sent_at <= now - UNFINISHED_AFTER))
+                | (unfinished & (Refund.sent_at <= now - _unfinished_after()))
             )
             .order_by(Refund.id)
             .limit(limit)
@@ -641,7 +643,7 @@ def send_refund(refund_id: int, now: datetime) -> Refund | None:
             # Left unfinished by a worker that stopped mid-call, not one still calling.
             refund.status == RefundStatus.PENDING
             and refund.stripe_refund_id is None
-            and refund.sent_at <= now - UNFINISHED_AFTER
+            and refund.sent_at <= now - _unfinished_after()
         )
     )
     if not due:
