@@ -35,6 +35,14 @@ def _csv(archive: zipfile.ZipFile, name: str, header: list[str], rows) -> None:
         writer.writerows(rows)
 
 
+def export_for(user: User, actor_id: int, ip_address: str | None) -> SpooledTemporaryFile:
+    """Build `user`'s archive and record in the audit log who took it."""
+    archive = export_archive(user)
+    audit("account.exported", "user", user.id, actor_id=actor_id, ip_address=ip_address)
+    db.session.commit()
+    return archive
+
+
 def export_archive(user: User) -> SpooledTemporaryFile:
     """Write everything the portal holds about `user` into a zip; return it, rewound."""
     spool = SpooledTemporaryFile(max_size=16 * 1024 * 1024)  # noqa: SIM115  (returned open)

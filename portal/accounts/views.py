@@ -28,11 +28,10 @@ from portal.accounts.forms import (
 )
 from portal.accounts.passwords import verify_password
 from portal.errors import ValidationError
-from portal.extensions import db, limiter
+from portal.extensions import limiter
 from portal.forms import EmptyForm
 from portal.refunds.services import attachment_folder
 from portal.security import is_safe_next
-from portal.staff.audit import audit
 from portal.timeutil import utcnow
 
 bp = Blueprint("accounts", __name__)
@@ -146,15 +145,7 @@ def settings():
 @bp.get("/account/export")
 @login_required
 def export_data():
-    archive = datarights.export_archive(current_user)
-    audit(
-        "account.exported",
-        "user",
-        current_user.id,
-        actor_id=current_user.id,
-        ip_address=request.remote_addr,
-    )
-    db.session.commit()
+    archive = datarights.export_for(current_user, current_user.id, request.remote_addr)
     return send_file(
         archive,
         mimetype="application/zip",

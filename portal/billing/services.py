@@ -62,7 +62,7 @@ def _credit_key(purchase: Purchase) -> str:
     return f"purchase:{purchase.id}:credit"
 
 
-def _lock_purchase(purchase_id: int) -> Purchase | None:
+def lock_purchase(purchase_id: int) -> Purchase | None:
     return db.session.scalar(
         select(Purchase)
         .where(Purchase.id == purchase_id)
@@ -222,7 +222,7 @@ def _fulfil(session_id: str) -> Fulfilment:
     paid = session.get("status") == "complete" and session.get("payment_status") == "paid"
     payment = _payment_details(session) if paid else _Payment(None, None, None)
 
-    purchase = _lock_purchase(purchase_id)
+    purchase = lock_purchase(purchase_id)
     if purchase is None or purchase.stripe_checkout_session_id not in (None, session_id):
         db.session.rollback()
         log.warning("checkout session %s does not belong to purchase %s", session_id, purchase_id)
@@ -304,7 +304,7 @@ def _customer_email(purchase: Purchase) -> str:
 
 
 def _mark_unpaid(purchase_id: int, status: PurchaseStatus, tell_customer: bool) -> bool:
-    purchase = _lock_purchase(purchase_id)
+    purchase = lock_purchase(purchase_id)
     if purchase is None or purchase.status not in (PurchaseStatus.PENDING, PurchaseStatus.FAILED):
         db.session.rollback()
         return False
@@ -358,7 +358,7 @@ def _purchase_for_payment(payment_intent: str | None) -> Purchase | None:
     )
     if found is None:
         found = _purchase_id_of(gateway().retrieve_payment_intent(payment_intent))
-    return _lock_purchase(found) if found is not None else None
+    return lock_purchase(found) if found is not None else None
 
 
 def sync_refunds(payment_intent: str) -> Purchase | None:
@@ -603,7 +603,7 @@ def refund_key(refund: Refund) -> str:
     return f"refund-{refund.id}-{refund.created_at:%Y%m%dT%H%M%S%f}-attempt-{refund.attempt}"
 
 
-def _lock_refund(refund_id: int, skip_locked: bool = False) -> Refund | None:
+def lock_refund(refund_id: int, skip_locked: bool = False) -> Refund | None:
     return db.session.scalar(
         select(Refund)
         .where(Refund.id == refund_id)
@@ -636,7 +636,7 @@ def send_refund(refund_id: int, now: datetime) -> Refund | None:
     run sends it again with the same idempotency key, which Stripe answers with the
     refund it already made.
     """
-    refund = _lock_refund(refund_id, skip_locked=True)
+    refund = lock_refund(refund_id, skip_locked=True)
     due = refund is not None and (
         (refund.status == RefundStatus.SCHEDULED and refund.scheduled_for <= now)
         or (
@@ -674,7 +674,7 @@ def send_refund(refund_id: int, now: datetime) -> Refund | None:
 
 def refund_answered(refund_id: int, answer: dict) -> Refund | None:
     """Store Stripe's refund id and status on our record, and act on a final status."""
-    refund = _lock_refund(refund_id)
+    refund = lock_refund(refund_id)
     if refund is None:
         db.session.rollback()
         return None
@@ -699,7 +699,7 @@ def _request_event(refund: Refund, kind: str, body: str) -> None:
 
 def refund_succeeded(refund_id: int) -> Refund | None:
     """Mark a refund settled and tell the customer (once)."""
-    refund = _lock_refund(refund_id)
+    refund = lock_refund(refund_id)
     if refund is None or refund.status == RefundStatus.SUCCEEDED:
         db.session.rollback()
         return refund
@@ -734,16 +734,16 @@ def refund_failed(refund_id: int, why: str) -> Refund | None:
     """
     from portal.refunds.models import RefundRequest, RequestStatus
 
-    refund = _lock_refund(refund_id)
+    refund = lock_refund(refund_id)
     if refund is None or refund.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
         db.session.rollback()
         return refund
-    purchase = _lock_purchase(refund.purchase_id)
+    purchase = lock_purchase(refund.purchase_id)
     refund.status = RefundStatus.FAILED
     REFUNDS.labels("failed").inc()
     refund.failure_reason = why[:500]
     purchase.committed_refund_cents -= refund.amount_cents
-    _reverse_claw_back(refund)
+    reverse_claw_back(refund, "refund did not go through")
     amount = format_cents(refund.amount_cents, refund.currency)
     if refund.refund_request_id is not None:
         request = db.session.get(RefundRequest, refund.refund_request_id)
@@ -769,12 +769,13 @@ def refund_failed(refund_id: int, why: str) -> Refund | None:
     return refund
 
 
-def _reverse_claw_back(refund: Refund) -> None:
+def reverse_claw_back(refund: Refund, why: str, suffix: str = "reversal") -> None:
+    """Give back the credits the refund's current attempt removed, if it removed any."""
     taken = db.session.scalar(
         select(LedgerEntry).where(LedgerEntry.idempotency_key == claw_back_key(refund))
     )
     if taken is not None:
-        ledger.restore(taken, f"{claw_back_key(refund)}:reversal", memo="refund did not go through")
+        ledger.restore(taken, f"{claw_back_key(refund)}:{suffix}", memo=why)
 
 
 def claw_back_key(refund: Refund) -> str:

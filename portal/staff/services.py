@@ -15,7 +15,6 @@ from portal.errors import Conflict, NotFound, ValidationError
 from portal.extensions import db
 from portal.jobs.models import Job
 from portal.ledger import services as ledger
-from portal.ledger.models import LedgerEntry
 from portal.ledger.services import unused_credits
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
@@ -223,12 +222,7 @@ def approve(
     if not request.is_open:
         db.session.rollback()
         raise Conflict("This request was already decided.")
-    purchase = db.session.scalar(
-        select(Purchase)
-        .where(Purchase.id == request.purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    purchase = billing.lock_purchase(request.purchase_id)
     left = purchase.amount_cents - max(purchase.refunded_cents, purchase.committed_refund_cents)
     if not 0 < amount_cents <= left:
         db.session.rollback()
@@ -318,12 +312,7 @@ def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
 
     :raises Conflict: the refund was already sent or the window has passed.
     """
-    refund = db.session.scalar(
-        select(Refund)
-        .where(Refund.id == refund_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    refund = billing.lock_refund(refund_id)
     if refund is None or refund.refund_request_id is None:
         raise NotFound("no such refund")
     if refund.status != RefundStatus.SCHEDULED or refund.scheduled_for <= now:
@@ -333,11 +322,7 @@ def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
     purchase = db.session.get(Purchase, refund.purchase_id)
     refund.status = RefundStatus.CANCELED
     purchase.committed_refund_cents -= refund.amount_cents
-    taken = db.session.scalar(
-        select(LedgerEntry).where(LedgerEntry.idempotency_key == billing.claw_back_key(refund))
-    )
-    if taken is not None:
-        ledger.restore(taken, f"{billing.claw_back_key(refund)}:undo", memo="approval undone")
+    billing.reverse_claw_back(refund, "approval undone", suffix="undo")
     request.transition(RequestStatus.IN_REVIEW)
     request.decided_at = None
     request.decided_by_id = None
@@ -358,24 +343,14 @@ def retry_refund(refund_id: int, actor: Actor, now: datetime) -> Refund:
     :raises Conflict: the refund has not failed.
     :raises ValidationError: the amount no longer fits what is left to refund.
     """
-    refund = db.session.scalar(
-        select(Refund)
-        .where(Refund.id == refund_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    refund = billing.lock_refund(refund_id)
     if refund is None or refund.refund_request_id is None:
         raise NotFound("no such refund")
     if refund.status != RefundStatus.FAILED:
         db.session.rollback()
         raise Conflict("Only a failed refund can be tried again.")
     request = _locked_request(refund.refund_request_id)
-    purchase = db.session.scalar(
-        select(Purchase)
-        .where(Purchase.id == refund.purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    purchase = billing.lock_purchase(refund.purchase_id)
     refund.attempt += 1
     refund.stripe_refund_id = None
     refund.status = RefundStatus.SCHEDULED
@@ -422,12 +397,7 @@ def credit_instead(request_id: int, actor: Actor, now: datetime) -> None:
     :raises Conflict: the purchase's credits were already added, or the request decided.
     """
     request = _locked_request(request_id)
-    purchase = db.session.scalar(
-        select(Purchase)
-        .where(Purchase.id == request.purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    purchase = billing.lock_purchase(request.purchase_id)
     if not request.is_open or purchase.credited_at is not None or purchase.paid_at is None:
         db.session.rollback()
         raise Conflict(

@@ -256,32 +256,24 @@ def credit_instead(request_id: int):
     )
 
 
-@bp.post("/refunds/<id:refund_id>/undo")
-def undo_refund(refund_id: int):
+def _refund_action(refund_id: int, action, success: str):
+    """A one-button action on a refund, shown back on its request's page."""
     if not _confirmed():
         abort(400)
     request_id = parse_id(request.form.get("request_id"))
     if request_id is None:
         abort(400)
-    return _run(
-        request_id,
-        lambda: services.undo_approval(refund_id, _actor(), utcnow()),
-        "Approval undone; no money moved.",
-    )
+    return _run(request_id, lambda: action(refund_id, _actor(), utcnow()), success)
+
+
+@bp.post("/refunds/<id:refund_id>/undo")
+def undo_refund(refund_id: int):
+    return _refund_action(refund_id, services.undo_approval, "Approval undone; no money moved.")
 
 
 @bp.post("/refunds/<id:refund_id>/retry")
 def retry_refund(refund_id: int):
-    if not _confirmed():
-        abort(400)
-    request_id = parse_id(request.form.get("request_id"))
-    if request_id is None:
-        abort(400)
-    return _run(
-        request_id,
-        lambda: services.retry_refund(refund_id, _actor(), utcnow()),
-        "The refund will be sent again.",
-    )
+    return _refund_action(refund_id, services.retry_refund, "The refund will be sent again.")
 
 
 # -- incidents ------------------------------------------------------------------------
@@ -416,20 +408,10 @@ def _customer_or_404(user_id: int):
 def export_customer(user_id: int):
     from flask import send_file
 
-    from portal.accounts.datarights import export_archive
-    from portal.extensions import db
-    from portal.staff.audit import audit
+    from portal.accounts.datarights import export_for
 
     customer = _customer_or_404(user_id)
-    archive = export_archive(customer)
-    audit(
-        "account.exported",
-        "user",
-        customer.id,
-        actor_id=current_user.id,
-        ip_address=request.remote_addr,
-    )
-    db.session.commit()
+    archive = export_for(customer, current_user.id, request.remote_addr)
     return send_file(
         archive,
         mimetype="application/zip",
