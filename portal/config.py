@@ -58,6 +58,11 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
             raise ConfigError("SECRET_KEY must be set in production")
         secret_key = _development_secret_key(instance_path)
 
+    base_url = environ.get("PORTAL_BASE_URL", "").rstrip("/")
+    if production and not base_url.startswith("https://"):
+        # Links in e-mails must never be built from a request's (forgeable) Host header.
+        raise ConfigError("PORTAL_BASE_URL must be set to the portal's https:// address")
+
     stripe_key = environ.get("STRIPE_SECRET_KEY", "")
     payments_mode = environ.get("PAYMENTS_MODE") or ("stripe" if stripe_key else "sandbox")
     if payments_mode not in PAYMENTS_MODES:
@@ -68,7 +73,11 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
     default_db = f"sqlite:///{instance_path / 'portal.db'}"
     redis_url = environ.get("REDIS_URL", "")
 
+    from portal.limits import DEFAULT_LIMITS
+
+    limits = {name: environ.get(name) or default for name, default in DEFAULT_LIMITS.items()}
     return {
+        **limits,
         "PORTAL_ENV": env,
         "TESTING": env == "testing",
         "SECRET_KEY": secret_key,
@@ -120,6 +129,13 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
         "WTF_CSRF_TIME_LIMIT": None,
         "PROXY_FIX_COUNT": int(environ.get("PROXY_FIX_COUNT", "0")),
+        # The address customers use, for links in e-mails and Stripe's return URLs; taken
+        # from the request when unset (development), never from it in production.
+        "PORTAL_BASE_URL": base_url,
+        "TRUSTED_HOSTS": [
+            host.strip() for host in environ.get("TRUSTED_HOSTS", "").split(",") if host.strip()
+        ]
+        or None,
         # /metrics answers these networks, or anyone with the bearer token.
         "METRICS_TOKEN": environ.get("METRICS_TOKEN", ""),
         "METRICS_NETWORKS": [

@@ -2,7 +2,7 @@
 
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, request
+from flask import Flask, abort, current_app, request, url_for
 from flask_login import current_user
 
 from portal.extensions import login_manager
@@ -34,6 +34,18 @@ def is_safe_next(target: str | None) -> bool:
         return False
     parts = urlsplit(target)
     return not parts.scheme and not parts.netloc
+
+
+def external_url(endpoint: str, **values) -> str:
+    """An absolute link to `endpoint` for e-mails and Stripe, on the configured address.
+
+    Built from PORTAL_BASE_URL when it is set, so that a forged Host header can never
+    put an attacker's domain into a password-reset e-mail.
+    """
+    base = current_app.config["PORTAL_BASE_URL"]
+    if base:
+        return base + url_for(endpoint, **values)
+    return url_for(endpoint, _external=True, **values)
 
 
 def require_staff() -> None:

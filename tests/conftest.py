@@ -18,7 +18,7 @@ from flask_migrate import upgrade
 from sqlalchemy import text
 
 from portal import create_app
-from portal.extensions import db
+from portal.extensions import db, limiter
 
 POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "")
 
@@ -73,6 +73,10 @@ def make_app(app, test_settings):
     for extra in built:
         with extra.app_context():
             db.engine.dispose()
+    # The limiter is one object shared by every app: give it back to the test app.
+    limiter.enabled = app.config["RATELIMIT_ENABLED"]
+    with app.app_context():
+        limiter.reset()
 
 
 @pytest.fixture(scope="session")

@@ -14,17 +14,36 @@ def test_development_generates_and_keeps_a_secret_key(tmp_path: Path):
 
 def test_production_refuses_to_start_without_secret_key(tmp_path: Path):
     with pytest.raises(ConfigError, match="SECRET_KEY"):
-        load_config({"PORTAL_ENV": "production", "STRIPE_SECRET_KEY": "sk_live_x"}, tmp_path)
+        load_config(
+            {
+                "PORTAL_ENV": "production",
+                "STRIPE_SECRET_KEY": "sk_live_x",
+                "PORTAL_BASE_URL": "https://portal.example",
+            },
+            tmp_path,
+        )
 
 
 def test_production_refuses_sandbox_payments(tmp_path: Path):
     with pytest.raises(ConfigError, match="sandbox"):
-        load_config({"PORTAL_ENV": "production", "SECRET_KEY": "k" * 40}, tmp_path)
+        load_config(
+            {
+                "PORTAL_ENV": "production",
+                "SECRET_KEY": "k" * 40,
+                "PORTAL_BASE_URL": "https://portal.example",
+            },
+            tmp_path,
+        )
 
 
 def test_production_cookies_are_secure(tmp_path: Path):
     config = load_config(
-        {"PORTAL_ENV": "production", "SECRET_KEY": "k" * 40, "STRIPE_SECRET_KEY": "sk_live_x"},
+        {
+            "PORTAL_ENV": "production",
+            "SECRET_KEY": "k" * 40,
+            "STRIPE_SECRET_KEY": "sk_live_x",
+            "PORTAL_BASE_URL": "https://portal.example",
+        },
         tmp_path,
     )
     assert config["SESSION_COOKIE_SECURE"] and config["REMEMBER_COOKIE_SECURE"]
@@ -53,3 +72,11 @@ def test_database_url_names_the_psycopg_driver(given, expected):
 def test_unknown_environment_is_refused(tmp_path: Path):
     with pytest.raises(ConfigError):
         load_config({"PORTAL_ENV": "staging"}, tmp_path)
+
+
+def test_production_refuses_to_start_without_a_base_url(tmp_path: Path):
+    with pytest.raises(ConfigError, match="PORTAL_BASE_URL"):
+        load_config(
+            {"PORTAL_ENV": "production", "SECRET_KEY": "k" * 40, "STRIPE_SECRET_KEY": "sk_x"},
+            tmp_path,
+        )

@@ -31,7 +31,7 @@ from portal.errors import ValidationError
 from portal.extensions import limiter
 from portal.forms import EmptyForm
 from portal.refunds.services import attachment_folder
-from portal.security import is_safe_next
+from portal.security import external_url, is_safe_next
 from portal.timeutil import utcnow
 
 bp = Blueprint("accounts", __name__)
@@ -196,7 +196,7 @@ def reset_request():
     if form.validate_on_submit():
         services.request_password_reset(
             form.email.data,
-            link_for=lambda token: url_for("accounts.reset_password", token=token, _external=True),
+            link_for=lambda token: external_url("accounts.reset_password", token=token),
         )
         # The same answer whether or not the account exists.
         flash(

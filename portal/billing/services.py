@@ -351,7 +351,7 @@ def payment_attempt_failed(payment_intent: dict) -> bool:
 
 
 def _purchase_for_payment(payment_intent: str | None) -> Purchase | None:
-    if not payment_intent:
+    if not isinstance(payment_intent, str) or not payment_intent:
         return None
     found = db.session.scalar(
         select(Purchase.id).where(Purchase.stripe_payment_intent_id == payment_intent)
@@ -361,12 +361,14 @@ def _purchase_for_payment(payment_intent: str | None) -> Purchase | None:
     return lock_purchase(found) if found is not None else None
 
 
-def sync_refunds(payment_intent: str) -> Purchase | None:
+def sync_refunds(payment_intent: str | None) -> Purchase | None:
     """Bring a purchase's refunded amount in line with Stripe's charge, as it is now.
 
     Refunds issued outside the portal (Stripe's dashboard) remove the matching share of
     the purchase's unused credits.
     """
+    if not isinstance(payment_intent, str) or not payment_intent:
+        return None
     intent = gateway().retrieve_payment_intent(payment_intent)
     charge = intent.get("latest_charge")
     if not isinstance(charge, dict):
@@ -445,7 +447,7 @@ def record_refund(refund: dict) -> Refund | None:
     """Keep our copy of a Stripe refund (including dashboard ones) in step with Stripe."""
     stripe_id = refund.get("id")
     intent = refund.get("payment_intent")
-    if not stripe_id or not intent:
+    if not isinstance(stripe_id, str) or not isinstance(intent, str) or not intent:
         return None
     purchase = _purchase_for_payment(intent)
     if purchase is None:
@@ -497,8 +499,7 @@ def record_refund(refund: dict) -> Refund | None:
 def refund_changed(refund: dict) -> Refund | None:
     """Record a refund's new state, then re-read the charge so amounts and credits agree."""
     row = record_refund(refund)
-    if refund.get("payment_intent"):
-        sync_refunds(refund["payment_intent"])
+    sync_refunds(refund.get("payment_intent"))
     return row
 
 

@@ -11,6 +11,7 @@ from portal.errors import AccountTerminated, NotFound, PaymentProviderError, Val
 from portal.extensions import limiter
 from portal.forms import EmptyForm
 from portal.pagination import page_request
+from portal.security import external_url
 
 bp = Blueprint("billing", __name__)
 
@@ -22,14 +23,14 @@ def buy():
     form = BuyForm()
     if form.validate_on_submit():
         # {CHECKOUT_SESSION_ID} is filled in by Stripe, so it must stay unescaped.
-        success_url = url_for("billing.checkout_success", _external=True)
+        success_url = external_url("billing.checkout_success")
         success_url += "?session_id={CHECKOUT_SESSION_ID}"
         try:
             checkout_url = services.start_checkout(
                 current_user,
                 form.package.data,
                 success_url=success_url,
-                cancel_url=url_for("billing.checkout_cancel", _external=True),
+                cancel_url=external_url("billing.checkout_cancel"),
             )
         except AccountTerminated:
             abort(403)

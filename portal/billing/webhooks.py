@@ -5,10 +5,11 @@ idempotent and looks the object up at Stripe rather than trusting the event's co
 """
 
 import logging
+import re
 
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from portal.billing import services
 from portal.billing.gateway import InvalidWebhook, gateway
@@ -36,7 +37,7 @@ HANDLERS = {
     "checkout.session.async_payment_failed": lambda obj: services.checkout_failed(_session_id(obj)),
     "checkout.session.expired": lambda obj: services.checkout_expired(_session_id(obj)),
     "payment_intent.payment_failed": services.payment_attempt_failed,
-    "charge.refunded": lambda obj: services.sync_refunds(obj["payment_intent"]),
+    "charge.refunded": lambda obj: services.sync_refunds(obj.get("payment_intent")),
     "refund.created": services.refund_changed,
     "refund.updated": services.refund_changed,
     "refund.failed": services.refund_changed,
@@ -45,14 +46,26 @@ HANDLERS = {
 }
 
 
+# Stripe's ids and event types; anything else in a signed body is refused, not stored.
+STRIPE_ID = re.compile(r"^[A-Za-z0-9_]{1,255}$")
+EVENT_TYPE = re.compile(r"^[a-z0-9_.]{1,100}$")
+
+
+def _looks_like(value, pattern: re.Pattern) -> bool:
+    return isinstance(value, str) and pattern.match(value) is not None
+
+
 def _bad_request(message: str):
     response = jsonify({"error": "invalid_webhook", "message": message})
     response.status_code = 400
     return response
 
 
-def _record(event: dict) -> StripeEvent:
-    """Store the event once; a redelivery finds the row that is already there."""
+def _record(event: dict) -> StripeEvent | None:
+    """Store the event once; a redelivery finds the row that is already there.
+
+    Returns None for a body the database cannot store (text no column accepts).
+    """
     row = StripeEvent(stripe_event_id=event["id"], type=event["type"], payload=event)
     db.session.add(row)
     try:
@@ -63,6 +76,9 @@ def _record(event: dict) -> StripeEvent:
         return db.session.scalar(
             select(StripeEvent).where(StripeEvent.stripe_event_id == event["id"])
         )
+    except (StatementError, UnicodeEncodeError):
+        db.session.rollback()
+        return None
 
 
 @bp.post("/stripe")
@@ -73,10 +89,17 @@ def stripe_webhook():
     except InvalidWebhook as error:
         log.warning("rejected Stripe webhook: %s", error)
         return _bad_request(str(error))
-    if not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str):
-        return _bad_request("event without id or type")
+    if not (_looks_like(event.get("id"), STRIPE_ID) and _looks_like(event.get("type"), EVENT_TYPE)):
+        return _bad_request("event without a valid id or type")
+    obj = event["data"]["object"]
+    if event["type"] in HANDLERS and not (
+        isinstance(obj, dict) and _looks_like(obj.get("id"), STRIPE_ID)
+    ):
+        return _bad_request("event object without a valid id")
 
     row = _record(event)
+    if row is None:
+        return _bad_request("event body cannot be stored")
     if row.processed_at is not None:
         return jsonify({"received": True, "duplicate": True})
 
@@ -85,9 +108,6 @@ def stripe_webhook():
         log.info("ignored Stripe event %s of type %s", event["id"], event["type"])
         outcome = "ignored"
     else:
-        obj = event["data"]["object"]
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-            return _bad_request("event object without id")
         try:
             result = handler(obj)
         except PaymentProviderError:

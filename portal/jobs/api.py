@@ -81,7 +81,11 @@ def _authenticate():
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        # Thousands of nested brackets: no honest job needs that.
+        raise BadRequest("body", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("body", "the body must be a JSON object")
     return body

@@ -5,6 +5,7 @@ from wtforms import DateField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Optional, ValidationError
 
+from portal.forms import reasonable_date
 from portal.ledger.queries import KIND_LABELS
 
 
@@ -18,8 +19,8 @@ class HistoryFilterForm(FlaskForm):
         + [SelectChoice(kind.value, label) for kind, label in KIND_LABELS.items()],
         default="",
     )
-    start = DateField("From", validators=[Optional()])
-    end = DateField("To (inclusive)", validators=[Optional()])
+    start = DateField("From", validators=[Optional(), reasonable_date])
+    end = DateField("To (inclusive)", validators=[Optional(), reasonable_date])
 
     def validate_end(self, field):
         if field.data and self.start.data and field.data < self.start.data:

@@ -48,6 +48,13 @@ def deployment_problems(app: Flask) -> list[str]:
         )
     if config["MAIL_BACKEND"] != "smtp":
         problems.append("MAIL_BACKEND is not 'smtp': e-mails would only be logged.")
+    if not config.get("PORTAL_BASE_URL", "").startswith("https://"):
+        problems.append(
+            "PORTAL_BASE_URL is not an https:// address: links in e-mails would "
+            "follow the request's Host header."
+        )
+    if not config.get("TRUSTED_HOSTS"):
+        problems.append("TRUSTED_HOSTS is not set: requests for any host name are answered.")
     if not config["REDIS_URL"]:
         problems.append("REDIS_URL is not set: rate limits are counted per process.")
     return problems

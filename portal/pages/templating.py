@@ -42,5 +42,7 @@ def register(app: Flask) -> None:
             "policy": policy,
             "support_email": current_app.config["SUPPORT_EMAIL"],
             "sandbox_payments": current_app.config["PAYMENTS_MODE"] == "sandbox",
-            "action_form": EmptyForm,
+            # Built without form data: a page rendered for a refused upload (413) must not
+            # read the oversized body again.
+            "action_form": lambda: EmptyForm(formdata=None),
         }

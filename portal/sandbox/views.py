@@ -297,7 +297,10 @@ def settle_delayed(session_id: str):
     if not EmptyForm().validate_on_submit():
         abort(400)
     with store().lock:
-        store().settle_delayed(session_id, succeeded=request.form.get("outcome") == "succeeded")
+        try:
+            store().settle_delayed(session_id, succeeded=request.form.get("outcome") == "succeeded")
+        except StripeError:
+            abort(404)
     return redirect(url_for("sandbox.dashboard"), 303)
 
 

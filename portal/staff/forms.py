@@ -5,6 +5,7 @@ from wtforms import DateField, DateTimeLocalField, SelectField, StringField, Tex
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, Optional, ValidationError
 
+from portal.forms import reasonable_date
 from portal.money import parse_dollars
 from portal.refunds.eligibility import Verdict
 from portal.refunds.forms import REASON_LABELS
@@ -112,17 +113,21 @@ class ApproveForm(FlaskForm):
 class IncidentForm(FlaskForm):
     title = StringField("What happened", validators=[InputRequired(), Length(max=200)])
     started_at = DateTimeLocalField(
-        "Started (your time)", validators=[InputRequired()], format="%Y-%m-%dT%H:%M"
+        "Started (your time)",
+        validators=[InputRequired(), reasonable_date],
+        format="%Y-%m-%dT%H:%M",
     )
     ended_at = DateTimeLocalField(
-        "Ended (empty while ongoing)", validators=[Optional()], format="%Y-%m-%dT%H:%M"
+        "Ended (empty while ongoing)",
+        validators=[Optional(), reasonable_date],
+        format="%Y-%m-%dT%H:%M",
     )
     note = TextAreaField("Note", validators=[Length(max=5000)])
 
 
 class EndIncidentForm(FlaskForm):
     ended_at = DateTimeLocalField(
-        "Ended (your time)", validators=[InputRequired()], format="%Y-%m-%dT%H:%M"
+        "Ended (your time)", validators=[InputRequired(), reasonable_date], format="%Y-%m-%dT%H:%M"
     )
 
 
@@ -141,5 +146,5 @@ class AuditFilterForm(FlaskForm):
         ),
         default="",
     )
-    start = DateField("From", validators=[Optional()])
-    end = DateField("To (inclusive)", validators=[Optional()])
+    start = DateField("From", validators=[Optional(), reasonable_date])
+    end = DateField("To (inclusive)", validators=[Optional(), reasonable_date])

@@ -112,6 +112,8 @@ SAFE = {
     "PROXY_FIX_COUNT": 1,
     "MAIL_BACKEND": "smtp",
     "REDIS_URL": "redis://cache:6379/0",
+    "PORTAL_BASE_URL": "https://portal.example",
+    "TRUSTED_HOSTS": ["portal.example"],
 }
 
 
@@ -140,6 +142,8 @@ def test_check_deploy_accepts_safe_settings():
         ("PROXY_FIX_COUNT", 0, "PROXY_FIX_COUNT"),
         ("MAIL_BACKEND", "log", "MAIL_BACKEND"),
         ("REDIS_URL", "", "REDIS_URL"),
+        ("PORTAL_BASE_URL", "http://portal.example", "PORTAL_BASE_URL"),
+        ("TRUSTED_HOSTS", None, "TRUSTED_HOSTS"),
     ],
 )
 def test_check_deploy_catches_each_unsafe_setting(setting, value, words):

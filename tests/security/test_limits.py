@@ -7,7 +7,7 @@ import pytest
 from portal.extensions import limiter
 from tests.factories import csrf_token, login_as, make_purchase, make_user
 
-WINDOW = "2 per 1 second"
+WINDOW = "2 per 2 seconds"
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def hit_until_limited(send, allowed: int = 2):
 
 
 def wait_out_the_window():
-    time.sleep(1.1)
+    time.sleep(2.1)
 
 
 def test_login_is_limited_per_address_and_clears(limited):
@@ -48,7 +48,7 @@ def test_login_is_limited_per_address_and_clears(limited):
     hit_until_limited(attempt)
     page = attempt("other@example.com")
     assert page.status_code == 429
-    assert b"Please try again in at most 1 second." in page.data
+    assert b"Please try again in at most 2 seconds." in page.data
     assert "Retry-After" in page.headers
     wait_out_the_window()
     assert attempt().status_code == 400
@@ -115,7 +115,8 @@ def test_checkout_is_limited_per_customer(limited):
 
 
 def test_refund_submissions_are_limited_but_reviews_are_not(limited):
-    app = limited("RATELIMIT_REFUND_REQUESTS")
+    # Each attempt renders a whole pre-check: give the slow machine a wide window.
+    app = limited("RATELIMIT_REFUND_REQUESTS", "2 per 60 seconds")
     client = app.test_client()
     user = make_user()
     purchase = make_purchase(user, "pro")

@@ -1,0 +1,41 @@
+"""Fixtures for the security tests: a quiet sandbox, the service token, a world of real
+objects, and one logged-in browser per role."""
+
+import pytest
+import stripe
+
+from portal.extensions import limiter
+from tests.security.helpers import ROLES, SERVICE_TOKEN, Actor, World, actor_for, build_world
+
+
+@pytest.fixture(autouse=True)
+def _quiet_sandbox(app, monkeypatch, tmp_path):
+    """No webhook from a background thread, no retry pauses, uploads in a folder of the test,
+    and the jobs API's token known."""
+    store = app.extensions["stripe_sandbox"]
+    with store.lock:
+        store.failures_to_inject = 0
+    monkeypatch.setitem(app.config, "SANDBOX_WEBHOOKS", "off")
+    monkeypatch.setitem(app.config, "UPLOAD_FOLDER", str(tmp_path / "uploads"))
+    monkeypatch.setitem(app.config, "PORTAL_SERVICE_TOKEN", SERVICE_TOKEN)
+    monkeypatch.setattr(stripe.HTTPClient, "_sleep_time_seconds", lambda self, retries: 0)
+
+
+@pytest.fixture(autouse=True)
+def _limits_as_configured(app):
+    """Every app shares the one Limiter, and the last app built (a production one, or one
+    with limits on) switches it for all: keep it as the test app is configured."""
+    limiter.enabled = app.config["RATELIMIT_ENABLED"]
+    yield
+    limiter.enabled = app.config["RATELIMIT_ENABLED"]
+
+
+@pytest.fixture
+def world(app) -> World:
+    return build_world()
+
+
+@pytest.fixture
+def actors(app, world) -> dict[str, Actor]:
+    """One logged-in browser per role."""
+    return {role: actor_for(app, world, role) for role in ROLES}
