@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app portal
 
-.PHONY: run test lint scan venv clean
+.PHONY: run test test-e2e lint scan venv clean
 
 # Reinstall whenever the declared dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -29,8 +29,21 @@ run: venv
 	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(FLASK) run --host 127.0.0.1 --port 5000
 
-test: venv
+# axe-core for the browser tests' accessibility checks, from the npm registry.
+E2E_AXE := tests/e2e/node_modules/axe-core/axe.min.js
+$(E2E_AXE): tests/e2e/package.json tests/e2e/package-lock.json
+	cd tests/e2e && npm ci --no-audit --no-fund
+	touch $@
+
+# Without Chromium the browser tests skip themselves (one line says how to enable them),
+# and npm is not needed.
+E2E_DEPS := $(if $(wildcard /usr/bin/chromium),$(E2E_AXE))
+
+test: venv $(E2E_DEPS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-e2e: venv $(E2E_AXE)
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -44,4 +57,5 @@ scan: venv
 		|| { status=$$?; [ $$status -eq 124 ] && echo "pip-audit: advisory database unreachable, not audited"; [ $$status -eq 124 ]; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info tests/e2e/node_modules \
+		test-artifacts

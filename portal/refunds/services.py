@@ -39,6 +39,14 @@ from portal.staff.models import Incident
 from portal.timeutil import add_business_days
 
 MAX_ATTACHMENTS = 3
+REASON_WORDS = {
+    RequestReason.CREDITS_NOT_ADDED: "credits not added",
+    RequestReason.CHARGED_TWICE: "charged twice",
+    RequestReason.SERVICE_UNAVAILABLE: "service unavailable",
+    RequestReason.JOB_FAILED: "a job failed",
+    RequestReason.NOT_HAPPY: "not happy with the results",
+    RequestReason.OTHER: "something else",
+}
 MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
 # Screenshots are recognised by their first bytes, not by what the browser claims.
 IMAGE_SIGNATURES = {
@@ -320,7 +328,7 @@ def file_request(
     stored_files: list[Path] = []
     try:
         db.session.flush()
-        add_event(request, "filed", f"Request filed: {reason.value.replace('_', ' ')}.", now=now)
+        add_event(request, "filed", f"Request filed: {REASON_WORDS[reason]}.", now=now)
         add_event(request, "precheck", check.summary, now=now)
         for line in done:
             add_event(request, "auto_resolved", line, now=now)

@@ -140,8 +140,8 @@ def test_submit_files_the_request_with_its_precheck_deadline_timeline_and_email(
     words = text(shown)
     assert f"Refund request {filed.reference}" in words
     assert f"Your request {filed.reference} is filed." in words
-    assert "Filed \u2014 Request filed: other." in words
-    assert "Precheck \u2014" in words
+    assert "Filed \u2014 Request filed: something else." in words
+    assert "Pre-check \u2014" in words
     assert "88 of the 300 credits are unused, worth $5.86" in words
     assert "Estimated refund: $5.86" in words
 

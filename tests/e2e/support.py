@@ -1,0 +1,507 @@
+"""What every browser test needs: a live portal, watched tabs, the platform's API, data.
+
+`Browsing` opens tabs (each its own browser context, so its own cookies) and watches them:
+console errors, uncaught exceptions, server errors, and every page a tab lands on. A test
+calls `browse.check(page, "step")` at each key step, which takes a screenshot into
+test-artifacts/ and runs axe-core on the page. When the test ends, the conftest's hook
+calls `browse.problems()`: the test fails if any tab logged a JavaScript error, any page
+had a `serious` or `critical` accessibility violation, or a tab landed on a page that
+was never checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flask import Flask
+from playwright.sync_api import APIRequestContext, Browser, Page, expect
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+AXE_FILE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
+
+# Long enough for the policy (15+ characters), and not a common password.
+PASSWORD = "plum-orbit-lantern-1947"
+STAFF_PASSWORD = "quartz-harbour-violet-2026"
+SERVICE_TOKEN = "e2e-platform-token-3f9a61c2"
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+BLOCKING_IMPACTS = ("serious", "critical")
+
+
+# -- the live server ------------------------------------------------------------------
+
+
+class ErrorLog(logging.Handler):
+    """Keeps every ERROR the portal logs (unhandled exceptions, failed webhooks)."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.records: list[str] = []
+        self._lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        with self._lock:
+            self.records.append(text)
+
+    def since(self, mark: int) -> list[str]:
+        with self._lock:
+            return self.records[mark:]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: Flask
+    errors: ErrorLog
+
+    @contextmanager
+    def database(self) -> Iterator[None]:
+        """An app context on the live server's database, for setting up data directly."""
+        from portal.extensions import db
+
+        with self.app.app_context():
+            try:
+                yield
+            finally:
+                db.session.remove()
+
+    @property
+    def sandbox(self):
+        """The in-process Stripe sandbox the live server pays and refunds with."""
+        return self.app.extensions["stripe_sandbox"]
+
+
+# -- data set up directly in the database ---------------------------------------------
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+def unique_email(kind: str) -> str:
+    return f"{kind}-{next(_counter)}-{int(time.time() * 1000) % 10**8}@example.com"
+
+
+def create_customer(server: LiveServer, timezone: str | None = "America/Vancouver") -> str:
+    """A customer account made in the database; returns its e-mail.
+
+    With a timezone already set, the pages do not report the browser's and reload.
+    """
+    from portal.accounts import services
+
+    email = unique_email("customer")
+    with server.database():
+        user = services.register_user(email, PASSWORD)
+        if timezone:
+            services.update_timezone(user, timezone)
+    return email
+
+
+def create_staff(server: LiveServer, timezone: str = "America/Vancouver") -> str:
+    from portal.accounts import services
+
+    email = unique_email("staff")
+    with server.database():
+        user, _ = services.create_or_promote_staff(email, STAFF_PASSWORD)
+        services.update_timezone(user, timezone)
+    return email
+
+
+def purchase_of(server: LiveServer, email: str, package_code: str):
+    """(id, Stripe payment intent, status) of the customer's latest purchase of a package."""
+    from sqlalchemy import select
+
+    from portal.accounts.models import User
+    from portal.billing.models import Purchase
+    from portal.extensions import db
+
+    with server.database():
+        purchase = db.session.scalars(
+            select(Purchase)
+            .join(User, User.id == Purchase.user_id)
+            .where(User.email == email, Purchase.package_code == package_code)
+            .order_by(Purchase.id.desc())
+        ).first()
+        assert purchase is not None, f"{email} has no {package_code} purchase"
+        return purchase.id, purchase.stripe_payment_intent_id, purchase.status.value
+
+
+def make_overdue(server: LiveServer, request_id: int) -> None:
+    """Move a refund request's answer-due time into the past, as if days had gone by."""
+    from portal.extensions import db
+    from portal.refunds.models import RefundRequest
+    from portal.timeutil import utcnow
+
+    with server.database():
+        request = db.session.get(RefundRequest, request_id)
+        assert request is not None, request_id
+        request.due_at = utcnow() - timedelta(days=2)
+        db.session.commit()
+
+
+def run_refund_worker(server: LiveServer) -> int:
+    """What `flask worker` does, 11 minutes from now: send the refunds whose undo window passed."""
+    from portal.billing.services import send_due_refunds
+    from portal.timeutil import utcnow
+
+    with server.database():
+        return send_due_refunds(utcnow() + timedelta(minutes=11))
+
+
+# -- the processing platform ------------------------------------------------------------
+
+
+class Platform:
+    """The processing platform, charging jobs through the portal's API with its token."""
+
+    def __init__(self, request: APIRequestContext):
+        self.request = request
+
+    def _post(self, path: str, body: dict, expected: int) -> dict:
+        response = self.request.post(path, data=body)
+        assert response.status == expected, f"POST {path}: {response.status} {response.text()}"
+        return response.json()
+
+    def charge(self, email: str, credits: int, operation: str = "upscale") -> dict:
+        external_id = f"job-{next(_counter)}-{int(time.time() * 1000) % 10**8}"
+        body = {
+            "external_id": external_id,
+            "customer_email": email,
+            "operation": operation,
+            "credits": credits,
+        }
+        return self._post("/api/v1/jobs", body, 201)
+
+    def complete(self, job_id: int) -> dict:
+        return self._post(f"/api/v1/jobs/{job_id}/complete", {}, 200)
+
+    def fail(self, job_id: int, detail: str) -> dict:
+        return self._post(
+            f"/api/v1/jobs/{job_id}/fail", {"reason": "platform_error", "detail": detail}, 200
+        )
+
+    def balance(self, email: str) -> int:
+        response = self.request.get(f"/api/v1/customers/{email}/balance")
+        assert response.status == 200, response.text()
+        return response.json()["balance"]
+
+
+# -- watched tabs -----------------------------------------------------------------------
+
+
+@dataclass
+class Watch:
+    """What one tab saw."""
+
+    label: str
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    server_errors: list[str] = field(default_factory=list)
+    visited: dict[str, str] = field(default_factory=dict)  # path -> first full URL
+    checked: set[str] = field(default_factory=set)
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path or "/"
+
+
+class Browsing:
+    """Tabs for one test, each watched; screenshots and axe results for each checked step."""
+
+    def __init__(
+        self,
+        browser: Browser,
+        context_args: dict,
+        server: LiveServer,
+        test_name: str,
+        axe_source: str,
+    ):
+        self.browser = browser
+        self.context_args = context_args
+        self.server = server
+        self.axe_source = axe_source
+        self.folder = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "-", test_name).strip("-")
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.watches: dict[Page, Watch] = {}
+        self.contexts = []
+        self.violations: list[dict] = []
+        self.allowed_console: list[re.Pattern] = []
+        self.shots = 0
+        self.log_mark = len(server.errors.records)
+        self.phone_widths: list[str] = []
+        self.phone_words: list[str] = []
+
+    # -- tabs ---------------------------------------------------------------------------
+
+    def open(self, label: str, **context_overrides) -> Page:
+        """A new tab in a fresh browser context (its own cookies), watched."""
+        args = {**self.context_args, **context_overrides}
+        context = self.browser.new_context(**args)
+        context.set_default_timeout(10_000)
+        self.contexts.append(context)
+        page = context.new_page()
+        watch = Watch(label)
+        self.watches[page] = watch
+
+        def on_console(message) -> None:
+            if message.type == "error":
+                where = message.location.get("url", "") if message.location else ""
+                watch.console_errors.append(f"{message.text} [{where or page.url}]")
+
+        def on_response(response) -> None:
+            if response.status >= 500:
+                watch.server_errors.append(f"{response.status} {response.url}")
+
+        def on_navigated(frame) -> None:
+            if frame == page.main_frame and frame.url.startswith(self.server.url):
+                watch.visited.setdefault(_path(frame.url), frame.url)
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: watch.page_errors.append(f"{error} [{page.url}]"))
+        page.on("response", on_response)
+        page.on("framenavigated", on_navigated)
+        return page
+
+    def allow_console_error(self, pattern: str) -> None:
+        """Accept console errors matching `pattern` (e.g. the 403 a test asks for)."""
+        self.allowed_console.append(re.compile(pattern))
+
+    def close(self) -> None:
+        for context in self.contexts:
+            # A browser that died has nothing left to close.
+            with contextlib.suppress(Exception):
+                context.close()
+
+    # -- checks -------------------------------------------------------------------------
+
+    def check(self, page: Page, step: str) -> list[dict]:
+        """Screenshot the page and run axe-core on it; return its violations (all impacts)."""
+        page.wait_for_load_state("load")
+        watch = self.watches[page]
+        self.shots += 1
+        name = f"{self.shots:02d}-{watch.label}-{re.sub(r'[^a-z0-9]+', '-', step.lower())}.png"
+        page.screenshot(path=str(self.folder / name), full_page=True)
+        found = self._axe(page)
+        for violation in found:
+            violation["step"] = f"{watch.label}: {step}"
+            violation["url"] = page.url
+        self.violations.extend(found)
+        watch.checked.add(_path(page.url))
+        return found
+
+    def check_phone_width(self, page: Page, step: str) -> int:
+        """Screenshot at phone size and record whether the page scrolls sideways."""
+        self.check(page, f"phone {step}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        viewport = page.viewport_size["width"]
+        if width > viewport:
+            wide = page.evaluate(WIDEST_ELEMENTS, viewport)
+            self.phone_widths.append(
+                f"{step} ({page.url}): document.documentElement.scrollWidth is {width}px "
+                f"on a {viewport}px-wide screen; elements reaching past the edge: {wide}"
+            )
+        broken = page.evaluate(BROKEN_WORDS)
+        if broken:
+            self.phone_words.append(f"{step} ({page.url}): {', '.join(broken)}")
+        return width
+
+    def _axe(self, page: Page) -> list[dict]:
+        if not page.evaluate("typeof window.axe !== 'undefined'"):
+            page.evaluate(self.axe_source)
+        result = page.evaluate(
+            """async () => {
+                const result = await axe.run(document, {resultTypes: ["violations"]});
+                return result.violations.map(v => ({
+                    id: v.id, impact: v.impact, help: v.help, helpUrl: v.helpUrl,
+                    tags: v.tags,
+                    nodes: v.nodes.map(n => ({
+                        target: n.target.join(" "), html: n.html.slice(0, 300),
+                        summary: n.failureSummary,
+                    })),
+                }));
+            }"""
+        )
+        return result
+
+    # -- the verdict --------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Everything that makes the test fail besides its own assertions."""
+        found: list[str] = []
+        for watch in self.watches.values():
+            for message in watch.console_errors:
+                if not any(pattern.search(message) for pattern in self.allowed_console):
+                    found.append(f"console error in tab '{watch.label}': {message}")
+            found += [f"uncaught exception in tab '{watch.label}': {e}" for e in watch.page_errors]
+            found += [f"server error seen by tab '{watch.label}': {e}" for e in watch.server_errors]
+            for path, url in watch.visited.items():
+                if path not in watch.checked:
+                    found.append(f"tab '{watch.label}' visited {url} but the test never checked it")
+        found += [
+            f"portal logged an error: {line}" for line in self.server.errors.since(self.log_mark)
+        ]
+        for violation in self.violations:
+            if violation["impact"] in BLOCKING_IMPACTS:
+                targets = "; ".join(node["target"] for node in violation["nodes"][:5])
+                found.append(
+                    f"accessibility ({violation['impact']}) {violation['id']}: {violation['help']} "
+                    f"at {violation['step']} {_path(violation['url'])} -> {targets}"
+                )
+        found += [f"horizontal scrolling at phone size: {line}" for line in self.phone_widths]
+        found += [
+            f"words split across lines at phone size (unreadable columns): {line}"
+            for line in self.phone_words
+        ]
+        return found
+
+    def write_report(self) -> None:
+        """All axe findings of the test (every impact) beside its screenshots."""
+        report = {
+            "violations": self.violations,
+            "phone_widths": self.phone_widths,
+            "phone_broken_words": self.phone_words,
+            "pages": {
+                watch.label: sorted(watch.visited.values()) for watch in self.watches.values()
+            },
+        }
+        (self.folder / "accessibility.json").write_text(json.dumps(report, indent=2))
+
+
+# Lists the elements whose right edge passes the viewport (for a readable failure).
+WIDEST_ELEMENTS = """(viewport) => {
+    const seen = [];
+    for (const el of document.querySelectorAll("body *")) {
+        const box = el.getBoundingClientRect();
+        if (box.right > viewport + 1 && box.width > 0) {
+            let name = el.tagName.toLowerCase();
+            if (el.id) name += "#" + el.id;
+            if (el.classList.length) name += "." + [...el.classList].join(".");
+            seen.push(name + " (right edge " + Math.round(box.right) + "px)");
+        }
+        if (seen.length >= 6) break;
+    }
+    return seen.join(", ");
+}"""
+
+
+# Words (3 to 16 letters or digits) that the layout splits across two lines, as
+# `overflow-wrap: anywhere` does to squeezed table columns: "Packa|ge", "R|R|-|0|0|0".
+BROKEN_WORDS = """() => {
+    const broken = new Set();
+    const walker = document.createTreeWalker(document.querySelector("main"), NodeFilter.SHOW_TEXT);
+    while (walker.nextNode()) {
+        const node = walker.currentNode;
+        const parent = node.parentElement;
+        if (!parent || parent.closest(".visually-hidden, script, style")) continue;
+        if (parent.getBoundingClientRect().width < 2) continue;
+        for (const match of node.data.matchAll(/[A-Za-z0-9]{3,16}/g)) {
+            const range = document.createRange();
+            range.setStart(node, match.index);
+            range.setEnd(node, match.index + match[0].length);
+            const lines = new Set(
+                [...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top))
+            );
+            if (lines.size > 1) broken.add(match[0]);
+        }
+        if (broken.size >= 12) break;
+    }
+    return [...broken];
+}"""
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+# -- steps a person takes ---------------------------------------------------------------
+
+
+def main_nav(page: Page):
+    return page.get_by_role("navigation", name="Main")
+
+
+def stat(page: Page, term: str):
+    """The value of one figure in a page's `dl.stats` (Status, Refunded, Still unused...)."""
+    figure = page.locator("dl.stats > div").filter(
+        has=page.locator("dt", has_text=re.compile(rf"^{re.escape(term)}$"))
+    )
+    return figure.locator("dd")
+
+
+def log_in(browse: Browsing, page: Page, email: str, password: str = PASSWORD) -> None:
+    """Log in through the form; lands on the dashboard (customers) or the queue (staff)."""
+    page.goto("/login")
+    browse.check(page, "log-in form")
+    page.get_by_label("E-mail").fill(email)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/(dashboard|staff/)$"))
+
+
+def pay_in_sandbox(browse: Browsing, page: Page, package: str, card: str, price: str) -> None:
+    """From the dashboard: Buy credits, choose `package`, pay with `card` on the sandbox."""
+    main_nav(page).get_by_role("link", name="Buy credits").click()
+    browse.check(page, "buy credits")
+    page.get_by_role("button", name=f"Buy {package}").click()
+    page.wait_for_url(re.compile(r"/sandbox/checkout/cs_"))
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Pay {price}")
+    browse.check(page, "sandbox checkout")
+    page.get_by_label(card).check()
+    page.get_by_role("button", name=f"Pay {price}").click()
+
+
+CARD_OK = "Card 4242 4242 4242 4242: payment succeeds"
+CARD_DECLINED = "Card 4000 0000 0000 0002: the bank declines it"
+
+
+def customer_with_partly_used_pro(browse: Browsing, server: LiveServer, platform: Platform, **tab):
+    """A logged-in customer who bought Pro (300 credits, $20) and spent 60 of them."""
+    email = create_customer(server)
+    page = browse.open("customer", **tab)
+    log_in(browse, page, email)
+    browse.check(page, "dashboard")
+    pay_in_sandbox(browse, page, "Pro", CARD_OK, "$20.00")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Credits added")
+    browse.check(page, "300 credits added")
+    for credits, operation in ((25, "upscale"), (35, "style-transfer")):
+        platform.complete(platform.charge(email, credits, operation)["id"])
+    assert platform.balance(email) == 240
+    return email, page
+
+
+def open_refund_form(browse: Browsing, page: Page, package: str = "Pro") -> None:
+    """From anywhere: Purchases, then the purchase's "Request a refund" link."""
+    main_nav(page).get_by_role("link", name="Purchases").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Your purchases")
+    browse.check(page, "purchases")
+    row = page.get_by_role("row", name=re.compile(package))
+    row.get_by_role("link", name="Request a refund").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Request a refund")
+
+
+def request_id_from(page: Page) -> int:
+    match = re.search(r"/refunds/(\d+)$", page.url)
+    assert match, page.url
+    return int(match.group(1))
