@@ -182,7 +182,8 @@ def test_customer_balance(app, world, api, errors, email):
 
 SIGNATURES = st.one_of(
     st.none(),
-    TEXT,
+    # Line breaks cannot travel in an HTTP header (the test client refuses to send them).
+    TEXT.filter(lambda text: "\r" not in text and "\n" not in text),
     st.builds(
         lambda t, v: f"t={t},v1={v}",
         st.integers(min_value=-(2**40), max_value=2**40),

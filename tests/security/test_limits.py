@@ -14,9 +14,9 @@ WINDOW = "2 per 2 seconds"
 def limited(make_app):
     """An app whose limits are on and tiny, so a test can hit them and wait them out."""
 
-    def build(setting: str):
+    def build(setting: str, window: str = WINDOW):
         app = make_app(
-            RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://", **{setting: WINDOW}
+            RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://", **{setting: window}
         )
         with app.app_context():
             limiter.reset()
