@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from flask import has_app_context
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
 from sqlalchemy import text
@@ -125,7 +126,8 @@ class IsolatedClient(FlaskClient):
         kwargs.setdefault("buffered", True)
         response = contextvars.Context().run(super().open, *args, **kwargs)
         # What the request committed must be visible to the test's own session.
-        db.session.expire_all()
+        if has_app_context():
+            db.session.expire_all()
         return response
 
 
