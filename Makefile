@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app portal
 
-.PHONY: run test test-e2e lint scan venv clean
+.PHONY: run test test-e2e bench lint scan venv clean
 
 # Reinstall whenever the declared dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -44,6 +44,10 @@ test: venv $(E2E_DEPS)
 
 test-e2e: venv $(E2E_AXE)
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+# The performance benchmark against PostgreSQL (several minutes; not part of `make test`).
+bench: venv
+	$(BIN)/python -m tests.bench.run_bench $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -20,8 +20,13 @@ Settings and why (see also servers.py):
   portal reaches "Stripe" over HTTP exactly as in production, and the only webhooks are
   the ones the benchmark signs and sends. RATELIMIT_ENABLED=false: every request comes
   from one address.
-* Workers = CPU cores; gthread with 4 threads (measured best here for both the hello
-  world and the database-bound pages; see the notes in the results).
+* gunicorn runs the project's gunicorn.conf.py (timeout, keep-alive, logging) with
+  workers = CPU cores and gthread with 4 threads per worker, for the portal and the hello
+  world alike. Measured here: sync workers (no keep-alive) had by far the worst tail for
+  the hello world (p95 201 ms against 14-25 ms); 2, 4 and 8 threads were within the
+  machine's noise for pages; 4 fits SQLAlchemy's default pool of 5 connections per
+  worker. max_requests is off: recycling would restart the hello-world workers every few
+  seconds and would wipe the Stripe stand-in's state.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,6 +87,10 @@ class BenchConfig:
     settle: float = 1.0
     # Measure the hello world before and after the portal's endpoints (2) or once (1).
     ceiling_runs: int = 2
+    # Log-ins beyond the two sessions the load uses, before idle memory is read.
+    extra_logins: int = 16
+    # Exit 0 from main() even when targets are missed.
+    report_only: bool = False
 
 
 def log(message: str) -> None:
@@ -454,6 +464,10 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
     """
     started_at = datetime.now(UTC)
     config.artifacts.mkdir(parents=True, exist_ok=True)
+    # Server logs of the last few runs are kept (test-artifacts/ is git-ignored).
+    earlier = sorted(config.artifacts.glob("bench-*"), key=lambda path: path.stat().st_mtime)
+    for folder in earlier[:-2]:
+        shutil.rmtree(folder, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=config.artifacts))
     notes: list[str] = []
     tool = (
@@ -490,7 +504,7 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
     standin = servers.Server(
         "stripe-standin",
         "portal:create_app()",
-        servers.GunicornSettings(workers=1, threads=8),
+        servers.GunicornSettings(workers=1, threads=8, config=None),
         servers.stripe_standin_environment(scratch),
         scratch,
     )
@@ -519,6 +533,17 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
         # 3. Sessions, and one request to every page (it must answer 200).
         customer_jar = log_in_over_http(portal.port, info.heavy_email)
         staff_jar = log_in_over_http(portal.port, info.staff_email)
+        # A worker in service has verified passwords on each of its threads; a few more
+        # log-ins, four at a time, bring the workers to that state before their idle
+        # memory is read (an Argon2id check allocates 19 MiB, and what the allocator keeps
+        # of it, per thread, shows in RSS).
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(
+                pool.map(
+                    lambda _: log_in_over_http(portal.port, info.small_email),
+                    range(config.extra_logins),
+                )
+            )
         pages = [
             ("dashboard", "/dashboard", customer_jar, "dashboard"),
             ("history", "/history", customer_jar, "history"),
@@ -780,6 +805,15 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
                 ("small customer's", "staff", f"/staff/requests/{info.small_open_request_id}"),
             ],
         }
+        used_up = _count_rows(
+            app,
+            "SELECT MIN(r.id) FROM refund_requests r JOIN credit_lots l "
+            "ON l.purchase_id = r.purchase_id WHERE l.credits_remaining = 0",
+        )
+        if used_up:
+            variants["request detail"].append(
+                ("purchase's credits all used", "staff", f"/staff/requests/{used_up}")
+            )
         plan = {
             page: [sqlcount.Variant(*variant) for variant in rows]
             for page, rows in variants.items()
@@ -860,6 +894,9 @@ def parse_args(argv=None) -> BenchConfig:
         "--quick", action="store_true", help="3 s per endpoint, 1 s warm-up, 1 CSV run"
     )
     parser.add_argument("--no-sql-count", action="store_true")
+    parser.add_argument(
+        "--report-only", action="store_true", help="exit 0 even when targets are missed"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results.json")
     for name, default in asdict(dataset.DatasetParams()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
@@ -884,6 +921,7 @@ def parse_args(argv=None) -> BenchConfig:
     )
     if args.quick:
         config.duration, config.warmup, config.csv_runs = 3.0, 1.0, 1
+    config.report_only = args.report_only
     return config
 
 
@@ -893,7 +931,7 @@ def main(argv=None) -> int:
     failed = [check["name"] for check in results.get("targets", []) if not check["passed"]]
     if failed:
         print(f"{len(failed)} target(s) missed: {', '.join(failed)}", flush=True)
-        return 1
+        return 0 if config.report_only else 1
     print("every target met", flush=True)
     return 0
 

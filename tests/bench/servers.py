@@ -27,35 +27,55 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+PRODUCTION_CONFIG = ROOT / "gunicorn.conf.py"
+
+
 @dataclass
 class GunicornSettings:
-    """The settings every server under load shares (the hello world gets the same)."""
+    """The settings every server under load shares (the hello world gets the same).
+
+    The project's production gunicorn.conf.py is loaded when there is one (its timeout,
+    keep-alive and logging), with workers, threads and recycling set here: recycling
+    (max_requests) is switched off so that 20-second measurements are not disturbed by
+    workers restarting (the hello world would restart every few seconds), and because
+    the Stripe stand-in keeps its state in its one worker.
+    """
 
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     threads: int = 4
-    keep_alive: int = 5
-    timeout: int = 120
+    config: Path | None = field(
+        default_factory=lambda: PRODUCTION_CONFIG if PRODUCTION_CONFIG.exists() else None
+    )
+    max_requests: int = 0
 
-    def arguments(self) -> list[str]:
+    def arguments(self, scratch: Path) -> list[str]:
+        if self.config is None:
+            empty = scratch / "gunicorn.empty.conf.py"
+            empty.write_text("# no settings: gunicorn's defaults and the command line\n")
+            config, extra = empty, ["--keep-alive", "5", "--timeout", "30"]
+        else:
+            config, extra = self.config, []
         worker_class = "gthread" if self.threads > 1 else "sync"
         return [
+            "--config",
+            str(config),
+            *extra,
             "--workers",
             str(self.workers),
             "--worker-class",
             worker_class,
             "--threads",
             str(self.threads),
-            "--keep-alive",
-            str(self.keep_alive),
-            "--timeout",
-            str(self.timeout),
+            "--max-requests",
+            str(self.max_requests),
             "--log-level",
             "info",
         ]
 
     def describe(self) -> str:
         kind = f"gthread, {self.threads} threads" if self.threads > 1 else "sync"
-        return f"gunicorn {self.workers} workers ({kind}), keep-alive {self.keep_alive} s"
+        config = self.config.name if self.config else "no config file"
+        return f"gunicorn ({config}) {self.workers} workers ({kind}), max_requests off"
 
 
 class Server:
@@ -70,7 +90,7 @@ class Server:
             sys.executable,
             "-m",
             "gunicorn",
-            *settings.arguments(),
+            *settings.arguments(log_dir),
             "--bind",
             f"{LOCALHOST}:{self.port}",
             "--chdir",
