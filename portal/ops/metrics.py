@@ -47,7 +47,8 @@ class BusinessCollector:
     def collect(self):
         from portal.extensions import db
         from portal.notifications.models import OutboxEmail, OutboxStatus
-        from portal.refunds.models import OPEN_STATUSES, RefundRequest, RequestStatus
+        from portal.refunds.models import OPEN_STATUSES, RefundRequest
+        from portal.staff.queries import overdue_count
         from portal.timeutil import utcnow
 
         with self.app.app_context():
@@ -57,14 +58,7 @@ class BusinessCollector:
                 .select_from(RefundRequest)
                 .where(RefundRequest.status.in_(OPEN_STATUSES))
             )
-            overdue = db.session.scalar(
-                select(func.count())
-                .select_from(RefundRequest)
-                .where(
-                    RefundRequest.status.in_((RequestStatus.OPEN, RequestStatus.IN_REVIEW)),
-                    RefundRequest.due_at < now,
-                )
-            )
+            overdue = overdue_count(now)
             backlog, oldest = db.session.execute(
                 select(func.count(), func.min(OutboxEmail.created_at)).where(
                     OutboxEmail.status == OutboxStatus.PENDING
