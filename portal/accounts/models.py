@@ -28,7 +28,8 @@ class User(UserMixin, db.Model):
     """A person who signs in: a customer holding a credit balance, or a staff member.
 
     The row doubles as the customer's account: `credits_balance` is locked with
-    SELECT ... FOR UPDATE by every balance change, which serialises them per customer.
+    SELECT ... FOR UPDATE by every balance change, which serialises them per customer,
+    and the ledger keeps the account's running totals on it too.
     """
 
     __tablename__ = "users"
@@ -44,6 +45,13 @@ class User(UserMixin, db.Model):
     terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     termination_reason: Mapped[str | None] = mapped_column(Text)
     credits_balance: Mapped[int] = mapped_column(default=0)
+    # Running totals kept by the ledger beside the balance, so that the dashboard never
+    # sums a long history: bought, used on jobs (net of failed jobs given back), taken
+    # back by refunds (net of refunds that did not go through), and granted.
+    credits_bought: Mapped[int] = mapped_column(default=0, server_default="0")
+    credits_used: Mapped[int] = mapped_column(default=0, server_default="0")
+    credits_refunded: Mapped[int] = mapped_column(default=0, server_default="0")
+    credits_granted: Mapped[int] = mapped_column(default=0, server_default="0")
     # None until the browser reports one or the customer picks one; pages then use UTC.
     timezone: Mapped[str | None] = mapped_column(String(64))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)

@@ -41,6 +41,8 @@ class Purchase(db.Model):
             name="committed_refunds_within_amount",
         ),
         Index("ix_purchases_user_created", "user_id", "created_at"),
+        # The purchases pages list a customer's purchases newest first, by id.
+        Index("ix_purchases_user_id_desc", "user_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

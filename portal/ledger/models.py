@@ -62,8 +62,8 @@ class LedgerEntry(db.Model):
         # History pages page through a customer's entries newest first, by id.
         Index("ix_ledger_entries_user_id_desc", "user_id", "id"),
         Index("ix_ledger_entries_user_kind", "user_id", "kind", "id"),
-        # Date-range filters and the balance chart's opening balance.
-        Index("ix_ledger_entries_user_created", "user_id", "created_at"),
+        # Date-range filters, and the balance chart's latest entry before each day's end.
+        Index("ix_ledger_entries_user_created", "user_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

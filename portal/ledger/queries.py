@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import Date, func, select
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy import select
 
+from portal.accounts.models import User
 from portal.extensions import db
 from portal.ledger.models import EntryKind, LedgerEntry
 from portal.pagination import Page, keyset_page
@@ -29,24 +28,6 @@ KIND_LABELS = {
 }
 
 
-class utc_day(FunctionElement):  # noqa: N801  (reads like the SQL function it stands for)
-    """The UTC calendar day of a timestamp column, on SQLite and PostgreSQL alike."""
-
-    type = Date()
-    inherit_cache = True
-
-
-@compiles(utc_day, "postgresql")
-def _utc_day_postgresql(element, compiler, **kw):
-    return f"(({compiler.process(element.clauses, **kw)}) AT TIME ZONE 'UTC')::date"
-
-
-@compiles(utc_day, "sqlite")
-def _utc_day_sqlite(element, compiler, **kw):
-    # Timestamps are stored as UTC text 'YYYY-MM-DD HH:MM:SS...'.
-    return f"substr({compiler.process(element.clauses, **kw)}, 1, 10)"
-
-
 @dataclass(frozen=True)
 class Totals:
     bought: int
@@ -55,58 +36,47 @@ class Totals:
     granted: int
 
 
-def totals(user_id: int) -> Totals:
-    """Return credits bought, used (net of returned jobs), refunded and granted to date."""
-    sums = dict(
-        db.session.execute(
-            select(LedgerEntry.kind, func.sum(LedgerEntry.credits))
-            .where(LedgerEntry.user_id == user_id)
-            .group_by(LedgerEntry.kind)
-        ).all()
-    )
+def totals(account: User) -> Totals:
+    """Credits bought, used (net of returned jobs), refunded and granted to date.
+
+    The ledger keeps these on the account row as it posts each entry (see
+    `services.TOTAL_OF_KIND`), and `ledger-check` compares them with the entries.
+    """
     return Totals(
-        bought=sums.get(EntryKind.PURCHASE_CREDIT, 0),
-        used=-(sums.get(EntryKind.JOB_CHARGE, 0) + sums.get(EntryKind.JOB_REFUND, 0)),
-        refunded=-(
-            sums.get(EntryKind.REFUND_CLAW_BACK, 0) + sums.get(EntryKind.CLAW_BACK_REVERSAL, 0)
-        ),
-        granted=sums.get(EntryKind.GRANT, 0),
+        bought=account.credits_bought,
+        used=account.credits_used,
+        refunded=account.credits_refunded,
+        granted=account.credits_granted,
     )
 
 
 def balance_series(user_id: int, days: int, today: date) -> list[tuple[date, int]]:
-    """Return the closing balance of each of the last `days` UTC days, oldest first."""
+    """Return the closing balance of each of the last `days` UTC days, oldest first.
+
+    One statement of `days` index lookups (the latest entry before each day's end), so
+    its cost does not grow with the number of entries in the window.
+    """
     first_day = today - timedelta(days=days - 1)
-    window_start = datetime.combine(first_day, time(0), tzinfo=UTC)
-    day = utc_day(LedgerEntry.created_at)
-    last_of_day = (
-        select(func.max(LedgerEntry.id))
-        .where(LedgerEntry.user_id == user_id, LedgerEntry.created_at >= window_start)
-        .group_by(day)
-    )
-    closing = {
-        _as_date(when): balance
-        for when, balance in db.session.execute(
-            select(day, LedgerEntry.balance_after).where(LedgerEntry.id.in_(last_of_day))
-        )
-    }
-    opening = db.session.scalar(
+    day_ends = [
+        datetime.combine(first_day + timedelta(days=offset + 1), time(0), tzinfo=UTC)
+        for offset in range(days)
+    ]
+    closing = db.session.execute(
+        select(*(_balance_before(user_id, end).label(f"day{n}") for n, end in enumerate(day_ends)))
+    ).one()
+    return [
+        (first_day + timedelta(days=offset), balance or 0) for offset, balance in enumerate(closing)
+    ]
+
+
+def _balance_before(user_id: int, moment: datetime):
+    return (
         select(LedgerEntry.balance_after)
-        .where(LedgerEntry.user_id == user_id, LedgerEntry.created_at < window_start)
+        .where(LedgerEntry.user_id == user_id, LedgerEntry.created_at < moment)
         .order_by(LedgerEntry.created_at.desc(), LedgerEntry.id.desc())
         .limit(1)
+        .scalar_subquery()
     )
-    series = []
-    balance = opening or 0
-    for offset in range(days):
-        current = first_day + timedelta(days=offset)
-        balance = closing.get(current, balance)
-        series.append((current, balance))
-    return series
-
-
-def _as_date(value) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
 @dataclass(frozen=True)

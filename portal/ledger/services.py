@@ -44,6 +44,17 @@ def _existing(idempotency_key: str) -> LedgerEntry | None:
     )
 
 
+# The account total each kind of entry counts towards, and the sign that makes it grow.
+TOTAL_OF_KIND = {
+    EntryKind.PURCHASE_CREDIT: ("credits_bought", 1),
+    EntryKind.JOB_CHARGE: ("credits_used", -1),
+    EntryKind.JOB_REFUND: ("credits_used", -1),
+    EntryKind.REFUND_CLAW_BACK: ("credits_refunded", -1),
+    EntryKind.CLAW_BACK_REVERSAL: ("credits_refunded", -1),
+    EntryKind.GRANT: ("credits_granted", 1),
+}
+
+
 def _post(
     account: User,
     kind: EntryKind,
@@ -56,6 +67,9 @@ def _post(
     """Write one entry moving `moves` (lot, signed credits) and update the balance."""
     credits = sum(amount for _, amount in moves)
     account.credits_balance += credits
+    if kind in TOTAL_OF_KIND:
+        total, sign = TOTAL_OF_KIND[kind]
+        setattr(account, total, getattr(account, total) + sign * credits)
     entry = LedgerEntry(
         user_id=account.id,
         kind=kind,
@@ -311,8 +325,21 @@ def check_books() -> list[AccountProblem]:
             )
         ).all()
     )
-    for user_id, email, balance in db.session.execute(
-        select(User.id, User.email, User.credits_balance).order_by(User.id)
+    kind_sums: dict[int, dict[str, int]] = {}
+    for user_id, kind, credits in db.session.execute(
+        select(LedgerEntry.user_id, LedgerEntry.kind, func.sum(LedgerEntry.credits)).group_by(
+            LedgerEntry.user_id, LedgerEntry.kind
+        )
+    ):
+        if kind in TOTAL_OF_KIND:
+            total, sign = TOTAL_OF_KIND[kind]
+            sums = kind_sums.setdefault(user_id, {})
+            sums[total] = sums.get(total, 0) + sign * credits
+    total_names = sorted({total for total, _ in TOTAL_OF_KIND.values()})
+    for user_id, email, balance, *totals in db.session.execute(
+        select(
+            User.id, User.email, User.credits_balance, *(getattr(User, n) for n in total_names)
+        ).order_by(User.id)
     ):
 
         def report(problem: str, user_id=user_id, email=email) -> None:
@@ -328,6 +355,10 @@ def check_books() -> list[AccountProblem]:
             report(f"balance {balance} differs from the lots' remaining credits {lots}")
         if user_id in latest_balance and latest_balance[user_id] != balance:
             report(f"latest entry says {latest_balance[user_id]}, account says {balance}")
+        for name, kept in zip(total_names, totals, strict=True):
+            summed = kind_sums.get(user_id, {}).get(name, 0)
+            if kept != summed:
+                report(f"{name.replace('_', ' ')} {kept} differs from its entries' {summed}")
 
     lot_mismatch = db.session.execute(
         select(CreditLot.id, CreditLot.user_id, User.email)

@@ -29,7 +29,7 @@ def dashboard():
     return render_template(
         "ledger/dashboard.html",
         balance=current_user.credits_balance,
-        totals=queries.totals(current_user.id),
+        totals=queries.totals(current_user),
         chart=balance_chart(series),
         chart_days=CHART_DAYS,
         purchases=latest_purchases(current_user.id),

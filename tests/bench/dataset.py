@@ -39,6 +39,7 @@ from pathlib import Path
 from sqlalchemy import JSON, text
 
 from portal import policy
+from portal.ledger.services import TOTAL_OF_KIND
 from portal.refunds import eligibility
 from portal.refunds.eligibility import RequestReason
 from portal.timeutil import add_business_days
@@ -159,11 +160,12 @@ class _Lot:
 
 
 class _Account:
-    __slots__ = ("user_id", "balance", "lots", "first_open", "failed_jobs", "used_up_at")
+    __slots__ = ("user_id", "balance", "totals", "lots", "first_open", "failed_jobs", "used_up_at")
 
     def __init__(self, user_id: int):
         self.user_id = user_id
         self.balance = 0
+        self.totals = dict.fromkeys(ACCOUNT_TOTALS, 0)
         self.lots: list[_Lot] = []
         self.first_open = 0
         self.failed_jobs: list[_Job] = []
@@ -276,6 +278,9 @@ class _Simulation:
     ):
         credits = sum(amount for _, amount in moves)
         account.balance += credits
+        if kind in TOTAL_OF_KIND:
+            total, sign = TOTAL_OF_KIND[kind]
+            account.totals[total] += sign * credits
         entry_id = next(self.ids["ledger_entries"])
         self.entries.append(
             (
@@ -868,6 +873,7 @@ def _rows(sim, params, users, staff_ids, heavy_id, purchases, incident_rows, pas
             "terminated_at",
             "termination_reason",
             "credits_balance",
+            *ACCOUNT_TOTALS,
             "timezone",
             "stripe_customer_id",
             "session_generation",
@@ -884,6 +890,10 @@ def _rows(sim, params, users, staff_ids, heavy_id, purchases, incident_rows, pas
                 None,
                 None,
                 sim.accounts[user_id].balance if user_id in sim.accounts else 0,
+                *(
+                    sim.accounts[user_id].totals[name] if user_id in sim.accounts else 0
+                    for name in ACCOUNT_TOTALS
+                ),
                 zone,
                 None,
                 0,
@@ -1263,6 +1273,10 @@ def drop_marker() -> None:
         connection.execute(text(f"DROP TABLE IF EXISTS {MARKER_TABLE}"))
 
 
+# The account totals the ledger keeps beside the balance, in a fixed order.
+ACCOUNT_TOTALS = tuple(sorted({total for total, _ in TOTAL_OF_KIND.values()}))
+
+
 RESET_STATEMENTS = (
     # What later entries moved out of (or into) the data set's lots and balances.
     """UPDATE credit_lots SET credits_remaining = credits_remaining - (
@@ -1270,10 +1284,22 @@ RESET_STATEMENTS = (
            WHERE a.lot_id = credit_lots.id AND a.id > :lot_allocations)
        WHERE id <= :credit_lots AND id IN (
            SELECT lot_id FROM lot_allocations WHERE id > :lot_allocations)""",
-    """UPDATE users SET credits_balance = credits_balance - (
-           SELECT COALESCE(SUM(e.credits), 0) FROM ledger_entries e
-           WHERE e.user_id = users.id AND e.id > :ledger_entries)
-       WHERE id IN (SELECT user_id FROM ledger_entries WHERE id > :ledger_entries)""",
+    # The balance and the running totals (see ledger.services.TOTAL_OF_KIND).
+    """UPDATE users SET
+           credits_balance = credits_balance - COALESCE(later.all_kinds, 0),
+           credits_bought = credits_bought - COALESCE(later.bought, 0),
+           credits_used = credits_used + COALESCE(later.used, 0),
+           credits_refunded = credits_refunded + COALESCE(later.refunded, 0),
+           credits_granted = credits_granted - COALESCE(later.granted, 0)
+       FROM (SELECT user_id,
+                 SUM(credits) AS all_kinds,
+                 SUM(credits) FILTER (WHERE kind = 'purchase_credit') AS bought,
+                 SUM(credits) FILTER (WHERE kind IN ('job_charge', 'job_refund')) AS used,
+                 SUM(credits) FILTER (
+                     WHERE kind IN ('refund_claw_back', 'claw_back_reversal')) AS refunded,
+                 SUM(credits) FILTER (WHERE kind = 'grant') AS granted
+             FROM ledger_entries WHERE id > :ledger_entries GROUP BY user_id) AS later
+       WHERE users.id = later.user_id""",
     "DELETE FROM lot_allocations WHERE id > :lot_allocations",
     "DELETE FROM ledger_entries WHERE id > :ledger_entries",
     "DELETE FROM credit_lots WHERE id > :credit_lots",
