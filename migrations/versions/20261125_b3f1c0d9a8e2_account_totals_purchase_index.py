@@ -1,4 +1,4 @@
-"""account totals and purchases by customer
+"""account totals, day-end balances and purchases by customer
 
 Revision ID: b3f1c0d9a8e2
 Revises: 7d2e9c1a4b57
@@ -8,6 +8,10 @@ The dashboard showed credits bought, used, refunded and granted by summing the w
 ledger of the customer on every view (200,000 rows for the heaviest). The ledger now
 keeps these totals on the account row it already locks and updates for every entry;
 this revision adds the columns and fills them from the entries written so far.
+
+Likewise the balance chart looked through the last 90 days of entries; the ledger now
+records each customer's closing balance of every UTC day on which it changed
+(`day_end_balances`), filled here from the last entry of each day.
 
 The purchases pages read a customer's purchases newest first by id, which the
 (user_id, created_at) index could not serve without a sort; the balance chart looks up
@@ -39,12 +43,35 @@ UPDATE users SET
 WHERE id IN (SELECT DISTINCT user_id FROM ledger_entries)
 """
 
+# The UTC calendar day of an entry, in each database's words (SQLite keeps UTC text).
+ENTRY_DAY = {
+    "postgresql": "(created_at AT TIME ZONE 'UTC')::date",
+    "sqlite": "substr(created_at, 1, 10)",
+}
+
+DAY_END_BACKFILL = """
+INSERT INTO day_end_balances (user_id, day, balance)
+SELECT user_id, {day}, balance_after FROM ledger_entries
+WHERE id IN (SELECT MAX(id) FROM ledger_entries GROUP BY user_id, {day})
+"""
+
 
 def upgrade():
     with op.batch_alter_table("users", schema=None) as batch_op:
         for name in TOTALS:
             batch_op.add_column(sa.Column(name, sa.Integer(), nullable=False, server_default="0"))
     op.execute(BACKFILL)
+    op.create_table(
+        "day_end_balances",
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("balance", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_day_end_balances_user_id_users")
+        ),
+        sa.PrimaryKeyConstraint("user_id", "day", name=op.f("pk_day_end_balances")),
+    )
+    op.execute(DAY_END_BACKFILL.format(day=ENTRY_DAY[op.get_bind().dialect.name]))
     with op.batch_alter_table("purchases", schema=None) as batch_op:
         batch_op.create_index("ix_purchases_user_id_desc", ["user_id", "id"], unique=False)
     with op.batch_alter_table("ledger_entries", schema=None) as batch_op:
@@ -60,6 +87,7 @@ def downgrade():
         batch_op.create_index("ix_ledger_entries_user_created", ["user_id", "created_at"])
     with op.batch_alter_table("purchases", schema=None) as batch_op:
         batch_op.drop_index("ix_purchases_user_id_desc")
+    op.drop_table("day_end_balances")
     with op.batch_alter_table("users", schema=None) as batch_op:
         for name in reversed(TOTALS):
             batch_op.drop_column(name)

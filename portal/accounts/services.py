@@ -44,10 +44,10 @@ def load_user_from_session(session_id: str) -> User | None:
     user_id, generation, token = (session_id.split(":") + ["", ""])[:3]
     if not (user_id.isascii() and user_id.isdigit() and generation.isdigit() and token):
         return None
-    user = db.session.get(User, int(user_id)) if int(user_id) <= MAX_ID else None
-    if user is None or user.session_generation != int(generation):
+    if int(user_id) > MAX_ID:
         return None
-    if not sessions.is_live(user, token, utcnow()):
+    user = sessions.signed_in_user(int(user_id), token, utcnow())
+    if user is None or user.session_generation != int(generation):
         return None
     user.session_token = token
     return user

@@ -1,6 +1,6 @@
 """Credit lots, the append-only ledger, and which lots each entry drew from."""
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String
@@ -79,6 +79,20 @@ class LedgerEntry(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     allocations: Mapped[list["LotAllocation"]] = relationship(back_populates="entry")
+
+
+class DayEndBalance(db.Model):
+    """A customer's balance at the end of a UTC day on which it changed.
+
+    Kept by the ledger as it posts entries, so that the dashboard's chart reads at most
+    a few dozen rows instead of looking through a long history.
+    """
+
+    __tablename__ = "day_end_balances"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    balance: Mapped[int]
 
 
 class LotAllocation(db.Model):

@@ -6,13 +6,13 @@ plain rows rather than ORM objects so that rendering a page can never trigger la
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from portal.accounts.models import User
 from portal.extensions import db
-from portal.ledger.models import EntryKind, LedgerEntry
+from portal.ledger.models import DayEndBalance, EntryKind, LedgerEntry
 from portal.pagination import Page, keyset_page
 
 KIND_LABELS = {
@@ -53,30 +53,31 @@ def totals(account: User) -> Totals:
 def balance_series(user_id: int, days: int, today: date) -> list[tuple[date, int]]:
     """Return the closing balance of each of the last `days` UTC days, oldest first.
 
-    One statement of `days` index lookups (the latest entry before each day's end), so
-    its cost does not grow with the number of entries in the window.
+    Reads the day-end balances the ledger keeps: the days in the window on which the
+    balance changed, and the last such day before it (the opening balance).
     """
     first_day = today - timedelta(days=days - 1)
-    day_ends = [
-        datetime.combine(first_day + timedelta(days=offset + 1), time(0), tzinfo=UTC)
-        for offset in range(days)
-    ]
-    closing = db.session.execute(
-        select(*(_balance_before(user_id, end).label(f"day{n}") for n, end in enumerate(day_ends)))
-    ).one()
-    return [
-        (first_day + timedelta(days=offset), balance or 0) for offset, balance in enumerate(closing)
-    ]
-
-
-def _balance_before(user_id: int, moment: datetime):
-    return (
-        select(LedgerEntry.balance_after)
-        .where(LedgerEntry.user_id == user_id, LedgerEntry.created_at < moment)
-        .order_by(LedgerEntry.created_at.desc(), LedgerEntry.id.desc())
-        .limit(1)
+    opening_day = (
+        select(func.max(DayEndBalance.day))
+        .where(DayEndBalance.user_id == user_id, DayEndBalance.day < first_day)
         .scalar_subquery()
     )
+    closing = dict(
+        db.session.execute(
+            select(DayEndBalance.day, DayEndBalance.balance).where(
+                DayEndBalance.user_id == user_id,
+                DayEndBalance.day >= func.coalesce(opening_day, first_day),
+                DayEndBalance.day <= today,
+            )
+        ).all()
+    )
+    balance = closing[min(closing)] if closing and min(closing) < first_day else 0
+    series = []
+    for offset in range(days):
+        current = first_day + timedelta(days=offset)
+        balance = closing.get(current, balance)
+        series.append((current, balance))
+    return series
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,26 @@ def history_page(
     return keyset_page(_history_query(user_id, filters), LedgerEntry.id, size, before, after)
 
 
-def history_for_export(user_id: int, filters: HistoryFilter, batch: int = 2000) -> Iterator:
-    """Yield every matching entry, newest first, fetched in batches from a server cursor."""
-    query = _history_query(user_id, filters).order_by(LedgerEntry.id.desc())
-    yield from db.session.execute(query.execution_options(stream_results=True, yield_per=batch))
+def history_for_export(user_id: int, filters: HistoryFilter, batch: int = 1000) -> Iterator[list]:
+    """Yield every matching entry, newest first, in lists of up to `batch` rows.
+
+    Each row is (created_at, kind, credits, balance_after, purchase_id, job_id, memo), in
+    that order, for callers that unpack rows rather than pay for attribute access on
+    hundreds of thousands of them. Each list is one fetch from a server-side cursor, so
+    memory stays flat whatever the size of the history.
+    """
+    query = (
+        _history_query(user_id, filters)
+        .with_only_columns(
+            LedgerEntry.created_at,
+            LedgerEntry.kind,
+            LedgerEntry.credits,
+            LedgerEntry.balance_after,
+            LedgerEntry.purchase_id,
+            LedgerEntry.job_id,
+            LedgerEntry.memo,
+        )
+        .order_by(LedgerEntry.id.desc())
+    )
+    result = db.session.execute(query.execution_options(stream_results=True, yield_per=batch))
+    yield from result.partitions()

@@ -13,15 +13,23 @@ key on ledger entries is the backstop.
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.accounts.models import User
 from portal.billing.models import Purchase
 from portal.errors import InsufficientCredits, ValidationError
 from portal.extensions import db
-from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation, LotOrigin
+from portal.ledger.models import (
+    CreditLot,
+    DayEndBalance,
+    EntryKind,
+    LedgerEntry,
+    LotAllocation,
+    LotOrigin,
+)
 from portal.timeutil import utcnow
 
 
@@ -85,7 +93,23 @@ def _post(
         lot.credits_remaining += amount
         db.session.add(LotAllocation(entry=entry, lot=lot, credits=amount))
     db.session.flush()
+    _record_day_end(account.id, entry.created_at.astimezone(UTC).date(), entry.balance_after)
     return entry
+
+
+def _record_day_end(user_id: int, day: date, balance: int) -> None:
+    # The account row is locked, so entries of one customer arrive one at a time and
+    # the latest one posted for a day holds that day's closing balance.
+    insert = (
+        postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    )
+    statement = insert(DayEndBalance).values(user_id=user_id, day=day, balance=balance)
+    db.session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[DayEndBalance.user_id, DayEndBalance.day],
+            set_={"balance": statement.excluded.balance},
+        )
+    )
 
 
 def _require_positive(credits: int) -> None:
@@ -296,6 +320,33 @@ def unused_credits(purchase: Purchase) -> int:
     return lot.credits_remaining if lot else 0
 
 
+def _day_end_problems() -> list["AccountProblem"]:
+    """Compare the kept day-end balances with the last entry of each customer's days."""
+    expected: dict[tuple[int, date], int] = {}
+    entries = select(LedgerEntry.user_id, LedgerEntry.created_at, LedgerEntry.balance_after)
+    for user_id, moment, balance in db.session.execute(
+        entries.order_by(LedgerEntry.id).execution_options(yield_per=5000)
+    ):
+        expected[user_id, moment.astimezone(UTC).date()] = balance
+    kept = {
+        (user_id, day): balance
+        for user_id, day, balance in db.session.execute(
+            select(DayEndBalance.user_id, DayEndBalance.day, DayEndBalance.balance)
+        )
+    }
+    emails = dict(db.session.execute(select(User.id, User.email)).all())
+    return [
+        AccountProblem(
+            user_id,
+            emails.get(user_id, ""),
+            f"day-end balance of {day} is {kept.get((user_id, day))}, entries say "
+            f"{expected.get((user_id, day))}",
+        )
+        for user_id, day in sorted(expected.keys() | kept.keys())
+        if expected.get((user_id, day)) != kept.get((user_id, day))
+    ]
+
+
 @dataclass(frozen=True)
 class AccountProblem:
     user_id: int
@@ -359,6 +410,8 @@ def check_books() -> list[AccountProblem]:
             summed = kind_sums.get(user_id, {}).get(name, 0)
             if kept != summed:
                 report(f"{name.replace('_', ' ')} {kept} differs from its entries' {summed}")
+
+    problems += _day_end_problems()
 
     lot_mismatch = db.session.execute(
         select(CreditLot.id, CreditLot.user_id, User.email)

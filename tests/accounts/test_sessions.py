@@ -84,14 +84,13 @@ def test_every_session_ends_12_hours_after_log_in(client):
     assert client.get("/dashboard").status_code == 302
 
 
-def test_a_session_of_another_user_is_not_accepted(client, app):
+def test_a_session_of_another_user_is_not_accepted(app):
     alice, bob = make_user(), make_user()
-    login_as(client, alice)
-    other = app.test_client()
-    login_as(other, bob)
-    bobs_row = db.session.scalars(select(UserSession).where(UserSession.user_id == bob.id)).one()
-    assert not sessions.is_live(alice, "not-a-token", utcnow())
-    assert bobs_row.user_id != alice.id
+    bobs_token = sessions.start(bob, utcnow(), None, None)
+    db.session.commit()
+    assert sessions.signed_in_user(bob.id, bobs_token, utcnow()) == bob
+    assert sessions.signed_in_user(alice.id, bobs_token, utcnow()) is None
+    assert sessions.signed_in_user(alice.id, "not-a-token", utcnow()) is None
 
 
 def test_promotion_to_staff_ends_existing_sessions(client, app):

@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 
-from sqlalchemy import JSON, text
+from sqlalchemy import JSON, delete, insert, select, text
 
 from portal import policy
 from portal.ledger.services import TOTAL_OF_KIND
@@ -66,10 +66,12 @@ TABLE_ORDER = (
     "ledger_entries",
     "lot_allocations",
     "refund_request_events",
+    "day_end_balances",
 )
 # Tables a benchmark run may add rows to; their highest ids are the baseline to go back to.
+# (Day-end balances have no id: they are restored from the ledger, see reset_to_baseline.)
 BASELINE_TABLES = (
-    *TABLE_ORDER,
+    *(name for name in TABLE_ORDER if name != "day_end_balances"),
     "stripe_events",
     "audit_log",
     "outbox_emails",
@@ -160,12 +162,22 @@ class _Lot:
 
 
 class _Account:
-    __slots__ = ("user_id", "balance", "totals", "lots", "first_open", "failed_jobs", "used_up_at")
+    __slots__ = (
+        "user_id",
+        "balance",
+        "totals",
+        "day_ends",
+        "lots",
+        "first_open",
+        "failed_jobs",
+        "used_up_at",
+    )
 
     def __init__(self, user_id: int):
         self.user_id = user_id
         self.balance = 0
         self.totals = dict.fromkeys(ACCOUNT_TOTALS, 0)
+        self.day_ends: dict = {}  # UTC day -> closing balance
         self.lots: list[_Lot] = []
         self.first_open = 0
         self.failed_jobs: list[_Job] = []
@@ -281,6 +293,7 @@ class _Simulation:
         if kind in TOTAL_OF_KIND:
             total, sign = TOTAL_OF_KIND[kind]
             account.totals[total] += sign * credits
+        account.day_ends[at.astimezone(UTC).date()] = account.balance
         entry_id = next(self.ids["ledger_entries"])
         self.entries.append(
             (
@@ -1086,6 +1099,14 @@ def _rows(sim, params, users, staff_ids, heavy_id, purchases, incident_rows, pas
         sim.entries,
     )
     tables["lot_allocations"] = (("id", "ledger_entry_id", "lot_id", "credits"), sim.allocations)
+    tables["day_end_balances"] = (
+        ("user_id", "day", "balance"),
+        [
+            (account.user_id, day, balance)
+            for account in sim.accounts.values()
+            for day, balance in account.day_ends.items()
+        ],
+    )
     # Timeline ids follow each request's own order (filed, pre-check, ..., decision).
     events = sorted(sim.events, key=lambda event: (event[0].id, event[5]))
     tables["refund_request_events"] = (
@@ -1327,11 +1348,51 @@ def reset_to_baseline(info: DatasetInfo) -> dict:
 
     removed = {}
     with db.engine.begin() as connection:
+        _restore_day_ends(connection, info.baseline["ledger_entries"])
         for statement in RESET_STATEMENTS:
             result = connection.execute(text(statement), info.baseline)
             if statement.startswith("DELETE"):
                 removed[statement.split()[2]] = result.rowcount
     return {name: count for name, count in removed.items() if count}
+
+
+def _restore_day_ends(connection, last_entry_id: int) -> None:
+    """Put back the day-end balances of the days that later entries changed."""
+    from portal.ledger.models import DayEndBalance, LedgerEntry
+
+    def day_of(moment: datetime):
+        return moment.astimezone(UTC).date()
+
+    entries = LedgerEntry.__table__.c
+    later = connection.execute(
+        select(entries.user_id, entries.created_at).where(entries.id > last_entry_id)
+    ).all()
+    touched = {(user_id, day_of(moment)) for user_id, moment in later}
+    if not touched:
+        return
+    day_ends = DayEndBalance.__table__
+    for user_id, day in touched:
+        connection.execute(
+            delete(day_ends).where(day_ends.c.user_id == user_id, day_ends.c.day == day)
+        )
+    earliest = datetime.combine(min(day for _, day in touched), datetime.min.time(), UTC)
+    closing = {}
+    for user_id, moment, balance in connection.execute(
+        select(entries.user_id, entries.created_at, entries.balance_after)
+        .where(
+            entries.id <= last_entry_id,
+            entries.user_id.in_({user_id for user_id, _ in touched}),
+            entries.created_at >= earliest,
+        )
+        .order_by(entries.id)
+    ):
+        if (user_id, day_of(moment)) in touched:
+            closing[user_id, day_of(moment)] = balance
+    if closing:
+        connection.execute(
+            insert(day_ends),
+            [{"user_id": u, "day": d, "balance": b} for (u, d), b in closing.items()],
+        )
 
 
 def vacuum_analyze(tables: Iterable[str] = ()) -> None:

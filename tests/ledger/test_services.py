@@ -434,6 +434,22 @@ CORRUPTIONS = [
         "latest entry says",
         id="balance-after",
     ),
+    pytest.param(
+        "UPDATE users SET credits_used = credits_used + 1 WHERE email = :email",
+        "credits used 1 differs from its entries' 0",
+        id="running-total",
+    ),
+    pytest.param(
+        "UPDATE day_end_balances SET balance = balance - 1"
+        " WHERE user_id = (SELECT id FROM users WHERE email = :email)",
+        "day-end balance of",
+        id="day-end",
+    ),
+    pytest.param(
+        "DELETE FROM day_end_balances WHERE user_id = (SELECT id FROM users WHERE email = :email)",
+        "is None, entries say 300",
+        id="day-end-missing",
+    ),
 ]
 
 
