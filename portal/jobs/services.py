@@ -48,12 +48,14 @@ def charge_job(
     :raises InsufficientCredits: the balance does not cover the job.
     :raises Conflict: the external id was used for a different job.
     """
-    user = db.session.scalar(select(User).where(User.email == customer_email.strip().lower()))
+    # Locked from the start: every balance change of this customer waits for this one.
+    user = ledger.lock_customer(customer_email.strip().lower())
     if user is None or user.is_staff:
+        db.session.rollback()
         raise NotFound("no customer with this e-mail")
     if user.is_terminated:
+        db.session.rollback()
         raise AccountTerminated("the customer's account is terminated")
-    ledger.lock_account(user.id)
     existing = _job_by_external_id(external_id)
     if existing is None:
         job = Job(
@@ -66,7 +68,15 @@ def charge_job(
         db.session.add(job)
         try:
             db.session.flush()
-            ledger.spend(user.id, credits, _charge_key(job), job_id=job.id, memo=operation, at=at)
+            ledger.spend(
+                user.id,
+                credits,
+                _charge_key(job),
+                job_id=job.id,
+                memo=operation,
+                at=at,
+                locked_account=user,
+            )
             db.session.commit()
             return job, True
         except IntegrityError:

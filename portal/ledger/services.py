@@ -46,6 +46,16 @@ def lock_account(user_id: int) -> User:
     return user
 
 
+def lock_customer(email: str) -> User | None:
+    """Return the user with this (lower-case) e-mail locked FOR UPDATE, if there is one."""
+    return db.session.scalar(
+        select(User)
+        .where(User.email == email)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
 def _existing(idempotency_key: str) -> LedgerEntry | None:
     return db.session.scalar(
         select(LedgerEntry).where(LedgerEntry.idempotency_key == idempotency_key)
@@ -170,13 +180,20 @@ def spend(
     job_id: int | None = None,
     memo: str = "",
     at: datetime | None = None,
+    locked_account: User | None = None,
 ) -> LedgerEntry:
     """Take credits from the oldest lots first.
+
+    `locked_account` is the customer's row when the caller already holds its lock
+    (see `lock_customer`), which spares locking it a second time.
 
     :raises InsufficientCredits: the balance does not cover `credits`.
     """
     _require_positive(credits)
-    account = lock_account(user_id)
+    if locked_account is not None and locked_account.id == user_id:
+        account = locked_account
+    else:
+        account = lock_account(user_id)
     if entry := _existing(idempotency_key):
         return entry
     if account.credits_balance < credits:

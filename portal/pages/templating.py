@@ -5,6 +5,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask, current_app
 from flask_login import current_user
+from jinja2 import pass_context
 
 from portal import policy
 from portal.forms import EmptyForm
@@ -19,15 +20,19 @@ def _viewer_zone() -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-def localtime(moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+@pass_context
+def localtime(context, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
     """Show `moment` in the viewer's timezone."""
     if moment is None:
         return ""
-    return moment.astimezone(_viewer_zone()).strftime(fmt)
+    # The zone is looked up once per page (see `portal_globals`), not once per date.
+    zone = context.get("viewer_zone") or _viewer_zone()
+    return moment.astimezone(zone).strftime(fmt)
 
 
-def localdate(moment: datetime | None) -> str:
-    return localtime(moment, "%b %-d, %Y")
+@pass_context
+def localdate(context, moment: datetime | None) -> str:
+    return localtime(context, moment, "%b %-d, %Y")
 
 
 def register(app: Flask) -> None:
@@ -45,4 +50,5 @@ def register(app: Flask) -> None:
             # Built without form data: a page rendered for a refused upload (413) must not
             # read the oversized body again.
             "action_form": lambda: EmptyForm(formdata=None),
+            "viewer_zone": _viewer_zone(),
         }
