@@ -36,6 +36,8 @@ class Job(db.Model):
     __table_args__ = (
         CheckConstraint("credits > 0", name="credits_positive"),
         Index("ix_jobs_user_id_desc", "user_id", "id"),
+        # A customer's jobs from a moment on (staff look around a purchase).
+        Index("ix_jobs_user_created", "user_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -66,6 +66,39 @@ class RefundRequest(db.Model):
         Index("ix_refund_requests_status_due", "status", "due_at", "id"),
         Index("ix_refund_requests_assignee_status", "assignee_id", "status", "due_at"),
         Index("ix_refund_requests_user_created", "user_id", "created_at"),
+        # The queue's views of open requests (a small share of all): by due date, oldest
+        # first, one assignee's, one verdict's.
+        Index(
+            "ix_refund_requests_open_due",
+            "due_at",
+            "id",
+            sqlite_where=text(OPEN_CONDITION),
+            postgresql_where=text(OPEN_CONDITION),
+        ),
+        Index(
+            "ix_refund_requests_open_age",
+            "id",
+            sqlite_where=text(OPEN_CONDITION),
+            postgresql_where=text(OPEN_CONDITION),
+        ),
+        Index(
+            "ix_refund_requests_open_assignee",
+            "assignee_id",
+            "due_at",
+            "id",
+            sqlite_where=text(OPEN_CONDITION),
+            postgresql_where=text(OPEN_CONDITION),
+        ),
+        Index(
+            "ix_refund_requests_open_verdict",
+            "verdict",
+            "due_at",
+            "id",
+            sqlite_where=text(OPEN_CONDITION),
+            postgresql_where=text(OPEN_CONDITION),
+        ),
+        # The queue counts the decisions of the last few days.
+        Index("ix_refund_requests_decided", "decided_at"),
         # One open request per purchase, enforced by the database against double submits.
         Index(
             "uq_refund_requests_open_purchase",

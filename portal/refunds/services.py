@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 
 from portal import policy
@@ -23,7 +23,6 @@ from portal.extensions import db
 from portal.jobs import services as jobs
 from portal.jobs.models import Job, JobStatus
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation
-from portal.ledger.services import unused_credits
 from portal.notifications.services import queue_email
 from portal.refunds import eligibility
 from portal.refunds.eligibility import Action, Precheck, RequestReason, Verdict
@@ -74,23 +73,33 @@ def _purchase_facts(purchase: Purchase) -> eligibility.PurchaseFacts:
     )
 
 
-def _used_up_at(purchase: Purchase) -> datetime | None:
-    lot = db.session.scalar(select(CreditLot).where(CreditLot.purchase_id == purchase.id))
-    if lot is None or lot.credits_remaining > 0:
-        return None
-    return db.session.scalar(
+def used_up_at_column():
+    """When the lot's last credit was spent: its latest charge, once nothing is left.
+
+    A column expression on `CreditLot`, so that a page can read it with the lot.
+    """
+    last_charge = (
         select(func.max(LedgerEntry.created_at))
         .join(LotAllocation, LotAllocation.ledger_entry_id == LedgerEntry.id)
-        .where(LotAllocation.lot_id == lot.id, LotAllocation.credits < 0)
+        .where(LotAllocation.lot_id == CreditLot.id, LotAllocation.credits < 0)
+        .correlate(CreditLot)
+        .scalar_subquery()
+    )
+    # The charges are only looked at for a lot that is empty.
+    return case((CreditLot.credits_remaining == 0, last_charge))
+
+
+def job_restored_at_column():
+    """When a job's credits were given back; a column expression on `Job`."""
+    return (
+        select(func.min(LedgerEntry.created_at))
+        .where(LedgerEntry.job_id == Job.id, LedgerEntry.kind == EntryKind.JOB_REFUND)
+        .correlate(Job)
+        .scalar_subquery()
     )
 
 
-def _job_facts(job: Job) -> eligibility.JobFacts:
-    restored_at = db.session.scalar(
-        select(LedgerEntry.created_at).where(
-            LedgerEntry.job_id == job.id, LedgerEntry.kind == EntryKind.JOB_REFUND
-        )
-    )
+def _job_facts(job: Job, restored_at: datetime | None) -> eligibility.JobFacts:
     return eligibility.JobFacts(
         id=job.id,
         operation=job.operation,
@@ -99,6 +108,67 @@ def _job_facts(job: Job) -> eligibility.JobFacts:
         failure_reason=job.failure_reason.value if job.failure_reason else None,
         credits_restored=job.credits_restored,
         restored_at=restored_at,
+    )
+
+
+def purchases_paid_near(purchase: Purchase) -> tuple[eligibility.PurchaseFacts, ...]:
+    """The customer's other purchases paid within the duplicate window of this one."""
+    if purchase.paid_at is None:
+        return ()
+    window = eligibility.duplicate_window()
+    return tuple(
+        _purchase_facts(other)
+        for other in db.session.scalars(
+            select(Purchase)
+            .where(
+                Purchase.user_id == purchase.user_id,
+                Purchase.id != purchase.id,
+                Purchase.paid_at.between(purchase.paid_at - window, purchase.paid_at + window),
+            )
+            .order_by(Purchase.paid_at, Purchase.id)
+        )
+    )
+
+
+def held_credits_during(
+    incident: Incident, purchase: Purchase, used_up_at: datetime | None, now: datetime | None
+) -> bool:
+    """Whether the incident overlaps the time the customer held this purchase's credits."""
+    if purchase.credited_at is None:
+        return False
+    end = used_up_at or now
+    return (incident.ended_at is None or incident.ended_at > purchase.credited_at) and (
+        end is None or incident.started_at < end
+    )
+
+
+def snapshot_of(
+    user: User,
+    purchase: Purchase,
+    reason: RequestReason,
+    *,
+    unused: int,
+    used_up_at: datetime | None,
+    other_purchases: tuple[eligibility.PurchaseFacts, ...],
+    incidents: list[Incident],
+    job: Job | None = None,
+    job_restored_at: datetime | None = None,
+    money_back_instead: bool = False,
+) -> eligibility.Snapshot:
+    """The pre-check's snapshot from facts already read; `incidents` already filtered."""
+    return eligibility.Snapshot(
+        reason=reason,
+        purchase=_purchase_facts(purchase),
+        unused_credits=unused,
+        used_up_at=used_up_at,
+        other_purchases=other_purchases,
+        job=_job_facts(job, job_restored_at) if job is not None else None,
+        incidents=tuple(
+            eligibility.IncidentFacts(incident.title, incident.started_at, incident.ended_at)
+            for incident in incidents
+        ),
+        account_terminated=user.is_terminated,
+        money_back_instead=money_back_instead,
     )
 
 
@@ -111,21 +181,12 @@ def snapshot_for(
     now: datetime | None = None,
 ) -> eligibility.Snapshot:
     """Gather everything the pre-check needs about this customer and purchase."""
-    window = eligibility.duplicate_window()
-    others = ()
-    if purchase.paid_at is not None:
-        others = tuple(
-            _purchase_facts(other)
-            for other in db.session.scalars(
-                select(Purchase).where(
-                    Purchase.user_id == user.id,
-                    Purchase.id != purchase.id,
-                    Purchase.paid_at.between(purchase.paid_at - window, purchase.paid_at + window),
-                )
-            )
+    unused, used_up_at = db.session.execute(
+        select(CreditLot.credits_remaining, used_up_at_column()).where(
+            CreditLot.purchase_id == purchase.id
         )
-    used_up_at = _used_up_at(purchase)
-    incidents = ()
+    ).one_or_none() or (0, None)
+    incidents = []
     if purchase.credited_at is not None:
         end = used_up_at or now
         query = select(Incident).where(
@@ -133,19 +194,22 @@ def snapshot_for(
         )
         if end is not None:
             query = query.where(Incident.started_at < end)
-        incidents = tuple(
-            eligibility.IncidentFacts(incident.title, incident.started_at, incident.ended_at)
-            for incident in db.session.scalars(query)
+        incidents = list(db.session.scalars(query.order_by(Incident.started_at)))
+    restored_at = None
+    if job is not None:
+        restored_at = db.session.scalar(
+            select(job_restored_at_column()).select_from(Job).where(Job.id == job.id)
         )
-    return eligibility.Snapshot(
-        reason=reason,
-        purchase=_purchase_facts(purchase),
-        unused_credits=unused_credits(purchase),
+    return snapshot_of(
+        user,
+        purchase,
+        reason,
+        unused=unused,
         used_up_at=used_up_at,
-        other_purchases=others,
-        job=_job_facts(job) if job is not None else None,
+        other_purchases=purchases_paid_near(purchase),
         incidents=incidents,
-        account_terminated=user.is_terminated,
+        job=job,
+        job_restored_at=restored_at,
         money_back_instead=money_back_instead,
     )
 

@@ -1,21 +1,25 @@
 """What the staff pages read: the queue, its counts, and everything about one request."""
 
-from dataclasses import dataclass, field
+import threading
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, tuple_
-from sqlalchemy.orm import aliased
+from flask import current_app
+from sqlalchemy import bindparam, event, func, inspect, or_, select, tuple_, union_all
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from portal.accounts.models import Role, User
 from portal.billing.models import Purchase, Refund
 from portal.db import MAX_ID
 from portal.extensions import db
 from portal.jobs.models import Job
-from portal.ledger.models import LedgerEntry
-from portal.ledger.services import unused_credits
-from portal.refunds.eligibility import RequestReason, Verdict
+from portal.ledger.models import CreditLot, LedgerEntry
+from portal.refunds import services as refunds
+from portal.refunds.eligibility import Precheck, RequestReason, Verdict, precheck
 from portal.refunds.models import OPEN_STATUSES, RefundRequest, RefundRequestEvent, RequestStatus
 from portal.staff.models import AuditLogEntry, Incident
+from portal.staff.services import asked_for_money_back
 
 QUEUE_PAGE_SIZE = 50
 Assignee = aliased(User)
@@ -78,7 +82,7 @@ def queue_page(
         .join(User, User.id == RefundRequest.user_id)
         .join(Purchase, Purchase.id == RefundRequest.purchase_id)
         .outerjoin(Assignee, Assignee.id == RefundRequest.assignee_id)
-        .where(RefundRequest.status.in_(filters.statuses))
+        .where(_status_in(filters.statuses))
     )
     if filters.verdict is not None:
         query = query.where(RefundRequest.verdict == filters.verdict)
@@ -111,6 +115,17 @@ def queue_page(
     return QueuePage(rows, str(last[0].id) if filters.sort == "age" else encode_cursor(last))
 
 
+def _status_in(statuses):
+    """`status IN (...)` written out, so the planner can match the open-requests indexes.
+
+    Those indexes are partial (`OPEN_CONDITION`); with the statuses sent as parameters a
+    prepared statement's generic plan could not prove that it may use them.
+    """
+    return RefundRequest.status.in_(
+        bindparam("statuses", list(statuses), unique=True, expanding=True, literal_execute=True)
+    )
+
+
 def parse_age_cursor(text: str | None) -> int | None:
     if not text or not text.isascii() or not text.isdigit() or len(text) > 10:
         return None
@@ -118,13 +133,28 @@ def parse_age_cursor(text: str | None) -> int | None:
     return number if 0 < number <= MAX_ID else None
 
 
-def status_counts() -> dict[RequestStatus, int]:
-    """How many requests are in each status (one grouped query)."""
-    return dict(
-        db.session.execute(
-            select(RefundRequest.status, func.count()).group_by(RefundRequest.status)
-        ).all()
+# Decided requests are counted over a recent window only: all-time totals grow with the
+# data set and tell a staff member nothing about today's work.
+DECIDED_WINDOW = timedelta(days=7)
+DECIDED_STATUSES = (RequestStatus.APPROVED, RequestStatus.DENIED)
+
+
+def status_counts(now: datetime) -> dict[RequestStatus, int]:
+    """Open requests by status, and the requests decided in the last `DECIDED_WINDOW`."""
+    still_open = (
+        select(RefundRequest.status, func.count())
+        .where(_status_in(OPEN_STATUSES))
+        .group_by(RefundRequest.status)
     )
+    decided = (
+        select(RefundRequest.status, func.count())
+        .where(
+            RefundRequest.decided_at >= now - DECIDED_WINDOW,
+            _status_in(DECIDED_STATUSES),
+        )
+        .group_by(RefundRequest.status)
+    )
+    return dict(db.session.execute(union_all(still_open, decided)).all())
 
 
 def overdue_count(now: datetime) -> int:
@@ -138,10 +168,65 @@ def overdue_count(now: datetime) -> int:
     )
 
 
-def staff_members() -> list[User]:
-    return list(
-        db.session.scalars(select(User).where(User.role == Role.STAFF).order_by(User.email))
+class _StaffList:
+    """The staff members, kept for a minute: they change by hand and rarely.
+
+    A role changed in this process is seen at once (see `_forget_staff_after_commit`);
+    one changed elsewhere within `FRESH_FOR`. Hand-overs re-check the role anyway.
+    """
+
+    FRESH_FOR = 60.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._members: list[tuple[int, str]] | None = None
+        self._loaded_at = 0.0
+
+    def get(self) -> list[tuple[int, str]]:
+        with self._lock:
+            if self._members is None or time.monotonic() - self._loaded_at > self.FRESH_FOR:
+                rows = db.session.execute(
+                    select(User.id, User.email).where(User.role == Role.STAFF).order_by(User.email)
+                )
+                self._members = [(member_id, email) for member_id, email in rows]
+                self._loaded_at = time.monotonic()
+            return self._members
+
+    def forget(self) -> None:
+        with self._lock:
+            self._members = None
+
+
+def _staff_list() -> _StaffList:
+    # One per app, so that apps on different databases (tests) never share a list.
+    return current_app.extensions.setdefault("portal.staff_list", _StaffList())
+
+
+def _touches_staff(session) -> bool:
+    added_or_removed = (*session.new, *session.deleted)
+    if any(isinstance(user, User) and user.role == Role.STAFF for user in added_or_removed):
+        return True
+    return any(
+        isinstance(user, User) and inspect(user).attrs.role.history.has_changes()
+        for user in session.dirty
     )
+
+
+@event.listens_for(Session, "after_flush")
+def _note_staff_changes(session, flush_context) -> None:
+    if _touches_staff(session):
+        session.info["staff_changed"] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_staff_after_commit(session) -> None:
+    if session.info.pop("staff_changed", False):
+        _staff_list().forget()
+
+
+def staff_members() -> list[tuple[int, str]]:
+    """(id, e-mail) of every staff member, by e-mail."""
+    return _staff_list().get()
 
 
 @dataclass
@@ -156,17 +241,46 @@ class RequestDetail:
     other_requests: list[RefundRequest]
     incidents: list[Incident]
     timeline: list[RefundRequestEvent]
-    staff: list[User]
-    changed_rules: set[str] = field(default_factory=set)
+    staff: list[tuple[int, str]]
+    # The pre-check run again on today's data, beside the one stored at filing.
+    current: Precheck
 
 
-def request_detail(request_id: int) -> RequestDetail | None:
-    """Everything a staff member needs to decide a request, without leaving the page."""
-    request = db.session.get(RefundRequest, request_id)
-    if request is None:
+def request_detail(request_id: int, now: datetime) -> RequestDetail | None:
+    """Everything a staff member needs to decide a request, without leaving the page.
+
+    One query brings the request with what hangs on it (customer, purchase and its credit
+    lot and refunds, the job, the timeline, the attachments); the lists around the
+    purchase follow, one query each. The pre-check is run again from the same rows.
+    """
+    found = (
+        db.session.execute(
+            select(
+                RefundRequest,
+                User,
+                Purchase,
+                CreditLot.credits_remaining,
+                refunds.used_up_at_column(),
+                Job,
+                refunds.job_restored_at_column(),
+            )
+            .join(User, User.id == RefundRequest.user_id)
+            .join(Purchase, Purchase.id == RefundRequest.purchase_id)
+            .outerjoin(CreditLot, CreditLot.purchase_id == Purchase.id)
+            .outerjoin(Job, Job.id == RefundRequest.job_id)
+            .where(RefundRequest.id == request_id)
+            .options(
+                joinedload(RefundRequest.events),
+                joinedload(RefundRequest.attachments),
+                joinedload(Purchase.refunds),
+            )
+        )
+        .unique()
+        .one_or_none()
+    )
+    if found is None:
         return None
-    customer = db.session.get(User, request.user_id)
-    purchase = db.session.get(Purchase, request.purchase_id)
+    request, customer, purchase, unused, used_up_at, job, job_restored_at = found
     around = purchase.created_at - timedelta(days=1)
     entries = db.session.execute(
         select(
@@ -187,50 +301,66 @@ def request_detail(request_id: int) -> RequestDetail | None:
         db.session.scalars(
             select(Job)
             .where(Job.user_id == customer.id, Job.created_at >= around)
-            .order_by(Job.id)
+            # In creation order, which the (user, created) index hands over ready-sorted.
+            .order_by(Job.created_at, Job.id)
             .limit(20)
         )
     )
-    incident_end = request.created_at
+
+    def shown_on_page(incident: Incident) -> bool:
+        return incident.started_at < request.created_at and (
+            incident.ended_at is None or incident.ended_at > around
+        )
+
+    def held_credits(incident: Incident) -> bool:
+        return refunds.held_credits_during(incident, purchase, used_up_at, now)
+
+    # One read serves the page's list and the pre-check, whose period may reach further.
+    start = min(around, purchase.credited_at or around)
+    end = max(request.created_at, used_up_at or now)
     incidents = list(
         db.session.scalars(
             select(Incident)
             .where(
-                Incident.started_at < incident_end,
-                or_(Incident.ended_at.is_(None), Incident.ended_at > around),
+                Incident.started_at < end,
+                or_(Incident.ended_at.is_(None), Incident.ended_at > start),
             )
             .order_by(Incident.started_at)
         )
+    )
+    other_requests = list(
+        db.session.scalars(
+            select(RefundRequest)
+            .where(RefundRequest.user_id == customer.id, RefundRequest.id != request.id)
+            .order_by(RefundRequest.id.desc())
+            .limit(10)
+        )
+    )
+    snapshot = refunds.snapshot_of(
+        customer,
+        purchase,
+        request.reason,
+        unused=unused or 0,
+        used_up_at=used_up_at,
+        other_purchases=refunds.purchases_paid_near(purchase),
+        incidents=[incident for incident in incidents if held_credits(incident)],
+        job=job,
+        job_restored_at=job_restored_at,
+        money_back_instead=asked_for_money_back(request),
     )
     return RequestDetail(
         request=request,
         customer=customer,
         purchase=purchase,
-        unused=unused_credits(purchase),
-        refunds=list(
-            db.session.scalars(
-                select(Refund).where(Refund.purchase_id == purchase.id).order_by(Refund.id)
-            )
-        ),
+        unused=unused or 0,
+        refunds=sorted(purchase.refunds, key=lambda refund: refund.id),
         entries=entries,
         jobs=jobs,
-        other_requests=list(
-            db.session.scalars(
-                select(RefundRequest)
-                .where(and_(RefundRequest.user_id == customer.id, RefundRequest.id != request.id))
-                .order_by(RefundRequest.id.desc())
-                .limit(10)
-            )
-        ),
-        incidents=incidents,
-        timeline=list(
-            db.session.scalars(
-                select(RefundRequestEvent)
-                .where(RefundRequestEvent.request_id == request.id)
-                .order_by(RefundRequestEvent.id)
-            )
-        ),
+        other_requests=other_requests,
+        incidents=[incident for incident in incidents if shown_on_page(incident)],
+        timeline=request.events,
         staff=staff_members(),
+        current=precheck(snapshot, now),
     )
 
 

@@ -203,8 +203,14 @@ def recommendation_now(request: RefundRequest, now: datetime):
 
     purchase = db.session.get(Purchase, request.purchase_id)
     job = db.session.get(Job, request.job_id) if request.job_id else None
-    money_back = "add_missing_credits" not in request.precheck.get("actions", [])
-    return preview(_customer(request), purchase, request.reason, job, money_back, now)
+    return preview(
+        _customer(request), purchase, request.reason, job, asked_for_money_back(request), now
+    )
+
+
+def asked_for_money_back(request: RefundRequest) -> bool:
+    """Whether the check is about money rather than the credits the portal added at filing."""
+    return "add_missing_credits" not in request.precheck.get("actions", [])
 
 
 def approve(

@@ -86,7 +86,8 @@ def queue():
         form=form,
         page=page,
         kept_args=kept,
-        counts=queries.status_counts(),
+        counts=queries.status_counts(now),
+        decided_days=queries.DECIDED_WINDOW.days,
         now=now,
         soon=now + timedelta(days=1),
         saved_views=SAVED_VIEWS,
@@ -95,21 +96,16 @@ def queue():
     ), (400 if form.errors else 200)
 
 
-def _detail_or_404(request_id: int):
-    detail = queries.request_detail(request_id)
-    if detail is None:
-        abort(404)
-    return detail
-
-
 @bp.get("/requests/<id:request_id>")
 def request_detail(request_id: int):
-    detail = _detail_or_404(request_id)
     now = utcnow()
-    current = services.recommendation_now(detail.request, now)
+    detail = queries.request_detail(request_id, now)
+    if detail is None:
+        abort(404)
+    current = detail.current
     approve_form = ApproveForm(amount=f"{current.recommended_cents / 100:.2f}")
     assign_form = AssignForm()
-    assign_form.assignee.choices = [(str(member.id), member.email) for member in detail.staff]
+    assign_form.assignee.choices = [(str(member_id), email) for member_id, email in detail.staff]
     return render_template(
         "staff/request.html",
         detail=detail,

@@ -171,12 +171,17 @@ def test_an_invalid_filter_is_a_400_page_not_a_crash(staff_client, mixed):
     assert "Refund queue" in text(response)
 
 
-def test_counts_per_status(staff_client, customer):
+def test_counts_open_requests_by_status_and_last_weeks_decisions(staff_client, customer):
+    now = utcnow()
     bulk_requests(customer, 3)
     bulk_requests(customer, 2, status=RequestStatus.IN_REVIEW)
     bulk_requests(customer, 1, status=RequestStatus.WAITING_ON_CUSTOMER)
-    bulk_requests(customer, 4, status=RequestStatus.APPROVED)
-    bulk_requests(customer, 5, status=RequestStatus.DENIED)
+    bulk_requests(customer, 4, status=RequestStatus.APPROVED, decided_at=now - timedelta(days=6))
+    bulk_requests(customer, 5, status=RequestStatus.DENIED, decided_at=now - timedelta(hours=1))
+    # Decided before the week: history, not today's work.
+    bulk_requests(customer, 7, status=RequestStatus.APPROVED, decided_at=now - timedelta(days=8))
+    bulk_requests(customer, 2, status=RequestStatus.DENIED, decided_at=now - timedelta(days=30))
+    bulk_requests(customer, 1, status=RequestStatus.CLOSED, decided_at=now)
 
     shown = counts(staff_client.get("/staff/"))
 
@@ -184,8 +189,8 @@ def test_counts_per_status(staff_client, customer):
         "Open": "3",
         "In review": "2",
         "Waiting on customer": "1",
-        "Approved": "4",
-        "Denied": "5",
+        "Approved (last 7 days)": "4",
+        "Denied (last 7 days)": "5",
     }
 
 
