@@ -44,7 +44,7 @@ from portal.refunds import eligibility
 from portal.refunds.eligibility import RequestReason
 from portal.timeutil import add_business_days
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 MARKER_TABLE = "bench_dataset"
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -116,7 +116,12 @@ class DatasetParams:
         )
 
     def fingerprint(self) -> str:
-        document = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        # The migrations are part of it: a data set built for another schema is rebuilt.
+        migrations = sorted(path.name for path in (MIGRATIONS / "versions").glob("*.py"))
+        document = json.dumps(
+            {"version": GENERATOR_VERSION, "migrations": migrations, **asdict(self)},
+            sort_keys=True,
+        )
         return sha256(document.encode()).hexdigest()
 
 
