@@ -1195,6 +1195,8 @@ def _write_postgresql(connection, tables: dict, log) -> None:
                     copy.write_row(row)
             log(f"  {name}: {len(rows):,} rows in {time.perf_counter() - started:.1f} s (COPY)")
         for name in TABLE_ORDER:
+            if "id" not in db.metadata.tables[name].c:
+                continue  # keyed by its columns (day-end balances): no sequence
             cursor.execute(
                 f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "  # noqa: S608
                 f"COALESCE((SELECT MAX(id) FROM {name}), 1), "
