@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flask import Flask, current_app
 from flask_login import current_user
 from jinja2 import pass_context
+from markupsafe import Markup
 
 from portal import policy
 from portal.forms import EmptyForm
@@ -35,11 +36,27 @@ def localdate(context, moment: datetime | None) -> str:
     return localtime(context, moment, "%b %-d, %Y")
 
 
+# Written in Python rather than as Jinja macros: tables show one per row, and a macro
+# call costs several times as much as a function call.
+def badge(status: str) -> Markup:
+    """A status as a coloured label: "waiting_on_customer" reads "Waiting on customer"."""
+    label = status.replace("_", " ").capitalize()
+    return Markup('<span class="badge badge-%s">%s</span>') % (status, label)
+
+
+def credit_change(credits: int) -> Markup:
+    """A signed credit amount, green when credits came in and red when they went out."""
+    css = "credit-plus" if credits > 0 else "credit-minus"
+    return Markup('<span class="%s">%s</span>') % (css, format_credits(credits, signed=True))
+
+
 def register(app: Flask) -> None:
     app.add_template_filter(format_cents, "usd")
     app.add_template_filter(format_credits, "credits")
     app.add_template_filter(localtime, "localtime")
     app.add_template_filter(localdate, "localdate")
+    app.add_template_global(badge)
+    app.add_template_global(credit_change)
 
     @app.context_processor
     def portal_globals():

@@ -1,0 +1,17 @@
+"""The template helpers that tables call once per row."""
+
+from portal.pages.templating import badge, credit_change
+
+
+def test_a_badge_reads_as_words_and_escapes_what_it_is_given():
+    assert badge("waiting_on_customer") == (
+        '<span class="badge badge-waiting_on_customer">Waiting on customer</span>'
+    )
+    assert badge('x"><script>') == (
+        '<span class="badge badge-x&#34;&gt;&lt;script&gt;">X&#34;&gt;&lt;script&gt;</span>'
+    )
+
+
+def test_credit_changes_are_signed_with_separators_and_coloured_by_direction():
+    assert credit_change(1200) == '<span class="credit-plus">+1,200</span>'
+    assert credit_change(-5) == '<span class="credit-minus">-5</span>'
