@@ -101,10 +101,11 @@ class StripeGateway:
         return CheckoutSession(id=session["id"], url=session["url"])
 
     def retrieve_checkout_session(self, session_id: str) -> dict:
+        """The session with its PaymentIntent and that intent's charge, in one call."""
         return self._call(
             "checkout session lookup",
             lambda: self.client.v1.checkout.sessions.retrieve(
-                session_id, params={"expand": ["line_items"]}
+                session_id, params={"expand": ["payment_intent.latest_charge"]}
             ),
         )
 

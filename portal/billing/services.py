@@ -186,12 +186,13 @@ class _Payment:
 
 
 def _payment_details(session: dict) -> _Payment:
-    intent_id = session.get("payment_intent")
-    if isinstance(intent_id, dict):
-        intent_id = intent_id.get("id")
-    if not intent_id:
+    intent = session.get("payment_intent")
+    if not intent:
         return _Payment(None, None, None)
-    intent = gateway().retrieve_payment_intent(intent_id)
+    if not isinstance(intent, dict):
+        # Not expanded along with the session (see the gateway): one more call.
+        intent = gateway().retrieve_payment_intent(intent)
+    intent_id = intent.get("id")
     charge = intent.get("latest_charge")
     if isinstance(charge, dict):
         return _Payment(intent_id, charge.get("id"), charge.get("receipt_url"))

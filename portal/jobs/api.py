@@ -4,7 +4,7 @@ import hmac
 import re
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from portal import limits
 from portal.accounts.models import User
@@ -140,8 +140,13 @@ def job_json(job: Job, balance_after: int | None = None) -> dict:
     return document
 
 
-def _balance(user_id: int) -> int:
-    return db.session.scalar(select(User.credits_balance).where(User.id == user_id))
+def _described(job: Job) -> dict:
+    """The job as the API shows it, with its customer's balance: one query after a commit."""
+    (job_id,) = inspect(job).identity  # without reloading the expired job just for its id
+    job, balance = db.session.execute(
+        select(Job, User.credits_balance).join(User, User.id == Job.user_id).where(Job.id == job_id)
+    ).one()
+    return job_json(job, balance)
 
 
 @bp.post("/jobs")
@@ -153,7 +158,7 @@ def create_job():
         operation=_string(body, "operation", 100),
         credits=_credits(body),
     )
-    return jsonify(job_json(job, _balance(job.user_id))), 201 if created else 200
+    return jsonify(_described(job)), 201 if created else 200
 
 
 @bp.get("/jobs/<id:job_id>")
@@ -167,7 +172,7 @@ def show_job(job_id: int):
 @bp.post("/jobs/<id:job_id>/complete")
 def complete_job(job_id: int):
     job = services.complete_job(job_id)
-    return jsonify(job_json(job, _balance(job.user_id)))
+    return jsonify(_described(job))
 
 
 @bp.post("/jobs/<id:job_id>/fail")
@@ -180,7 +185,7 @@ def fail_job(job_id: int):
     if not isinstance(detail, str) or len(detail) > 2000 or not _storable(detail):
         raise BadRequest("detail", "detail must be text of at most 2,000 characters")
     job = services.fail_job(job_id, FailureReason(reason), detail)
-    return jsonify(job_json(job, _balance(job.user_id)))
+    return jsonify(_described(job))
 
 
 @bp.get("/customers/<path:email>/balance")

@@ -193,6 +193,13 @@ class SandboxStore:
             session["line_items"] = self.list_of(
                 self.line_items[session_id], f"/v1/checkout/sessions/{session_id}/line_items"
             )
+        intent_id = session.get("payment_intent")
+        wanted = {"payment_intent", "payment_intent.latest_charge"} & set(expand)
+        if wanted and intent_id in self.payment_intents:
+            intent = dict(self.payment_intents[intent_id])
+            if "payment_intent.latest_charge" in wanted and intent.get("latest_charge"):
+                intent["latest_charge"] = dict(self.charges[intent["latest_charge"]])
+            session["payment_intent"] = intent
         return session
 
     @staticmethod

@@ -212,6 +212,26 @@ def test_paying_pro_adds_300_credits_and_the_books_balance(app, client, customer
     assert "Ledger OK" in result.output
 
 
+def test_crediting_asks_stripe_once_for_the_session_its_payment_and_charge(
+    client, customer, inline_webhooks, monkeypatch
+):
+    from portal.billing.gateway import StripeGateway
+
+    def second_lookup(self, intent_id):
+        raise AssertionError("the PaymentIntent came expanded with the session")
+
+    monkeypatch.setattr(StripeGateway, "retrieve_payment_intent", second_lookup)
+    session_id = buy(client, "basic")
+
+    success_page(client, pay_on_page(client, session_id, CARD_SUCCEEDS))
+
+    purchase = purchase_of_session(session_id)
+    assert purchase.status == PurchaseStatus.CREDITED
+    assert purchase.stripe_payment_intent_id == session_at_stripe(session_id)["payment_intent"]
+    assert purchase.stripe_charge_id.startswith("ch_") and purchase.receipt_url
+    assert balance(customer.id) == 120
+
+
 def test_declined_card_credits_nothing_and_marks_the_purchase_failed(
     client, customer, inline_webhooks
 ):

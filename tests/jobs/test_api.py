@@ -10,7 +10,7 @@ from portal.extensions import db
 from portal.jobs.models import Job
 from portal.jobs.openapi import OPENAPI_DOCUMENT
 from portal.ledger.models import EntryKind, LedgerEntry
-from tests.factories import make_purchase, make_staff, make_user
+from tests.factories import QueryCounter, make_purchase, make_staff, make_user
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -576,3 +576,19 @@ def test_balance_for_an_address_with_a_nul_byte_is_refused(client):
 
     assert response.status_code == 400
     assert response.get_json()["error"] == "bad_request"
+
+
+def test_charging_a_job_takes_the_same_statements_however_long_the_history(client, customer):
+    def statements_for_one_charge(external_id: str) -> int:
+        with QueryCounter(db.engine) as counter:
+            assert post_job(client, external_id=external_id, credits=1).status_code == 201
+        return counter.count
+
+    first = statements_for_one_charge("first")
+    for number in range(30):
+        post_job(client, external_id=f"earlier-{number}", credits=1)
+    later = statements_for_one_charge("later")
+
+    # Customer locked once, job looked up and written, the ledger's entry, allocation,
+    # lot, balance and day-end balance, then the answer read back in one query.
+    assert first == later == 11
