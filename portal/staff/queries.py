@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import bindparam, event, func, inspect, or_, select, tuple_, union_all
-from sqlalchemy.orm import Session, aliased, joinedload
+from sqlalchemy.orm import Session, aliased, joinedload, load_only
 
 from portal.accounts.models import Role, User
 from portal.billing.models import Purchase, Refund
@@ -33,6 +33,17 @@ class QueueFilter:
     assignee: str = "anyone"  # "me", "nobody" or "anyone"
     overdue: bool = False
     sort: str = "due"  # "due" (soonest first) or "age" (oldest first)
+
+
+QUEUE_ROW_COLUMNS = (
+    RefundRequest.id,
+    RefundRequest.reason,
+    RefundRequest.verdict,
+    RefundRequest.recommended_cents,
+    RefundRequest.status,
+    RefundRequest.created_at,
+    RefundRequest.due_at,
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,9 @@ def queue_page(
         select(
             RefundRequest, User.email, Purchase.package_code, Purchase.amount_cents, Assignee.email
         )
+        # Only what a queue row shows: the stored pre-check (JSON) and the customer's
+        # text are the bulk of a request and belong to its own page.
+        .options(load_only(*QUEUE_ROW_COLUMNS, raiseload=True))
         .join(User, User.id == RefundRequest.user_id)
         .join(Purchase, Purchase.id == RefundRequest.purchase_id)
         .outerjoin(Assignee, Assignee.id == RefundRequest.assignee_id)

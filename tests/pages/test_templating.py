@@ -15,3 +15,12 @@ def test_a_badge_reads_as_words_and_escapes_what_it_is_given():
 def test_credit_changes_are_signed_with_separators_and_coloured_by_direction():
     assert credit_change(1200) == '<span class="credit-plus">+1,200</span>'
     assert credit_change(-5) == '<span class="credit-minus">-5</span>'
+
+
+def test_a_verdict_badge_reads_the_same_for_the_enum_and_its_stored_value():
+    from portal.pages.templating import verdict_badge
+    from portal.refunds.eligibility import Verdict
+
+    expected = '<span class="badge badge-needs_review">Needs a closer look</span>'
+    assert verdict_badge(Verdict.NEEDS_REVIEW) == expected
+    assert verdict_badge("needs_review") == expected
