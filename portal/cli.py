@@ -70,6 +70,15 @@ def ledger_check() -> None:
     click.echo("Ledger OK: every balance matches its entries and lots.")
 
 
+@click.command("ledger-rebuild-figures")
+def ledger_rebuild_figures() -> None:
+    """Recompute the running totals and day-end balances every account keeps."""
+    from portal.ledger.services import rebuild_kept_figures
+
+    changed = rebuild_kept_figures()
+    click.echo(f"Figures rebuilt from the entries: {len(changed)} account(s) corrected.")
+
+
 @click.command("reconcile")
 @click.option(
     "--since",
@@ -146,6 +155,7 @@ def register(app: Flask) -> None:
         seed_demo,
         send_mail,
         ledger_check,
+        ledger_rebuild_figures,
         reconcile,
         worker,
         digest,

@@ -14,8 +14,13 @@ records each customer's closing balance of every UTC day on which it changed
 (`day_end_balances`), filled here from the last entry of each day.
 
 The purchases pages read a customer's purchases newest first by id, which the
-(user_id, created_at) index could not serve without a sort; the balance chart looks up
-the latest entry before each day's end, by (created_at, id).
+(user_id, created_at) index could not serve without a sort; entries by date get `id` as
+a tie-break in their index.
+
+Deploy with the portal and its workers stopped: the backfill reads every entry, and an
+old worker still posting entries after it would leave totals the new code never fixes
+(`flask ledger-check` would report them; `flask ledger-rebuild-figures` recomputes them).
+On PostgreSQL the revision locks users and ledger_entries while it runs.
 """
 
 import sqlalchemy as sa

@@ -62,7 +62,7 @@ class LedgerEntry(db.Model):
         # History pages page through a customer's entries newest first, by id.
         Index("ix_ledger_entries_user_id_desc", "user_id", "id"),
         Index("ix_ledger_entries_user_kind", "user_id", "kind", "id"),
-        # Date-range filters, and the balance chart's latest entry before each day's end.
+        # Date-range filters (history) and entries around a date (staff request page).
         Index("ix_ledger_entries_user_created", "user_id", "created_at", "id"),
     )
 

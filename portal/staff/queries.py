@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from flask import current_app
+from flask import current_app, has_app_context
 from sqlalchemy import bindparam, event, func, inspect, or_, select, tuple_, union_all
 from sqlalchemy.orm import Session, aliased, joinedload, load_only
 
@@ -185,8 +185,10 @@ def overdue_count(now: datetime) -> int:
 class _StaffList:
     """The staff members, kept for a minute: they change by hand and rarely.
 
-    A role changed in this process is seen at once (see `_forget_staff_after_commit`);
-    one changed elsewhere within `FRESH_FOR`. Hand-overs re-check the role anyway.
+    A change committed by this process is seen at once (see `_forget_staff_after_commit`).
+    `flask create-staff` runs in a process of its own, so the web workers list a new
+    member within `FRESH_FOR` seconds. Hand-overs re-check the role, so a stale list can
+    never hand a request to someone who is no longer staff.
     """
 
     FRESH_FOR = 60.0
@@ -234,7 +236,8 @@ def _note_staff_changes(session, flush_context) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _forget_staff_after_commit(session) -> None:
-    if session.info.pop("staff_changed", False):
+    # Outside an app there is no list to forget (and no current_app to find it on).
+    if session.info.pop("staff_changed", False) and has_app_context():
         _staff_list().forget()
 
 

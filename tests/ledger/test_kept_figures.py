@@ -2,7 +2,8 @@
 
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
 from portal.accounts.models import User
 from portal.extensions import db
@@ -93,3 +94,35 @@ def test_the_chart_of_a_new_customer_is_flat_at_zero():
         (date(2026, 11, 4), 0),
         (date(2026, 11, 5), 0),
     ]
+
+
+def test_rebuilding_the_kept_figures_repairs_what_the_check_reports(app):
+    broken, healthy = make_user(email="broken@example.com"), make_user()
+    for user in (broken, healthy):
+        make_purchase(user, package="pro")
+        ledger.spend(user.id, 30, f"spend:{user.id}")
+    db.session.commit()
+    db.session.execute(
+        text("UPDATE users SET credits_used = 0, credits_bought = 7 WHERE id = :id"),
+        {"id": broken.id},
+    )
+    db.session.execute(text("DELETE FROM day_end_balances WHERE user_id = :id"), {"id": broken.id})
+    db.session.commit()
+    assert {problem.user_id for problem in ledger.check_books()} == {broken.id}
+
+    result = app.test_cli_runner().invoke(args=["ledger-rebuild-figures"])
+
+    assert result.exit_code == 0, result.output
+    assert "1 account(s) corrected" in result.output
+    assert ledger.check_books() == []
+    assert queries.totals(account(broken)) == queries.Totals(
+        bought=300, used=30, refunded=0, granted=0
+    )
+
+
+def test_a_locked_account_must_be_the_one_spent_from():
+    alice, bob = make_user(), make_user()
+    make_purchase(alice, package="pro")
+
+    with pytest.raises(ValueError, match="locked account"):
+        ledger.spend(alice.id, 1, "spend:mixed-up", locked_account=ledger.lock_account(bob.id))

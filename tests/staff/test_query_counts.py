@@ -14,6 +14,7 @@ from portal.ledger.services import unused_credits
 from portal.refunds import services as refunds
 from portal.refunds.eligibility import RequestReason
 from portal.refunds.models import RequestStatus
+from portal.staff import queries as staff_queries
 from portal.staff import services as staff_services
 from portal.timeutil import utcnow
 from tests.factories import QueryCounter, make_purchase, make_staff, make_user, spend_history
@@ -31,7 +32,8 @@ def statements(client, path: str) -> int:
     return counter.count
 
 
-def test_request_page_costs_the_same_for_a_short_and_a_long_history(staff_client, staff):
+def short_and_long_requests(staff):
+    """A request of a newcomer, and one of a regular with history, incidents and notes."""
     newcomer = make_user()
     short = file(newcomer, make_purchase(newcomer, "pro"))
 
@@ -58,11 +60,25 @@ def test_request_page_costs_the_same_for_a_short_and_a_long_history(staff_client
     for number in range(6):
         staff_services.add_note(long.id, actor(staff), f"Looked at it ({number}).")
     assert unused_credits(spent) == 0
+    return short, long
+
+
+def test_request_page_costs_the_same_for_a_short_and_a_long_history(staff_client, staff):
+    short, long = short_and_long_requests(staff)
 
     few = statements(staff_client, detail_path(short.id))
     many = statements(staff_client, detail_path(long.id))
 
     assert few == many <= PAGE_BUDGET
+
+
+def test_the_page_recommends_what_approving_will_check(app, staff):
+    # The page re-runs the pre-check from rows it loaded together; approval re-runs it
+    # through recommendation_now. Both must reach the same figures.
+    now = utcnow()
+    for filed in short_and_long_requests(staff):
+        detail = staff_queries.request_detail(filed.id, now)
+        assert detail.current == staff_services.recommendation_now(detail.request, now)
 
 
 def test_queue_views_cost_the_same_few_statements(staff_client, staff, customer):
