@@ -68,15 +68,10 @@ def charge_job(
         db.session.add(job)
         try:
             db.session.flush()
-            ledger.spend(
-                user.id,
-                credits,
-                _charge_key(job),
-                job_id=job.id,
-                memo=operation,
-                at=at,
-                locked_account=user,
-            )
+            # spend() reads the balance again, now after this transaction's first write:
+            # on SQLite, which ignores FOR UPDATE, only that write lock keeps a concurrent
+            # charge from slipping in between (PostgreSQL already holds the row lock).
+            ledger.spend(user.id, credits, _charge_key(job), job_id=job.id, memo=operation, at=at)
             db.session.commit()
             return job, True
         except IntegrityError:

@@ -589,6 +589,7 @@ def test_charging_a_job_takes_the_same_statements_however_long_the_history(clien
         post_job(client, external_id=f"earlier-{number}", credits=1)
     later = statements_for_one_charge("later")
 
-    # Customer locked once, job looked up and written, the ledger's entry, allocation,
-    # lot, balance and day-end balance, then the answer read back in one query.
-    assert first == later == 11
+    # Customer locked, job looked up and written, the account read again under the write
+    # lock, the ledger's entry, allocation, lot, balance and day-end balance, then the
+    # answer read back in one query.
+    assert first == later == 12

@@ -2,7 +2,6 @@
 
 from datetime import UTC, date, datetime, timedelta
 
-import pytest
 from sqlalchemy import select, text
 
 from portal.accounts.models import User
@@ -118,11 +117,3 @@ def test_rebuilding_the_kept_figures_repairs_what_the_check_reports(app):
     assert queries.totals(account(broken)) == queries.Totals(
         bought=300, used=30, refunded=0, granted=0
     )
-
-
-def test_a_locked_account_must_be_the_one_spent_from():
-    alice, bob = make_user(), make_user()
-    make_purchase(alice, package="pro")
-
-    with pytest.raises(ValueError, match="locked account"):
-        ledger.spend(alice.id, 1, "spend:mixed-up", locked_account=ledger.lock_account(bob.id))
