@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, Enum, MetaData, TypeDecorator
+from sqlalchemy import DateTime, Enum, MetaData, TypeDecorator, select
 from sqlalchemy.orm import DeclarativeBase
 from werkzeug.routing import IntegerConverter
 
@@ -76,3 +76,18 @@ class IdConverter(IntegerConverter):
 
     def __init__(self, url_map):
         super().__init__(url_map, min=1, max=MAX_ID)
+
+
+def locked(model, *criteria, skip_locked: bool = False):
+    """The row of `model` matching `criteria`, locked FOR UPDATE until the transaction
+    ends, or None. Read afresh from the database even if the session holds the object,
+    so that what the caller decides on is what the lock protects.
+    """
+    from portal.extensions import db  # the extensions module imports this one
+
+    return db.session.scalar(
+        select(model)
+        .where(*criteria)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )

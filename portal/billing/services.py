@@ -17,6 +17,7 @@ from portal import policy
 from portal.accounts.models import User
 from portal.billing.gateway import gateway
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
+from portal.db import locked
 from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import db
 from portal.ledger import services as ledger
@@ -63,12 +64,7 @@ def _credit_key(purchase: Purchase) -> str:
 
 
 def lock_purchase(purchase_id: int) -> Purchase | None:
-    return db.session.scalar(
-        select(Purchase)
-        .where(Purchase.id == purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    return locked(Purchase, Purchase.id == purchase_id)
 
 
 def _purchase_id_of(stripe_object: dict) -> int | None:
@@ -606,12 +602,7 @@ def refund_key(refund: Refund) -> str:
 
 
 def lock_refund(refund_id: int, skip_locked: bool = False) -> Refund | None:
-    return db.session.scalar(
-        select(Refund)
-        .where(Refund.id == refund_id)
-        .with_for_update(skip_locked=skip_locked)
-        .execution_options(populate_existing=True)
-    )
+    return locked(Refund, Refund.id == refund_id, skip_locked=skip_locked)
 
 
 def due_refund_ids(now: datetime, limit: int = 50) -> list[int]:

@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from portal.accounts.models import User
+from portal.db import locked
 from portal.errors import AccountTerminated, Conflict, NotFound
 from portal.extensions import db
 from portal.jobs.models import FailureReason, Job, JobStatus
@@ -90,12 +91,7 @@ def charge_job(
 
 
 def _locked_job(job_id: int) -> Job:
-    job = db.session.scalar(
-        select(Job)
-        .where(Job.id == job_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    job = locked(Job, Job.id == job_id)
     if job is None:
         raise NotFound("no job with this id")
     return job

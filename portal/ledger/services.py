@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.accounts.models import User
 from portal.billing.models import Purchase
+from portal.db import locked
 from portal.errors import InsufficientCredits, ValidationError
 from portal.extensions import db
 from portal.ledger.models import (
@@ -35,12 +36,7 @@ from portal.timeutil import utcnow
 
 def lock_account(user_id: int) -> User:
     """Return the customer's row locked FOR UPDATE until the transaction ends."""
-    user = db.session.scalar(
-        select(User)
-        .where(User.id == user_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    user = locked(User, User.id == user_id)
     if user is None:
         raise ValidationError("unknown customer", field="user_id")
     return user
@@ -48,12 +44,7 @@ def lock_account(user_id: int) -> User:
 
 def lock_customer(email: str) -> User | None:
     """Return the user with this (lower-case) e-mail locked FOR UPDATE, if there is one."""
-    return db.session.scalar(
-        select(User)
-        .where(User.email == email)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    return locked(User, User.email == email)
 
 
 def _existing(idempotency_key: str) -> LedgerEntry | None:

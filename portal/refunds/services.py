@@ -18,6 +18,7 @@ from portal import policy
 from portal.accounts.models import User
 from portal.billing import services as billing
 from portal.billing.models import Purchase, PurchaseStatus
+from portal.db import locked
 from portal.errors import Conflict, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import db
 from portal.jobs import services as jobs
@@ -518,12 +519,7 @@ def customer_reply(user: User, request: RefundRequest, body: str, now: datetime)
 
     :raises Conflict: staff are not waiting on the customer.
     """
-    request = db.session.scalar(
-        select(RefundRequest)
-        .where(RefundRequest.id == request.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    request = locked(RefundRequest, RefundRequest.id == request.id)
     if request.status != RequestStatus.WAITING_ON_CUSTOMER:
         db.session.rollback()
         raise Conflict("This request is not waiting for your answer.")

@@ -11,6 +11,7 @@ from portal import policy
 from portal.accounts.models import User
 from portal.billing import services as billing
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
+from portal.db import locked
 from portal.errors import Conflict, NotFound, ValidationError
 from portal.extensions import db
 from portal.jobs.models import Job
@@ -51,12 +52,7 @@ class Actor:
 
 
 def _locked_request(request_id: int) -> RefundRequest:
-    request = db.session.scalar(
-        select(RefundRequest)
-        .where(RefundRequest.id == request_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    request = locked(RefundRequest, RefundRequest.id == request_id)
     if request is None:
         raise NotFound("no such request")
     return request
