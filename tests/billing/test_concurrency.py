@@ -1,7 +1,6 @@
 """Exactly-once crediting under real concurrency (PostgreSQL row locks)."""
 
 import json
-import threading
 
 import pytest
 
@@ -22,6 +21,7 @@ from tests.billing.helpers import (
     stripe_event_rows,
     the_event,
 )
+from tests.concurrency import run_together
 from tests.factories import make_user
 
 pytestmark = pytest.mark.postgres
@@ -36,29 +36,6 @@ def threaded_app(make_app):
         SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 30, "max_overflow": 0, "pool_pre_ping": True},
         SANDBOX_WEBHOOKS="off",
     )
-
-
-def run_together(app, work) -> list:
-    """Run `work(index)` in THREADS threads released at once; return results or errors."""
-    barrier = threading.Barrier(THREADS)
-    outcomes: list = [None] * THREADS
-
-    def run(index: int) -> None:
-        with app.app_context():
-            try:
-                barrier.wait(timeout=30)
-                outcomes[index] = work(index)
-            except Exception as error:
-                outcomes[index] = error
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads)
-    db.session.expire_all()
-    return outcomes
 
 
 def paid_session(threaded_app, user_id: int) -> tuple[int, str, dict]:
@@ -85,7 +62,7 @@ def test_twenty_simultaneous_deliveries_of_one_completed_event_credit_once(threa
         )
         return response.status_code, response.get_json()
 
-    outcomes = run_together(threaded_app, post)
+    outcomes = run_together(threaded_app, THREADS, post)
 
     assert not [outcome for outcome in outcomes if isinstance(outcome, Exception)], outcomes
     assert [status for status, _ in outcomes] == [200] * THREADS, outcomes
@@ -103,7 +80,9 @@ def test_twenty_simultaneous_fulfilments_of_one_session_credit_once(threaded_app
     user_id = make_user().id
     purchase_id, session_id, _ = paid_session(threaded_app, user_id)
 
-    outcomes = run_together(threaded_app, lambda _index: services.fulfil_checkout(session_id))
+    outcomes = run_together(
+        threaded_app, THREADS, lambda _index: services.fulfil_checkout(session_id)
+    )
 
     assert outcomes.count(services.Fulfilment.CREDITED) == 1, outcomes
     assert outcomes.count(services.Fulfilment.ALREADY_CREDITED) == THREADS - 1, outcomes

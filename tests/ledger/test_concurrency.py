@@ -1,5 +1,3 @@
-import threading
-
 import pytest
 from sqlalchemy import func, select
 
@@ -10,6 +8,7 @@ from portal.jobs import services as jobs
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry
+from tests.concurrency import run_together
 from tests.factories import make_user
 
 pytestmark = pytest.mark.postgres
@@ -24,29 +23,6 @@ def threaded_app(make_app):
         SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 60, "max_overflow": 0, "pool_pre_ping": True},
         PORTAL_SERVICE_TOKEN=TOKEN,
     )
-
-
-def run_together(app, count: int, work) -> list:
-    """Run `work(index)` in `count` threads released at once; return results or exceptions."""
-    barrier = threading.Barrier(count)
-    outcomes: list = [None] * count
-
-    def run(index: int) -> None:
-        with app.app_context():
-            try:
-                barrier.wait(timeout=30)
-                outcomes[index] = work(index)
-            except Exception as error:
-                outcomes[index] = error
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads)
-    db.session.expire_all()
-    return outcomes
 
 
 def customer_with(credits: int) -> User:

@@ -1,6 +1,5 @@
 """Two staff members deciding at once, and two workers sending at once (PostgreSQL locks)."""
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -14,6 +13,7 @@ from portal.ledger.models import EntryKind
 from portal.refunds.models import RefundRequest, RequestStatus
 from portal.staff import services as staff_services
 from portal.timeutil import utcnow
+from tests.concurrency import run_together
 from tests.factories import make_staff, make_user
 from tests.staff.helpers import (
     AFTER_UNDO_WINDOW,
@@ -39,31 +39,6 @@ def threaded_app(make_app):
     )
 
 
-def run_together(app, works) -> list:
-    """Run each of `works` in its own thread, released at once; return results or errors."""
-    barrier = threading.Barrier(len(works))
-    outcomes: list = [None] * len(works)
-
-    def run(index: int) -> None:
-        with app.app_context():
-            try:
-                barrier.wait(timeout=30)
-                outcomes[index] = works[index]()
-            except Exception as error:
-                outcomes[index] = error
-            finally:
-                db.session.remove()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(works))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
-    db.session.expire_all()
-    return outcomes
-
-
 def test_two_staff_approving_at_once_make_one_refund_and_one_stripe_refund(threaded_app):
     customer_id = make_user().id
     first_id, second_id = make_staff().id, make_staff().id
@@ -75,15 +50,14 @@ def test_two_staff_approving_at_once_make_one_refund_and_one_stripe_refund(threa
         intent = purchase.stripe_payment_intent_id
     now = utcnow()
 
-    def approve_as(staff_id: int):
-        def work():
-            member = db.session.get(User, staff_id)
-            actor = staff_services.Actor(member, "127.0.0.1")
-            return staff_services.approve(request_id, actor, 2000, "", now).id
+    deciders = [first_id, second_id]
 
-        return work
+    def approve(index: int):
+        member = db.session.get(User, deciders[index])
+        actor = staff_services.Actor(member, "127.0.0.1")
+        return staff_services.approve(request_id, actor, 2000, "", now).id
 
-    outcomes = run_together(threaded_app, [approve_as(first_id), approve_as(second_id)])
+    outcomes = run_together(threaded_app, 2, approve)
 
     succeeded = [outcome for outcome in outcomes if isinstance(outcome, int)]
     refused = [outcome for outcome in outcomes if isinstance(outcome, Conflict)]
@@ -97,10 +71,7 @@ def test_two_staff_approving_at_once_make_one_refund_and_one_stripe_refund(threa
 
     later = now + AFTER_UNDO_WINDOW
     with threaded_app.app_context():
-        sent = run_together(
-            threaded_app,
-            [lambda: billing.send_due_refunds(later), lambda: billing.send_due_refunds(later)],
-        )
+        sent = run_together(threaded_app, 2, lambda _index: billing.send_due_refunds(later))
         assert not [outcome for outcome in sent if isinstance(outcome, Exception)], sent
         assert billing.send_due_refunds(later + timedelta(minutes=5)) == 0
         [at_stripe] = refunds_at_stripe(intent)
