@@ -124,3 +124,17 @@ def spend_history(user: User, jobs: int, credits: int = 1, fail_every: int = 0) 
         job, _ = job_services.charge_job(f"hist-{user.id}-{number}", user.email, "upscale", credits)
         if fail_every and number % fail_every == 0:
             job_services.fail_job(job.id, FailureReason.PLATFORM_ERROR, "lost worker")
+
+
+def quiet_sandbox(app, monkeypatch, webhooks: str):
+    """Start a test with a clean Stripe sandbox: no faults left to inject by an earlier
+    test, events delivered as `webhooks` says ("off" or "inline": never from a background
+    thread), and no pauses between the Stripe library's retries. Returns the store."""
+    import stripe
+
+    store = app.extensions["stripe_sandbox"]
+    with store.lock:
+        store.failures_to_inject = 0
+    monkeypatch.setitem(app.config, "SANDBOX_WEBHOOKS", webhooks)
+    monkeypatch.setattr(stripe.HTTPClient, "_sleep_time_seconds", lambda self, retries: 0)
+    return store

@@ -1,10 +1,9 @@
 """Fixtures for the Checkout tests: sandbox hygiene, webhook delivery modes, a customer."""
 
 import pytest
-import stripe
 
 from portal.accounts.models import User
-from tests.factories import login_as, make_user
+from tests.factories import login_as, make_user, quiet_sandbox
 
 
 @pytest.fixture(autouse=True)
@@ -14,11 +13,7 @@ def _sandbox_hygiene(app, monkeypatch):
     Nothing is delivered in the background unless a test asks for it, and the Stripe
     library's pauses between retries are skipped so that injected failures stay fast.
     """
-    store = app.extensions["stripe_sandbox"]
-    with store.lock:
-        store.failures_to_inject = 0
-    monkeypatch.setitem(app.config, "SANDBOX_WEBHOOKS", "off")
-    monkeypatch.setattr(stripe.HTTPClient, "_sleep_time_seconds", lambda self, retries: 0)
+    store = quiet_sandbox(app, monkeypatch, webhooks="off")
     yield
     with store.lock:
         store.failures_to_inject = 0

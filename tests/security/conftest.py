@@ -2,9 +2,9 @@
 objects, and one logged-in browser per role."""
 
 import pytest
-import stripe
 
 from portal.extensions import limiter
+from tests.factories import quiet_sandbox
 from tests.security.helpers import ROLES, SERVICE_TOKEN, Actor, World, actor_for, build_world
 
 
@@ -12,13 +12,9 @@ from tests.security.helpers import ROLES, SERVICE_TOKEN, Actor, World, actor_for
 def _quiet_sandbox(app, monkeypatch, tmp_path):
     """No webhook from a background thread, no retry pauses, uploads in a folder of the test,
     and the jobs API's token known."""
-    store = app.extensions["stripe_sandbox"]
-    with store.lock:
-        store.failures_to_inject = 0
-    monkeypatch.setitem(app.config, "SANDBOX_WEBHOOKS", "off")
+    quiet_sandbox(app, monkeypatch, webhooks="off")
     monkeypatch.setitem(app.config, "UPLOAD_FOLDER", str(tmp_path / "uploads"))
     monkeypatch.setitem(app.config, "PORTAL_SERVICE_TOKEN", SERVICE_TOKEN)
-    monkeypatch.setattr(stripe.HTTPClient, "_sleep_time_seconds", lambda self, retries: 0)
 
 
 @pytest.fixture(autouse=True)

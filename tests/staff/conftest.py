@@ -1,10 +1,9 @@
 """Fixtures for the staff queue tests: sandbox hygiene, a staff member and a customer."""
 
 import pytest
-import stripe
 
 from portal.accounts.models import User
-from tests.factories import make_staff, make_user
+from tests.factories import make_staff, make_user, quiet_sandbox
 from tests.staff.helpers import client_for
 
 
@@ -15,11 +14,7 @@ def _sandbox_hygiene(app, monkeypatch):
     Events reach the webhook inline (before the call that made them returns); the Stripe
     library's pauses between retries are skipped so that injected failures stay fast.
     """
-    store = app.extensions["stripe_sandbox"]
-    with store.lock:
-        store.failures_to_inject = 0
-    monkeypatch.setitem(app.config, "SANDBOX_WEBHOOKS", "inline")
-    monkeypatch.setattr(stripe.HTTPClient, "_sleep_time_seconds", lambda self, retries: 0)
+    store = quiet_sandbox(app, monkeypatch, webhooks="inline")
     yield
     with store.lock:
         store.failures_to_inject = 0
