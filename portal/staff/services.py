@@ -58,6 +58,20 @@ def _locked_request(request_id: int) -> RefundRequest:
     return request
 
 
+def _locked_request_moving_to(request_id: int, status: RequestStatus) -> RefundRequest:
+    """Lock the request and move it to `status`; a move its status forbids changes nothing.
+
+    :raises Conflict: the request cannot move to `status` (say, it is already decided).
+    """
+    request = _locked_request(request_id)
+    try:
+        request.transition(status)
+    except Conflict:
+        db.session.rollback()
+        raise
+    return request
+
+
 def _customer(request: RefundRequest) -> User:
     return db.session.get(User, request.user_id)
 
@@ -143,12 +157,7 @@ def ask_for_information(request_id: int, actor: Actor, question: str, now: datet
 
     :raises Conflict: the request is already decided.
     """
-    request = _locked_request(request_id)
-    try:
-        request.transition(RequestStatus.WAITING_ON_CUSTOMER)
-    except Conflict:
-        db.session.rollback()
-        raise
+    request = _locked_request_moving_to(request_id, RequestStatus.WAITING_ON_CUSTOMER)
     request.clock_paused_at = now
     add_event(request, "information_requested", question, actor_id=actor.user.id, now=now)
     _email_customer(
@@ -171,12 +180,7 @@ def deny(request_id: int, actor: Actor, reason_code: str, message: str, now: dat
     reason_text = " ".join(part for part in (DENIAL_REASONS[reason_code], message.strip()) if part)
     if not reason_text:
         raise ValidationError("Write the reason the customer will read.", field="message")
-    request = _locked_request(request_id)
-    try:
-        request.transition(RequestStatus.DENIED)
-    except Conflict:
-        db.session.rollback()
-        raise
+    request = _locked_request_moving_to(request_id, RequestStatus.DENIED)
     request.decided_at = now
     request.decided_by_id = actor.user.id
     request.decision_reason = reason_text
