@@ -9,7 +9,7 @@ from jinja2 import pass_context
 from markupsafe import Markup, escape
 
 from portal import policy
-from portal.forms import EmptyForm
+from portal.forms import EmptyForm, use_html_attributes
 from portal.money import format_cents, format_credits
 
 
@@ -71,6 +71,7 @@ def verdict_badge(verdict) -> Markup:
 
 
 def register(app: Flask) -> None:
+    use_html_attributes()
     app.add_template_filter(format_cents, "usd")
     app.add_template_filter(format_credits, "credits")
     app.add_template_filter(localtime, "localtime")
