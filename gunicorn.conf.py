@@ -22,6 +22,14 @@ max_requests_jitter = 500
 accesslog = None  # the portal logs one structured line per request itself
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
+# connections over them. With the one shared socket, the first worker to wake accepted
+# every connection that arrived together and kept it (keep-alive): in about one benchmark
+# run of three, one worker served all 16 connections on one core, at half the throughput,
+# while the other idled. The price: connections still queued on a worker's socket when it
+# stops (max_requests, reload) are reset, unless the kernel moves them
+# (sysctl net.ipv4.tcp_migrate_req=1, Linux 5.14+). GUNICORN_REUSE_PORT=0 turns it off.
+reuse_port = os.environ.get("GUNICORN_REUSE_PORT", "1") != "0"
 
 
 # glibc's malloc raises its mmap threshold to the size of each mmapped block it frees (up
