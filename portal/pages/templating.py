@@ -5,11 +5,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask, current_app
 from flask_login import current_user
+from flask_wtf.csrf import generate_csrf
 from jinja2 import pass_context
 from markupsafe import Markup, escape
 
 from portal import policy
-from portal.forms import EmptyForm, use_html_attributes
+from portal.forms import use_html_attributes
 from portal.money import format_cents, format_credits
 
 
@@ -70,6 +71,22 @@ def verdict_badge(verdict) -> Markup:
     return _span(f"badge badge-{value}", VERDICT_WORDS.get(value, value))
 
 
+def csrf_field() -> Markup:
+    """The hidden CSRF input of a form with no other fields (log out, take, undo).
+
+    The same token Flask-WTF's forms carry, without building a form for it: the base
+    template has one, a request's page several.
+    """
+    if not current_app.config.get("WTF_CSRF_ENABLED", True):
+        return Markup()
+    name = escape(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"))
+    return _hidden_input(name, escape(generate_csrf()))
+
+
+def _hidden_input(name: str, value: str) -> Markup:
+    return Markup(f'<input name="{name}" type="hidden" value="{value}">')  # noqa: S704  # nosec B704
+
+
 def register(app: Flask) -> None:
     use_html_attributes()
     app.add_template_filter(format_cents, "usd")
@@ -79,6 +96,7 @@ def register(app: Flask) -> None:
     app.add_template_global(badge)
     app.add_template_global(credit_change)
     app.add_template_global(verdict_badge)
+    app.add_template_global(csrf_field)
 
     @app.context_processor
     def portal_globals():
@@ -86,8 +104,5 @@ def register(app: Flask) -> None:
             "policy": policy,
             "support_email": current_app.config["SUPPORT_EMAIL"],
             "sandbox_payments": current_app.config["PAYMENTS_MODE"] == "sandbox",
-            # Built without form data: a page rendered for a refused upload (413) must not
-            # read the oversized body again.
-            "action_form": lambda: EmptyForm(formdata=None),
             "viewer_zone": _viewer_zone(),
         }

@@ -24,3 +24,26 @@ def test_a_verdict_badge_reads_the_same_for_the_enum_and_its_stored_value():
     expected = '<span class="badge badge-needs_review">Needs a closer look</span>'
     assert verdict_badge(Verdict.NEEDS_REVIEW) == expected
     assert verdict_badge("needs_review") == expected
+
+
+def test_a_csrf_field_carries_the_token_the_forms_accept(app):
+    import re
+
+    from flask_wtf.csrf import validate_csrf
+
+    from portal.pages.templating import csrf_field
+
+    with app.test_request_context("/"):
+        html = str(csrf_field())
+        found = re.fullmatch(r'<input name="csrf_token" type="hidden" value="([^"]+)">', html)
+        assert found, html
+        validate_csrf(found.group(1))  # raises if the token is not this session's
+        assert csrf_field() == html  # one token per request, however many forms
+
+
+def test_without_csrf_protection_there_is_no_field(make_app):
+    from portal.pages.templating import csrf_field
+
+    unprotected = make_app(WTF_CSRF_ENABLED=False)
+    with unprotected.test_request_context("/"):
+        assert csrf_field() == ""
