@@ -1,15 +1,17 @@
 """Jinja filters and globals: money, credits and local times are formatted only here."""
 
+from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from flask import Flask, current_app
+from flask import Flask, current_app, url_for
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 from jinja2 import pass_context
 from markupsafe import Markup, escape
 
 from portal import policy
+from portal.db import MAX_ID
 from portal.forms import use_html_attributes
 from portal.money import format_cents, format_credits
 
@@ -71,6 +73,19 @@ def verdict_badge(verdict) -> Markup:
     return _span(f"badge badge-{value}", VERDICT_WORDS.get(value, value))
 
 
+def url_for_each(endpoint: str, key: str) -> Callable[[int], str]:
+    """`url_for(endpoint, **{key: row_id})` for every row of a table, built once.
+
+    Werkzeug builds each URL from its rule (converters, query string) in about 10 µs;
+    a table of 50 rows with two links each spent a fifth of its page there (profiled).
+    Only the integer id changes from row to row, so the URL is built once around a
+    placeholder id and each row's id takes its place. No other values: one of them
+    could contain the placeholder's digits.
+    """
+    head, tail = url_for(endpoint, **{key: MAX_ID}).split(str(MAX_ID))
+    return lambda row_id: f"{head}{int(row_id)}{tail}"
+
+
 def csrf_field() -> Markup:
     """The hidden CSRF input of a form with no other fields (log out, take, undo).
 
@@ -97,6 +112,7 @@ def register(app: Flask) -> None:
     app.add_template_global(credit_change)
     app.add_template_global(verdict_badge)
     app.add_template_global(csrf_field)
+    app.add_template_global(url_for_each)
 
     @app.context_processor
     def portal_globals():

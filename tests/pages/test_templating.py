@@ -47,3 +47,29 @@ def test_without_csrf_protection_there_is_no_field(make_app):
     unprotected = make_app(WTF_CSRF_ENABLED=False)
     with unprotected.test_request_context("/"):
         assert csrf_field() == ""
+
+
+def test_url_for_each_gives_every_row_the_url_url_for_would(app):
+    from flask import url_for
+
+    from portal.db import MAX_ID
+    from portal.pages.templating import url_for_each
+
+    with app.test_request_context("/"):
+        for endpoint, key in (("jobs.show", "job_id"), ("refunds.new", "purchase_id")):
+            url_of = url_for_each(endpoint, key)
+            for row_id in (1, 42, 1234567, MAX_ID):
+                assert url_of(row_id) == url_for(endpoint, **{key: row_id})
+        assert url_for_each("jobs.show", "job_id")(7) == "/jobs/7"
+        assert url_for_each("refunds.new", "purchase_id")(7).endswith("?purchase_id=7")
+
+
+def test_url_for_each_only_takes_integer_ids(app):
+    import pytest
+
+    from portal.pages.templating import url_for_each
+
+    with app.test_request_context("/"):
+        url_of = url_for_each("jobs.show", "job_id")
+        with pytest.raises(ValueError):
+            url_of("7/../../admin")
