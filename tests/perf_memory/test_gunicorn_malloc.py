@@ -1,4 +1,4 @@
-"""gunicorn.conf.py tunes glibc's malloc in each worker and leaves other C libraries alone."""
+"""gunicorn.conf.py tunes each worker: glibc's malloc (other C libraries left alone), the GC."""
 
 import importlib.util
 import os
@@ -104,3 +104,14 @@ def test_the_real_glibc_takes_both_settings():
     )
     child = subprocess.run([sys.executable, "-c", code], env=env, check=False)  # noqa: S603
     assert child.returncode == 0
+
+
+def test_a_loaded_worker_freezes_what_it_has_so_collections_skip_it(conf):
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    try:
+        conf.post_worker_init(worker=None)
+        assert gc.get_freeze_count() > 1000  # everything loaded so far: modules, the app
+    finally:
+        gc.unfreeze()
