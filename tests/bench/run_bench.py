@@ -20,13 +20,14 @@ Settings and why (see also servers.py):
   portal reaches "Stripe" over HTTP exactly as in production, and the only webhooks are
   the ones the benchmark signs and sends. RATELIMIT_ENABLED=false: every request comes
   from one address.
-* gunicorn runs the project's gunicorn.conf.py (timeout, keep-alive, logging) with
-  workers = CPU cores and gthread with 4 threads per worker, for the portal and the hello
-  world alike. Measured here: sync workers (no keep-alive) had by far the worst tail for
-  the hello world (p95 201 ms against 14-25 ms); 2, 4 and 8 threads were within the
-  machine's noise for pages; 4 fits SQLAlchemy's default pool of 5 connections per
-  worker. max_requests is off: recycling would restart the hello-world workers every few
-  seconds and would wipe the Stripe stand-in's state.
+* gunicorn runs the project's gunicorn.conf.py (timeout, keep-alive, logging, one
+  listening socket per worker) with workers = CPU cores and gthread with 4 threads per
+  worker, for the portal and the hello world alike. Measured here: sync workers (no
+  keep-alive) had by far the worst tail for the hello world (p95 201 ms against 14-25
+  ms); 2, 4 and 8 threads were within the machine's noise for pages (measured before
+  each worker had a socket of its own); 4 fits SQLAlchemy's default pool of 5
+  connections per worker. max_requests is off: recycling would restart the hello-world
+  workers every few seconds and would wipe the Stripe stand-in's state.
 """
 
 from __future__ import annotations
