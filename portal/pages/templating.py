@@ -95,11 +95,8 @@ def csrf_field() -> Markup:
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return Markup()
     name = escape(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"))
-    return _hidden_input(name, escape(generate_csrf()))
-
-
-def _hidden_input(name: str, value: str) -> Markup:
-    return Markup(f'<input name="{name}" type="hidden" value="{value}">')  # noqa: S704  # nosec B704
+    token = escape(generate_csrf())
+    return Markup(f'<input name="{name}" type="hidden" value="{token}">')  # noqa: S704  # nosec B704
 
 
 def register(app: Flask) -> None:
