@@ -3,7 +3,8 @@
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, Enum, MetaData, TypeDecorator, select
+from sqlalchemy import DateTime, Enum, MetaData, Select, TypeDecorator, event, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
 from werkzeug.routing import IntegerConverter
 
@@ -91,3 +92,24 @@ def locked(model, *criteria, skip_locked: bool = False):
         .with_for_update(skip_locked=skip_locked)
         .execution_options(populate_existing=True)
     )
+
+
+@event.listens_for(Engine, "before_execute")
+def _sqlite_row_lock_takes_the_write_lock(connection, statement, *_args):
+    """Give `SELECT … FOR UPDATE` its meaning on SQLite, which has no row locks.
+
+    SQLite drops FOR UPDATE, so two transactions could both read a row, both decide on
+    it and both write: two approvals of one request, two claims of one refund. Here the
+    first locking read of a transaction starts it with `BEGIN IMMEDIATE`, which takes the
+    database's write lock until commit or rollback. Lock-then-check services are thus
+    serialised on SQLite as they are on PostgreSQL (where only the row is locked), while
+    plain reads (pages) still run side by side. A transaction that has already written
+    holds the write lock since that write, so nothing needs doing then.
+    """
+    if connection.dialect.name != "sqlite" or not isinstance(statement, Select):
+        return
+    if statement._for_update_arg is None:
+        return
+    driver_connection = connection.connection.driver_connection
+    if not driver_connection.in_transaction:
+        driver_connection.execute("BEGIN IMMEDIATE")

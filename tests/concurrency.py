@@ -1,4 +1,4 @@
-"""Running work in threads released at the same instant (the PostgreSQL lock tests)."""
+"""Running work in threads released at the same instant (the lock tests, on both databases)."""
 
 import threading
 

@@ -1,4 +1,4 @@
-"""Exactly-once crediting under real concurrency (PostgreSQL row locks)."""
+"""Exactly-once crediting under real concurrency, on PostgreSQL and on SQLite."""
 
 import json
 
@@ -24,7 +24,6 @@ from tests.billing.helpers import (
 from tests.concurrency import run_together
 from tests.factories import make_user
 
-pytestmark = pytest.mark.postgres
 
 THREADS = 20
 

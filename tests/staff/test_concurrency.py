@@ -1,4 +1,4 @@
-"""Two staff members deciding at once, and two workers sending at once (PostgreSQL locks)."""
+"""Two staff members deciding at once, and two workers sending at once (on both databases)."""
 
 from datetime import timedelta
 
@@ -26,7 +26,6 @@ from tests.staff.helpers import (
     refunds_at_stripe,
 )
 
-pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
