@@ -58,16 +58,20 @@ def send_mail() -> None:
 
 @click.command("ledger-check")
 def ledger_check() -> None:
-    """Verify the ledger's invariants for every account; exit 1 naming those that fail."""
+    """Verify the ledger's and money-back invariants; exit 1 naming the accounts that fail."""
+    from portal.billing import money_back
     from portal.ledger.services import check_books
 
-    problems = check_books()
+    problems = check_books() + money_back.problems()
     for problem in problems:
         click.echo(f"account {problem.user_id} <{problem.email}>: {problem.problem}", err=True)
     if problems:
         accounts = len({problem.user_id for problem in problems})
         raise click.ClickException(f"{len(problems)} problem(s) in {accounts} account(s)")
-    click.echo("Ledger OK: every balance matches its entries and lots.")
+    click.echo(
+        "Ledger OK: every balance matches its entries and lots, and no purchase has more "
+        "money back than was paid or spendable credits whose money went back."
+    )
 
 
 @click.command("ledger-rebuild-figures")
@@ -86,10 +90,11 @@ def ledger_rebuild_figures() -> None:
     help="Look at Checkout Sessions created since this UTC date (default: 3 days ago).",
 )
 def reconcile(since) -> None:
-    """Credit paid Checkout Sessions whose webhook never arrived."""
+    """Credit paid Checkout Sessions whose webhook never arrived, and settle refunds still
+    pending and disputes still open as Stripe says they stand."""
     from datetime import UTC, timedelta
 
-    from portal.billing.services import Fulfilment
+    from portal.billing.services import Fulfilment, reconcile_money_back
     from portal.billing.services import reconcile as run_reconciliation
     from portal.errors import PaymentProviderError
     from portal.timeutil import utcnow
@@ -97,6 +102,7 @@ def reconcile(since) -> None:
     start = since.replace(tzinfo=UTC) if since else utcnow() - timedelta(days=3)
     try:
         results = run_reconciliation(start)
+        rechecked = reconcile_money_back(utcnow(), start)
     except PaymentProviderError as error:
         raise click.ClickException(f"Stripe could not be reached: {error}") from None
     fixed = [result for result in results if result.outcome == Fulfilment.CREDITED]
@@ -106,6 +112,10 @@ def reconcile(since) -> None:
     click.echo(
         f"Checked {len(results)} completed session(s) since {start:%Y-%m-%d %H:%M} UTC; "
         f"credited {len(fixed)} that had been missed."
+    )
+    click.echo(
+        f"Re-read {rechecked.refunds} pending refund(s) and {rechecked.disputes} open or "
+        f"recent dispute(s) from Stripe; {rechecked.unanswered} could not be looked up."
     )
 
 

@@ -1,7 +1,15 @@
 """Import every feature's models so that the metadata (and Alembic) sees all tables."""
 
 from portal.accounts.models import AccountStatus, PasswordResetToken, Role, User
-from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus, StripeEvent
+from portal.billing.models import (
+    Dispute,
+    DisputeStatus,
+    Purchase,
+    PurchaseStatus,
+    Refund,
+    RefundStatus,
+    StripeEvent,
+)
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation, LotOrigin
 from portal.notifications.models import OutboxEmail, OutboxStatus
@@ -20,6 +28,8 @@ __all__ = [
     "Attachment",
     "AuditLogEntry",
     "CreditLot",
+    "Dispute",
+    "DisputeStatus",
     "EntryKind",
     "FailureReason",
     "Incident",

@@ -1,4 +1,4 @@
-"""The one door to Stripe: Checkout Sessions, refunds and webhook verification.
+"""The one door to Stripe: Checkout Sessions, refunds, disputes and webhook verification.
 
 Only this module imports `stripe`. It hands the rest of the portal plain dicts and raises
 the portal's own errors, so services never see Stripe's types. Pointing it elsewhere
@@ -157,6 +157,25 @@ class StripeGateway:
                 options={"idempotency_key": idempotency_key},
             ),
         )
+
+    def retrieve_refund(self, refund_id: str) -> dict:
+        return self._call("refund lookup", lambda: self.client.v1.refunds.retrieve(refund_id))
+
+    def retrieve_dispute(self, dispute_id: str) -> dict:
+        return self._call("dispute lookup", lambda: self.client.v1.disputes.retrieve(dispute_id))
+
+    def disputes_since(self, created_since: int) -> Iterator[dict]:
+        """Yield every dispute opened at or after `created_since`, newest first."""
+        params = {"created": {"gte": created_since}, "limit": 100}
+        while True:
+            page = self._call(
+                "dispute listing",
+                lambda params=params: self.client.v1.disputes.list(params=params),
+            )
+            yield from page["data"]
+            if not page["has_more"] or not page["data"]:
+                return
+            params = {**params, "starting_after": page["data"][-1]["id"]}
 
     def verify_event(self, payload: bytes, signature_header: str | None) -> dict:
         """Check a webhook's signature against each current secret and return the event.

@@ -116,6 +116,54 @@ class Refund(db.Model):
     purchase: Mapped[Purchase] = relationship(back_populates="refunds")
 
 
+class DisputeStatus(StrEnum):
+    """Stripe's dispute statuses. `warning_*` is an inquiry: no money has moved."""
+
+    WARNING_NEEDS_RESPONSE = "warning_needs_response"
+    WARNING_UNDER_REVIEW = "warning_under_review"
+    WARNING_CLOSED = "warning_closed"
+    NEEDS_RESPONSE = "needs_response"
+    UNDER_REVIEW = "under_review"
+    WON = "won"
+    LOST = "lost"
+
+
+OPEN_DISPUTE_STATUSES = frozenset(
+    {
+        DisputeStatus.WARNING_NEEDS_RESPONSE,
+        DisputeStatus.WARNING_UNDER_REVIEW,
+        DisputeStatus.NEEDS_RESPONSE,
+        DisputeStatus.UNDER_REVIEW,
+    }
+)
+
+
+class Dispute(db.Model):
+    """A payment disputed with the cardholder's bank, as Stripe last told us it stands."""
+
+    __tablename__ = "disputes"
+    __table_args__ = (CheckConstraint("amount_cents >= 0", name="amount_not_negative"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"), index=True)
+    stripe_dispute_id: Mapped[str] = mapped_column(String(255), unique=True)
+    amount_cents: Mapped[int]
+    currency: Mapped[str] = mapped_column(String(3), default="usd")
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[DisputeStatus] = mapped_column(enum_type(DisputeStatus))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_DISPUTE_STATUSES
+
+    @property
+    def is_lost(self) -> bool:
+        return self.status == DisputeStatus.LOST
+
+
 class StripeEvent(db.Model):
     """A webhook event received from Stripe; the unique id makes redelivery a no-op."""
 

@@ -1,4 +1,5 @@
-"""Buying credits: Checkout, exactly-once fulfilment, and what Stripe tells us later.
+"""Buying credits: Checkout, exactly-once fulfilment, payments that did not happen, and
+reconciliation with Stripe. Money going back (refunds, disputes) is `money_back`'s.
 
 Stripe is never called while a database lock is held: each operation first asks Stripe
 what is true (a webhook is only a hint), then locks the purchase row, checks its state,
@@ -10,21 +11,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from portal import policy
 from portal.accounts.models import User
+from portal.billing import money_back
 from portal.billing.gateway import gateway
-from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
-from portal.db import locked
+from portal.billing.models import Purchase, PurchaseStatus
+from portal.billing.money_back import lock_purchase
 from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import db
 from portal.ledger import services as ledger
-from portal.ledger.models import EntryKind, LedgerEntry
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
-from portal.ops.metrics import FULFILMENTS, REFUNDS
+from portal.ops.metrics import FULFILMENTS
 from portal.staff.audit import audit
 from portal.timeutil import utcnow
 
@@ -61,10 +61,6 @@ def _checkout_key(purchase: Purchase) -> str:
 
 def _credit_key(purchase: Purchase) -> str:
     return f"purchase:{purchase.id}:credit"
-
-
-def lock_purchase(purchase_id: int) -> Purchase | None:
-    return locked(Purchase, Purchase.id == purchase_id)
 
 
 def _purchase_id_of(stripe_object: dict) -> int | None:
@@ -157,18 +153,34 @@ def purchase_by_session(user_id: int, session_id: str) -> Purchase:
     return purchase
 
 
-def cancel_checkout(purchase: Purchase) -> None:
-    """Close the checkout the customer walked away from, so it can no longer be paid."""
+class Cancellation(StrEnum):
+    CANCELED = "canceled"
+    PROCESSING = "processing"
+    PAID = "paid"
+    NOTHING_TO_CANCEL = "nothing_to_cancel"
+
+
+def cancel_checkout(purchase: Purchase) -> Cancellation:
+    """Close the checkout the customer walked away from, so it can no longer be paid.
+
+    Stripe is asked first: only a session still open (nothing paid) is expired. A
+    payment the customer already started (a bank debit still processing) can no longer
+    be stopped from here, and one that went through is credited.
+    """
     if purchase.status != PurchaseStatus.PENDING or not purchase.stripe_checkout_session_id:
-        return
+        return Cancellation.NOTHING_TO_CANCEL
     session = gateway().retrieve_checkout_session(purchase.stripe_checkout_session_id)
     if session["status"] == "open":
         session = gateway().expire_checkout_session(purchase.stripe_checkout_session_id)
     if session["status"] == "expired":
         _mark_unpaid(purchase.id, PurchaseStatus.EXPIRED, tell_customer=False)
-    else:
-        # It was paid meanwhile (another tab): credit it rather than cancel.
-        fulfil_checkout(purchase.stripe_checkout_session_id)
+        return Cancellation.CANCELED
+    # Completed meanwhile (another tab): credit it if paid; a delayed payment still
+    # processing will be credited or failed when the bank answers.
+    fulfil_checkout(purchase.stripe_checkout_session_id)
+    if session.get("payment_status") == "paid":
+        return Cancellation.PAID
+    return Cancellation.PROCESSING
 
 
 # -- fulfilment -------------------------------------------------------------------------
@@ -249,7 +261,8 @@ def _fulfil(session_id: str) -> Fulfilment:
     purchase.credited_at = now
     ledger.credit_purchase(purchase, _credit_key(purchase))
     if purchase.refunded_cents:
-        _match_outside_refunds(purchase)
+        # Refunded through Stripe before its credits were added: that share goes again.
+        money_back.settle_after_crediting(purchase)
     audit("purchase.credited", "purchase", purchase.id, after={"credits": purchase.credits})
     queue_email(
         _customer_email(purchase),
@@ -344,228 +357,6 @@ def payment_attempt_failed(payment_intent: dict) -> bool:
     return _mark_unpaid(purchase_id, PurchaseStatus.FAILED, tell_customer=False)
 
 
-# -- refunds and disputes reported by Stripe ------------------------------------------
-
-
-def _purchase_for_payment(payment_intent: str | None) -> Purchase | None:
-    if not isinstance(payment_intent, str) or not payment_intent:
-        return None
-    found = db.session.scalar(
-        select(Purchase.id).where(Purchase.stripe_payment_intent_id == payment_intent)
-    )
-    if found is None:
-        found = _purchase_id_of(gateway().retrieve_payment_intent(payment_intent))
-    return lock_purchase(found) if found is not None else None
-
-
-def sync_refunds(payment_intent: str | None) -> Purchase | None:
-    """Bring a purchase's refunded amount in line with Stripe's charge, as it is now.
-
-    Refunds issued outside the portal (Stripe's dashboard) remove the matching share of
-    the purchase's unused credits.
-    """
-    if not isinstance(payment_intent, str) or not payment_intent:
-        return None
-    intent = gateway().retrieve_payment_intent(payment_intent)
-    charge = intent.get("latest_charge")
-    if not isinstance(charge, dict):
-        return None
-    purchase = _purchase_for_payment(payment_intent)
-    if purchase is None:
-        db.session.rollback()
-        return None
-    before = purchase.refunded_cents
-    purchase.stripe_payment_intent_id = purchase.stripe_payment_intent_id or payment_intent
-    purchase.refunded_cents = min(int(charge.get("amount_refunded") or 0), purchase.amount_cents)
-    fully_refunded = purchase.refunded_cents == purchase.amount_cents
-    if purchase.status != PurchaseStatus.DISPUTED and purchase.credited_at is not None:
-        purchase.status = (
-            PurchaseStatus.REFUNDED
-            if fully_refunded
-            else PurchaseStatus.PARTIALLY_REFUNDED
-            if purchase.refunded_cents
-            else PurchaseStatus.CREDITED
-        )
-    elif fully_refunded and purchase.status in CREDITABLE:
-        # Refunded before it was ever credited: it must never be credited now.
-        purchase.status = PurchaseStatus.REFUNDED
-    if purchase.credited_at is not None:
-        _match_outside_refunds(purchase)
-    if before != purchase.refunded_cents:
-        audit(
-            "purchase.refund_synced",
-            "purchase",
-            purchase.id,
-            before={"refunded_cents": before},
-            after={"refunded_cents": purchase.refunded_cents},
-        )
-    db.session.commit()
-    return purchase
-
-
-def _match_outside_refunds(purchase: Purchase) -> None:
-    """Keep the credits removed for refunds made outside the portal in step with them.
-
-    Money refunded through Stripe's dashboard removes the matching share of unused
-    credits (rounded up: refunding part of a credit's price removes that credit); if
-    such a refund later fails, the credits come back.
-    """
-    at_stripe = db.session.scalar(
-        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
-            Refund.purchase_id == purchase.id,
-            Refund.refund_request_id.is_not(None),
-            Refund.stripe_refund_id.is_not(None),
-            Refund.status.in_(
-                [RefundStatus.PENDING, RefundStatus.REQUIRES_ACTION, RefundStatus.SUCCEEDED]
-            ),
-        )
-    )
-    outside_cents = max(purchase.refunded_cents - at_stripe, 0)
-    due = -(-outside_cents * purchase.credits // purchase.amount_cents)
-    outside_entries = db.session.execute(
-        select(func.count(), func.coalesce(func.sum(LedgerEntry.credits), 0)).where(
-            LedgerEntry.purchase_id == purchase.id,
-            LedgerEntry.kind.in_([EntryKind.REFUND_CLAW_BACK, EntryKind.CLAW_BACK_REVERSAL]),
-            LedgerEntry.refund_id.is_(None),
-        )
-    ).one()
-    count, net = outside_entries
-    removed = -net
-    key = f"purchase:{purchase.id}:outside-refund:{count + 1}"
-    if due > removed:
-        credits = min(due - removed, ledger.unused_credits(purchase))
-        if credits > 0:
-            ledger.claw_back(purchase, credits, key, memo="refunded through Stripe")
-    elif due < removed:
-        ledger.give_back(purchase, removed - due, key, memo="refund through Stripe failed")
-
-
-def record_refund(refund: dict) -> Refund | None:
-    """Keep our copy of a Stripe refund (including dashboard ones) in step with Stripe."""
-    stripe_id = refund.get("id")
-    intent = refund.get("payment_intent")
-    if not isinstance(stripe_id, str) or not isinstance(intent, str) or not intent:
-        return None
-    purchase = _purchase_for_payment(intent)
-    if purchase is None:
-        db.session.rollback()
-        return None
-    metadata = refund.get("metadata") or {}
-    ours, attempt = metadata.get("refund_id"), metadata.get("attempt")
-    row = db.session.scalar(select(Refund).where(Refund.stripe_refund_id == stripe_id))
-    if row is None and isinstance(ours, str) and ours.isdigit():
-        candidate = db.session.get(Refund, int(ours))
-        # Only news of the current attempt counts: a late event about an earlier,
-        # failed attempt must not undo the retry.
-        if (
-            candidate is not None
-            and attempt == str(candidate.attempt)
-            and (candidate.stripe_refund_id in (None, stripe_id))
-        ):
-            row = candidate
-        elif candidate is not None:
-            db.session.rollback()
-            return candidate
-    if row is None:
-        row = Refund(
-            purchase_id=purchase.id,
-            amount_cents=int(refund.get("amount") or 0),
-            currency=refund.get("currency") or purchase.currency,
-            reason=refund.get("reason") or "requested_by_customer",
-            idempotency_key=f"stripe:{stripe_id}",
-        )
-        db.session.add(row)
-    row.stripe_refund_id = stripe_id
-    status = refund.get("status")
-    if row.refund_request_id is not None:
-        # The portal's own refunds settle through the functions that also move credits.
-        db.session.commit()
-        if status == RefundStatus.SUCCEEDED:
-            return refund_succeeded(row.id)
-        if status in (RefundStatus.FAILED, RefundStatus.CANCELED):
-            return refund_failed(row.id, refund.get("failure_reason") or status)
-        return row
-    if status in {member.value for member in RefundStatus}:
-        row.status = RefundStatus(status)
-    row.failure_reason = refund.get("failure_reason") or row.failure_reason
-    row.updated_at = utcnow()
-    db.session.commit()
-    return row
-
-
-def refund_changed(refund: dict) -> Refund | None:
-    """Record a refund's new state, then re-read the charge so amounts and credits agree."""
-    row = record_refund(refund)
-    sync_refunds(refund.get("payment_intent"))
-    return row
-
-
-def dispute_opened(dispute: dict) -> Purchase | None:
-    """Mark the purchase disputed, hold its unused credits and tell staff."""
-    purchase = _purchase_for_payment(dispute.get("payment_intent"))
-    if purchase is None:
-        db.session.rollback()
-        return None
-    if purchase.status != PurchaseStatus.DISPUTED:
-        before = purchase.status.value
-        purchase.status = PurchaseStatus.DISPUTED
-        held = None
-        if purchase.credited_at is not None:
-            held = ledger.hold_for_dispute(purchase, f"dispute:{dispute.get('id')}:hold")
-        audit(
-            "purchase.disputed",
-            "purchase",
-            purchase.id,
-            before={"status": before},
-            after={"dispute": dispute.get("id"), "credits_held": -held.credits if held else 0},
-        )
-        notify_staff(
-            f"Dispute opened on purchase {purchase.id}",
-            f"Stripe dispute {dispute.get('id')} ({dispute.get('reason') or 'no reason given'}) "
-            f"was opened for {format_cents(int(dispute.get('amount') or 0))}. "
-            f"{-held.credits if held else 0} unused credits are on hold.",
-        )
-    db.session.commit()
-    return purchase
-
-
-def dispute_closed(dispute: dict) -> Purchase | None:
-    """Release held credits when a dispute is won; keep them held when it is lost."""
-    purchase = _purchase_for_payment(dispute.get("payment_intent"))
-    if purchase is None:
-        db.session.rollback()
-        return None
-    outcome = dispute.get("status")
-    hold = db.session.scalar(
-        select(LedgerEntry).where(
-            LedgerEntry.idempotency_key == f"dispute:{dispute.get('id')}:hold"
-        )
-    )
-    credit_now = None
-    if outcome == "won" and purchase.status == PurchaseStatus.DISPUTED:
-        if hold is not None:
-            ledger.restore(hold, f"dispute:{dispute.get('id')}:release", memo="dispute won")
-        if purchase.credited_at is None:
-            # Disputed before its credits were added: it is creditable again.
-            purchase.status = PurchaseStatus.PAID
-            credit_now = purchase.stripe_checkout_session_id
-        else:
-            purchase.status = (
-                PurchaseStatus.PARTIALLY_REFUNDED
-                if purchase.refunded_cents
-                else PurchaseStatus.CREDITED
-            )
-    audit("purchase.dispute_closed", "purchase", purchase.id, after={"outcome": outcome})
-    notify_staff(
-        f"Dispute closed on purchase {purchase.id}: {outcome}",
-        f"Stripe dispute {dispute.get('id')} closed as {outcome}.",
-    )
-    db.session.commit()
-    if credit_now:
-        fulfil_checkout(credit_now)
-    return purchase
-
-
 # -- reconciliation ---------------------------------------------------------------------
 
 
@@ -588,197 +379,52 @@ def reconcile(since: datetime) -> list[ReconcileResult]:
     return results
 
 
-# -- refunds the portal sends -------------------------------------------------------------
+@dataclass(frozen=True)
+class MoneyBackCheck:
+    refunds: int
+    disputes: int
+    unanswered: int
 
 
-def _unfinished_after() -> timedelta:
-    """A send still without Stripe's answer after this long was cut off: send it again."""
-    return timedelta(seconds=current_app.config["REFUND_RESEND_AFTER_SECONDS"])
+def reconcile_money_back(now: datetime, since: datetime) -> MoneyBackCheck:
+    """Ask Stripe again about every refund still pending a while after it was sent, every
+    dispute still open and every dispute opened since `since`, and settle them as Stripe
+    says they stand: how a refund or a dispute whose webhooks were lost still ends.
 
-
-def refund_key(refund: Refund) -> str:
-    """The Stripe idempotency key of a refund's current attempt."""
-    return f"refund-{refund.id}-{refund.created_at:%Y%m%dT%H%M%S%f}-attempt-{refund.attempt}"
-
-
-def lock_refund(refund_id: int, skip_locked: bool = False) -> Refund | None:
-    return locked(Refund, Refund.id == refund_id, skip_locked=skip_locked)
-
-
-def due_refund_ids(now: datetime, limit: int = 50) -> list[int]:
-    """Refunds to send now: scheduled ones past their undo window, and sends left unfinished."""
-    unfinished = (Refund.status == RefundStatus.PENDING) & Refund.stripe_refund_id.is_(None)
-    return list(
-        db.session.scalars(
-            select(Refund.id)
-            .where(
-                ((Refund.status == RefundStatus.SCHEDULED) & (Refund.scheduled_for <= now))
-                | (unfinished & (Refund.sent_at <= now - _unfinished_after()))
-            )
-            .order_by(Refund.id)
-            .limit(limit)
-        )
-    )
-
-
-def send_refund(refund_id: int, now: datetime) -> Refund | None:
-    """Send one due refund to Stripe, exactly once, and record what Stripe answered.
-
-    The refund is claimed (marked pending) in its own transaction before Stripe is
-    called, so two workers never send it twice; if the process dies mid-call, the next
-    run sends it again with the same idempotency key, which Stripe answers with the
-    refund it already made.
+    One object Stripe cannot answer for is logged and skipped, not allowed to stop the
+    others; listing the disputes needs Stripe, and its failure ends the run.
     """
-    refund = lock_refund(refund_id, skip_locked=True)
-    due = refund is not None and (
-        (refund.status == RefundStatus.SCHEDULED and refund.scheduled_for <= now)
-        or (
-            # Left unfinished by a worker that stopped mid-call, not one still calling.
-            refund.status == RefundStatus.PENDING
-            and refund.stripe_refund_id is None
-            and refund.sent_at <= now - _unfinished_after()
-        )
+    refunds = money_back.refunds_to_recheck(now)
+    disputes = set(money_back.open_disputes())
+    disputes.update(
+        dispute["id"]
+        for dispute in gateway().disputes_since(int(since.astimezone(UTC).timestamp()))
     )
-    if not due:
-        db.session.rollback()
-        return None
-    refund.status = RefundStatus.PENDING
-    refund.sent_at = now
-    purchase = db.session.get(Purchase, refund.purchase_id)
-    payment_intent = purchase.stripe_payment_intent_id
-    key, amount, reason = refund_key(refund), refund.amount_cents, refund.reason
-    metadata = {
-        "refund_id": str(refund.id),
-        "attempt": str(refund.attempt),
-        "purchase_id": str(purchase.id),
-    }
-    db.session.commit()
-    if payment_intent is None:
-        return refund_failed(refund_id, "The purchase has no Stripe payment to refund.")
-    try:
-        answer = gateway().create_refund(payment_intent, amount, reason, key, metadata)
-    except PaymentProviderError as error:
-        if error.retryable:
-            log.warning("refund %s not sent yet (%s); it will be retried", refund_id, error)
-            return refund
-        return refund_failed(refund_id, str(error))
-    return refund_answered(refund_id, answer)
+    steps = [(money_back.refund_changed, refund_id) for refund_id in refunds]
+    steps += [(dispute_changed, dispute_id) for dispute_id in sorted(disputes)]
+    unanswered = 0
+    for step, stripe_id in steps:
+        try:
+            step(stripe_id)
+        except PaymentProviderError as error:
+            db.session.rollback()
+            unanswered += 1
+            log.warning("reconciliation could not settle %s: %s", stripe_id, error)
+    return MoneyBackCheck(len(refunds), len(disputes), unanswered)
 
 
-def refund_answered(refund_id: int, answer: dict) -> Refund | None:
-    """Store Stripe's refund id and status on our record, and act on a final status."""
-    refund = lock_refund(refund_id)
-    if refund is None:
-        db.session.rollback()
-        return None
-    # Stripe's answer names the refund of this attempt (a retry is a new Stripe refund).
-    refund.stripe_refund_id = answer.get("id") or refund.stripe_refund_id
-    status = answer.get("status")
-    db.session.commit()
-    if status == RefundStatus.SUCCEEDED:
-        return refund_succeeded(refund_id)
-    if status in (RefundStatus.FAILED, RefundStatus.CANCELED):
-        return refund_failed(refund_id, answer.get("failure_reason") or status)
-    return refund
+# -- disputes ---------------------------------------------------------------------------
 
 
-def _request_event(refund: Refund, kind: str, body: str) -> None:
-    if refund.refund_request_id is None:
-        return
-    from portal.refunds.models import RefundRequestEvent
-
-    db.session.add(RefundRequestEvent(request_id=refund.refund_request_id, kind=kind, body=body))
-
-
-def refund_succeeded(refund_id: int) -> Refund | None:
-    """Mark a refund settled and tell the customer (once)."""
-    refund = lock_refund(refund_id)
-    if refund is None or refund.status == RefundStatus.SUCCEEDED:
-        db.session.rollback()
-        return refund
-    refund.status = RefundStatus.SUCCEEDED
-    REFUNDS.labels("succeeded").inc()
-    purchase = db.session.get(Purchase, refund.purchase_id)
-    amount = format_cents(refund.amount_cents, refund.currency)
-    _request_event(
-        refund,
-        "refund_settled",
-        f"{amount} was refunded to your original payment "
-        "method. Banks usually show it within "
-        f"{policy.PAYOUT_BUSINESS_DAYS_MIN}-{policy.PAYOUT_BUSINESS_DAYS_MAX} "
-        "business days.",
-    )
-    audit("refund.succeeded", "refund", refund.id, after={"amount_cents": refund.amount_cents})
-    queue_email(
-        _customer_email(purchase),
-        f"Your refund of {amount} was sent",
-        f"We refunded {amount} to the card or account you paid with. It usually shows "
-        f"within {policy.PAYOUT_BUSINESS_DAYS_MIN}-{policy.PAYOUT_BUSINESS_DAYS_MAX} "
-        "business days.",
-    )
-    db.session.commit()
-    return refund
-
-
-def refund_failed(refund_id: int, why: str) -> Refund | None:
-    """Record a refund that did not go through: give the credits back, free the amount.
-
-    The request returns to review so that staff see it and can retry.
-    """
-    from portal.refunds.models import RefundRequest, RequestStatus
-
-    refund = lock_refund(refund_id)
-    if refund is None or refund.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
-        db.session.rollback()
-        return refund
-    purchase = lock_purchase(refund.purchase_id)
-    refund.status = RefundStatus.FAILED
-    REFUNDS.labels("failed").inc()
-    refund.failure_reason = why[:500]
-    purchase.committed_refund_cents -= refund.amount_cents
-    reverse_claw_back(refund, "refund did not go through")
-    amount = format_cents(refund.amount_cents, refund.currency)
-    if refund.refund_request_id is not None:
-        request = db.session.get(RefundRequest, refund.refund_request_id)
-        if request.status == RequestStatus.APPROVED:
-            request.transition(RequestStatus.IN_REVIEW)
-            request.decided_at = None
-            request.decided_by_id = None
-        _request_event(
-            refund,
-            "refund_failed",
-            f"The refund of {amount} did not go through "
-            f"({why}). The credits are back in your balance; our team will follow up.",
-        )
-    audit("refund.failed", "refund", refund.id, after={"reason": why[:200]})
-    queue_email(
-        _customer_email(purchase),
-        f"Your refund of {amount} did not go through",
-        "The refund could not be completed, so the credits it would have removed are "
-        "back in your balance. Our team will contact you about another way.",
-    )
-    notify_staff(f"Refund {refund.id} failed", f"Refund {refund.id} of {amount} failed: {why}")
-    db.session.commit()
-    return refund
-
-
-def reverse_claw_back(refund: Refund, why: str, suffix: str = "reversal") -> None:
-    """Give back the credits the refund's current attempt removed, if it removed any."""
-    taken = db.session.scalar(
-        select(LedgerEntry).where(LedgerEntry.idempotency_key == claw_back_key(refund))
-    )
-    if taken is not None:
-        ledger.restore(taken, f"{claw_back_key(refund)}:{suffix}", memo=why)
-
-
-def claw_back_key(refund: Refund) -> str:
-    return f"refund:{refund.id}:attempt-{refund.attempt}:claw-back"
-
-
-def send_due_refunds(now: datetime) -> int:
-    """Send every refund that is due; return how many were sent or settled."""
-    sent = 0
-    for refund_id in due_refund_ids(now):
-        if send_refund(refund_id, now) is not None:
-            sent += 1
-    return sent
+def dispute_changed(stripe_dispute_id: str) -> Purchase | None:
+    """Apply a dispute as Stripe says it stands (see `money_back.dispute_changed`); a
+    payment disputed before its credits were added and then won is credited now."""
+    purchase = money_back.dispute_changed(stripe_dispute_id)
+    if (
+        purchase is not None
+        and purchase.status == PurchaseStatus.PAID
+        and purchase.credited_at is None
+        and purchase.stripe_checkout_session_id
+    ):
+        fulfil_checkout(purchase.stripe_checkout_session_id)
+    return purchase

@@ -88,14 +88,29 @@ def cancel_purchase(purchase_id: int):
     except NotFound:
         abort(404)
     try:
-        services.cancel_checkout(purchase)
+        outcome = services.cancel_checkout(purchase)
     except PaymentProviderError:
         flash(
             "We could not reach our payment provider; the checkout will expire by itself.", "info"
         )
     else:
-        flash("The checkout is cancelled. Nothing was charged.", "info")
+        flash(*CANCEL_MESSAGES[outcome])
     return redirect(url_for("billing.purchases"), 303)
+
+
+CANCEL_MESSAGES = {
+    services.Cancellation.CANCELED: ("The checkout is cancelled. Nothing was charged.", "info"),
+    services.Cancellation.PROCESSING: (
+        "This payment was already made and your bank is still processing it, so it can no "
+        "longer be cancelled. The credits are added as soon as the bank confirms it.",
+        "warning",
+    ),
+    services.Cancellation.PAID: (
+        "This checkout was already paid, so it was not cancelled: the credits are in your balance.",
+        "info",
+    ),
+    services.Cancellation.NOTHING_TO_CANCEL: ("There is nothing left to cancel here.", "info"),
+}
 
 
 @bp.get("/purchases")

@@ -1,4 +1,5 @@
-"""Stripe webhook intake: verify, record once, dispatch to the billing services.
+"""Stripe webhook intake: verify, record once, dispatch to the billing services and to
+money_back.
 
 Stripe may deliver an event more than once and in any order, so every handler is
 idempotent and looks the object up at Stripe rather than trusting the event's copy.
@@ -11,7 +12,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from portal.billing import services
+from portal.billing import money_back, services
 from portal.billing.gateway import InvalidWebhook, gateway
 from portal.billing.models import StripeEvent
 from portal.errors import PaymentProviderError
@@ -37,12 +38,16 @@ HANDLERS = {
     "checkout.session.async_payment_failed": lambda obj: services.checkout_failed(_session_id(obj)),
     "checkout.session.expired": lambda obj: services.checkout_expired(_session_id(obj)),
     "payment_intent.payment_failed": services.payment_attempt_failed,
-    "charge.refunded": lambda obj: services.sync_refunds(obj.get("payment_intent")),
-    "refund.created": services.refund_changed,
-    "refund.updated": services.refund_changed,
-    "refund.failed": services.refund_changed,
-    "charge.dispute.created": services.dispute_opened,
-    "charge.dispute.closed": services.dispute_closed,
+    "charge.refunded": lambda obj: money_back.sync_refunds(obj.get("payment_intent")),
+    "refund.created": lambda obj: money_back.refund_changed(obj["id"]),
+    "refund.updated": lambda obj: money_back.refund_changed(obj["id"]),
+    "refund.failed": lambda obj: money_back.refund_changed(obj["id"]),
+    # Every dispute event is only a reason to ask Stripe how the dispute stands now.
+    "charge.dispute.created": lambda obj: services.dispute_changed(obj["id"]),
+    "charge.dispute.updated": lambda obj: services.dispute_changed(obj["id"]),
+    "charge.dispute.closed": lambda obj: services.dispute_changed(obj["id"]),
+    "charge.dispute.funds_withdrawn": lambda obj: services.dispute_changed(obj["id"]),
+    "charge.dispute.funds_reinstated": lambda obj: services.dispute_changed(obj["id"]),
 }
 
 

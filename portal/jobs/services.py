@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from portal.accounts.models import User
+from portal.billing import money_back
 from portal.db import locked
 from portal.errors import AccountTerminated, Conflict, NotFound
 from portal.extensions import db
@@ -148,6 +149,8 @@ def restore_job_credits(job: Job, at: datetime | None = None) -> LedgerEntry:
         )
     )
     entry = ledger.restore(charge, _restore_key(job), memo=job.operation, at=at)
+    # Credits that return to a purchase whose payment is disputed go on hold with the rest.
+    money_back.hold_returned_credits(entry)
     job.credits_restored = True
     return entry
 

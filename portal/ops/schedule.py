@@ -27,11 +27,16 @@ class Task:
 
 
 def _reconcile(now: datetime) -> str:
-    from portal.billing.services import Fulfilment, reconcile
+    from portal.billing.services import Fulfilment, reconcile, reconcile_money_back
 
-    results = reconcile(now - timedelta(days=3))
+    since = now - timedelta(days=3)
+    results = reconcile(since)
     fixed = sum(1 for result in results if result.outcome == Fulfilment.CREDITED)
-    return f"checked {len(results)} sessions, credited {fixed}"
+    rechecked = reconcile_money_back(now, since)
+    return (
+        f"checked {len(results)} sessions, credited {fixed}; re-read "
+        f"{rechecked.refunds} pending refunds and {rechecked.disputes} disputes"
+    )
 
 
 def _digest(now: datetime) -> str:
@@ -41,10 +46,11 @@ def _digest(now: datetime) -> str:
 
 
 def _ledger_check(now: datetime) -> str:
+    from portal.billing import money_back
     from portal.ledger.services import check_books
     from portal.notifications.services import notify_staff
 
-    problems = check_books()
+    problems = check_books() + money_back.problems()
     if problems:
         lines = [
             f"account {problem.user_id} <{problem.email}>: {problem.problem}"

@@ -146,6 +146,12 @@ class RefundRequest(db.Model):
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
 
+    def reopen(self) -> None:
+        """Take back a decision (undone, or its refund did not go through): back to review."""
+        self.transition(RequestStatus.IN_REVIEW)
+        self.decided_at = None
+        self.decided_by_id = None
+
     def transition(self, new_status: RequestStatus) -> None:
         """Move to `new_status` if the status table allows it.
 
@@ -190,3 +196,25 @@ class Attachment(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     request: Mapped[RefundRequest] = relationship(back_populates="attachments")
+
+
+def add_event(
+    request: RefundRequest,
+    kind: str,
+    body: str,
+    actor_id: int | None = None,
+    visible_to_customer: bool = True,
+    now: datetime | None = None,
+) -> RefundRequestEvent:
+    """Put a step on the request's timeline, in the caller's transaction."""
+    event = RefundRequestEvent(
+        request_id=request.id,
+        kind=kind,
+        body=body,
+        actor_id=actor_id,
+        visible_to_customer=visible_to_customer,
+    )
+    if now is not None:
+        event.created_at = now
+    db.session.add(event)
+    return event

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from portal import policy
 from portal.accounts.models import User
 from portal.billing import services as billing
-from portal.billing.models import Purchase, PurchaseStatus
+from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
 from portal.db import locked
 from portal.errors import Conflict, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import db
@@ -33,6 +33,7 @@ from portal.refunds.models import (
     RefundRequest,
     RefundRequestEvent,
     RequestStatus,
+    add_event,
 )
 from portal.staff.audit import audit
 from portal.staff.models import Incident
@@ -240,7 +241,30 @@ def requestable_purchase(user: User, purchase_id: int | None) -> Purchase:
         )
     if purchase.refunded_cents >= purchase.amount_cents:
         raise Conflict("This purchase has already been refunded in full.")
+    if _refund_on_its_way(purchase.id):
+        # Its request may still return to review (undone, or the refund fails), and a
+        # purchase has one open request at a time.
+        raise Conflict(
+            "A refund of this purchase is on its way to you. You can ask again once it has arrived."
+        )
     return purchase
+
+
+def _refund_on_its_way(purchase_id: int) -> bool:
+    return (
+        db.session.scalar(
+            select(Refund.id)
+            .where(
+                Refund.purchase_id == purchase_id,
+                Refund.refund_request_id.is_not(None),
+                Refund.status.in_(
+                    [RefundStatus.SCHEDULED, RefundStatus.PENDING, RefundStatus.REQUIRES_ACTION]
+                ),
+            )
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def purchase_id_for_job(user: User, job_id: int | None) -> int | None:
@@ -448,27 +472,6 @@ def _confirm_by_email(user: User, request: RefundRequest, purchase: Purchase, do
             f"{policy.PAYOUT_BUSINESS_DAYS_MAX} business days."
         )
     queue_email(user.email, f"Refund request {request.reference} received", body)
-
-
-def add_event(
-    request: RefundRequest,
-    kind: str,
-    body: str,
-    actor_id: int | None = None,
-    visible_to_customer: bool = True,
-    now: datetime | None = None,
-) -> RefundRequestEvent:
-    event = RefundRequestEvent(
-        request_id=request.id,
-        kind=kind,
-        body=body,
-        actor_id=actor_id,
-        visible_to_customer=visible_to_customer,
-    )
-    if now is not None:
-        event.created_at = now
-    db.session.add(event)
-    return event
 
 
 def attachment_folder() -> Path:

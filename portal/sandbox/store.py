@@ -20,13 +20,20 @@ REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 CARD_SUCCEEDS = "4242424242424242"
 CARD_DECLINED = "4000000000000002"
 CARD_REFUND_FAILS = "4000000000005126"
+CARD_DISPUTED = "4000000000000259"
 DELAYED_METHOD = "delayed"
 TEST_CARDS = {
     CARD_SUCCEEDS: "Card 4242 4242 4242 4242: payment succeeds",
     CARD_DECLINED: "Card 4000 0000 0000 0002: the bank declines it",
     CARD_REFUND_FAILS: "Card 4000 0000 0000 5126: payment succeeds, later refunds fail",
+    CARD_DISPUTED: "Card 4000 0000 0000 0259: payment succeeds, then is disputed as fraud",
     DELAYED_METHOD: "Bank debit: payment settles later",
 }
+
+# Stripe's dispute statuses: an inquiry (warning_*) moves no money; a chargeback takes the
+# disputed amount when it opens and gives it back only if the dispute is won.
+DISPUTE_OPEN = ("warning_needs_response", "warning_under_review", "needs_response", "under_review")
+DISPUTE_CLOSED = ("warning_closed", "won", "lost")
 
 
 class StripeError(Exception):
@@ -65,6 +72,7 @@ class SandboxStore:
     payment_intents: dict = field(default_factory=dict)
     charges: dict = field(default_factory=dict)
     refunds: dict = field(default_factory=dict)
+    disputes: dict = field(default_factory=dict)
     events: list = field(default_factory=list)
     idempotency: dict = field(default_factory=dict)
     refund_fails_for: set = field(default_factory=set)
@@ -288,6 +296,7 @@ class SandboxStore:
             "currency": intent["currency"],
             "payment_intent": intent["id"],
             "paid": True,
+            "disputed": False,
             "status": "succeeded",
             "receipt_url": f"https://pay.stripe.com/receipts/sandbox/{charge_id}",
             "created": int(time.time()),
@@ -323,6 +332,8 @@ class SandboxStore:
             self.refund_fails_for.add(charge["id"])
         session["payment_status"] = "paid"
         self.record_event("checkout.session.completed", self.public_session(session_id))
+        if method == CARD_DISPUTED:
+            self.open_dispute(charge["id"], reason="fraudulent")
         return "paid"
 
     def settle_delayed(self, session_id: str, succeeded: bool) -> None:
@@ -366,6 +377,13 @@ class SandboxStore:
         charge = self.charges.get(charge_id)
         if charge is None:
             raise _no_such("charge", charge_id, "charge")
+        if any(not dispute["is_charge_refundable"] for dispute in self._disputes_of(charge_id)):
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"Charge {charge_id} has been charged back; refunds are not allowed.",
+                "charge_disputed",
+            )
         remaining = charge["amount"] - charge["amount_refunded"]
         if remaining <= 0:
             raise StripeError(
@@ -448,6 +466,95 @@ class SandboxStore:
             refund["status"] = "succeeded"
             self.record_event("refund.updated", dict(refund))
         return refund
+
+    # -- disputes ----------------------------------------------------------------------
+
+    def _disputes_of(self, charge_id: str) -> list[dict]:
+        return [dispute for dispute in self.disputes.values() if dispute["charge"] == charge_id]
+
+    def dispute(self, dispute_id: str) -> dict:
+        dispute = self.disputes.get(dispute_id)
+        if dispute is None:
+            raise _no_such("dispute", dispute_id, "dispute")
+        return dispute
+
+    def open_dispute(self, charge_id: str, reason: str = "fraudulent", inquiry=False) -> dict:
+        """The cardholder's bank disputes a payment: an inquiry, or a chargeback that takes
+        the part of the payment not yet refunded."""
+        charge = self.charges.get(charge_id)
+        if charge is None:
+            raise _no_such("charge", charge_id, "charge")
+        amount = charge["amount"] - charge["amount_refunded"]
+        earlier = self._disputes_of(charge_id)
+        # One chargeback per payment; an inquiry may come before it.
+        if (
+            amount <= 0
+            or any(dispute["status"] in DISPUTE_OPEN for dispute in earlier)
+            or any(not dispute["status"].startswith("warning_") for dispute in earlier)
+        ):
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"Charge {charge_id} cannot be disputed now.",
+                "charge_not_disputable",
+            )
+        dispute = {
+            "id": _new_id("dp"),
+            "object": "dispute",
+            "amount": amount,
+            "currency": charge["currency"],
+            "charge": charge_id,
+            "payment_intent": charge["payment_intent"],
+            "reason": reason,
+            "status": "warning_needs_response" if inquiry else "needs_response",
+            "is_charge_refundable": inquiry,
+            "created": int(time.time()),
+            "livemode": False,
+            "metadata": {},
+            "balance_transactions": [],
+        }
+        self.disputes[dispute["id"]] = dispute
+        charge["disputed"] = True
+        self.record_event("charge.dispute.created", dict(dispute))
+        if not inquiry:
+            self.record_event("charge.dispute.funds_withdrawn", dict(dispute))
+        return dispute
+
+    def close_dispute(self, dispute_id: str, won: bool) -> dict:
+        """The bank decides: won (the money comes back) or lost (it stays with the cardholder).
+        An inquiry simply closes with no money moved."""
+        dispute = self.dispute(dispute_id)
+        if dispute["status"] not in DISPUTE_OPEN:
+            return dispute
+        inquiry = dispute["status"].startswith("warning_")
+        dispute["status"] = "warning_closed" if inquiry else "won" if won else "lost"
+        self.record_event("charge.dispute.closed", dict(dispute))
+        if dispute["status"] == "won":
+            self.record_event("charge.dispute.funds_reinstated", dict(dispute))
+        return dispute
+
+    def list_disputes(self, filters: dict) -> dict:
+        """Newest first, filtered by charge, payment_intent and created[gte]; paged with
+        limit and starting_after as Stripe's lists are."""
+        try:
+            limit = min(max(int(filters.get("limit", 10)), 1), 100)
+            since = int((filters.get("created") or {}).get("gte", 0))
+        except (TypeError, ValueError, AttributeError):
+            raise StripeError(
+                400, "invalid_request_error", "Invalid integer.", "parameter_invalid_integer"
+            ) from None
+        rows = sorted(self.disputes.values(), key=lambda d: (d["created"], d["id"]), reverse=True)
+        rows = [row for row in rows if row["created"] >= since]
+        for name in ("charge", "payment_intent"):
+            if filters.get(name):
+                rows = [row for row in rows if row[name] == filters[name]]
+        if filters.get("starting_after"):
+            ids = [row["id"] for row in rows]
+            if filters["starting_after"] not in ids:
+                raise _no_such("dispute", filters["starting_after"], "starting_after")
+            rows = rows[ids.index(filters["starting_after"]) + 1 :]
+        page = [dict(row) for row in rows[:limit]]
+        return self.list_of(page, "/v1/disputes", has_more=len(rows) > limit)
 
     # -- events ------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from portal.forms import EmptyForm
 from portal.sandbox.store import (
     CARD_DECLINED,
     DELAYED_METHOD,
+    DISPUTE_OPEN,
     TEST_CARDS,
     SandboxStore,
     StripeError,
@@ -194,6 +195,18 @@ def retrieve_refund(refund_id: str):
         return jsonify(refund)
 
 
+@api.get("/disputes/<dispute_id>")
+def retrieve_dispute(dispute_id: str):
+    with store().lock:
+        return jsonify(store().dispute(dispute_id))
+
+
+@api.get("/disputes")
+def list_disputes():
+    with store().lock:
+        return jsonify(store().list_disputes(decode_params(request.args.items(multi=True))))
+
+
 @api.get("/events")
 def list_events():
     with store().lock:
@@ -282,11 +295,20 @@ def dashboard():
     with store().lock:
         sessions = sorted(store().sessions.values(), key=lambda s: s["created"], reverse=True)
         refunds = sorted(store().refunds.values(), key=lambda r: r["created"], reverse=True)
+        disputes = sorted(store().disputes.values(), key=lambda d: d["created"], reverse=True)
+        charges = {
+            session["id"]: store().payment_intents[session["payment_intent"]]["latest_charge"]
+            for session in sessions
+            if session["payment_intent"] in store().payment_intents
+        }
         events = list(reversed(store().events))[:50]
     return render_template(
         "sandbox/dashboard.html",
         sessions=sessions[:50],
+        charges=charges,
         refunds=refunds[:50],
+        disputes=disputes[:50],
+        dispute_open=DISPUTE_OPEN,
         events=events,
         form=EmptyForm(),
     )
@@ -311,6 +333,31 @@ def settle_refund(refund_id: str):
     with store().lock:
         try:
             store().settle_refund(refund_id)
+        except StripeError:
+            abort(404)
+    return redirect(url_for("sandbox.dashboard"), 303)
+
+
+@pages.post("/charges/<charge_id>/dispute")
+def open_dispute(charge_id: str):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    with store().lock:
+        try:
+            store().open_dispute(charge_id, inquiry=request.form.get("kind") == "inquiry")
+        except StripeError as error:
+            if error.status == 404:
+                abort(404)
+    return redirect(url_for("sandbox.dashboard"), 303)
+
+
+@pages.post("/disputes/<dispute_id>/close")
+def close_dispute(dispute_id: str):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    with store().lock:
+        try:
+            store().close_dispute(dispute_id, won=request.form.get("outcome") == "won")
         except StripeError:
             abort(404)
     return redirect(url_for("sandbox.dashboard"), 303)

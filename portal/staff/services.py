@@ -1,16 +1,14 @@
 """Staff-side services: refund decisions, assignment, incidents, the audit log."""
 
-import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from portal import policy
 from portal.accounts.models import User
-from portal.billing import services as billing
-from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
+from portal.billing import money_back
+from portal.billing.models import Purchase, PurchaseStatus, Refund
 from portal.db import locked
 from portal.errors import Conflict, NotFound, ValidationError
 from portal.extensions import db
@@ -19,8 +17,7 @@ from portal.ledger import services as ledger
 from portal.ledger.services import unused_credits
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
-from portal.refunds.models import OPEN_STATUSES, RefundRequest, RequestStatus
-from portal.refunds.services import add_event
+from portal.refunds.models import OPEN_STATUSES, RefundRequest, RequestStatus, add_event
 from portal.staff.audit import audit
 from portal.staff.models import Incident
 
@@ -31,7 +28,7 @@ from portal.staff.models import Incident
 # and the customer's e-mail together. Money leaves later, through the worker, after the
 # undo window.
 
-UNDO_WINDOW = timedelta(minutes=10)
+UNDO_WINDOW = money_back.UNDO_WINDOW
 
 DENIAL_REASONS = {
     "credits_used": "The credits of this purchase have already been used for processing jobs.",
@@ -218,61 +215,48 @@ def approve(
 ) -> Refund:
     """Approve a refund: remove the purchase's unused credits and schedule the money back.
 
-    The refund waits out the undo window, then the worker sends it to Stripe.
+    The refund waits out the undo window, then the worker sends it to Stripe (and only
+    then tells the customer).
 
     :raises ValidationError: the amount is not positive, exceeds what is left to refund,
         or exceeds the unused credits' value without a justification.
-    :raises Conflict: the request is already decided.
+    :raises Conflict: the request is already decided, or the payment is disputed.
     """
-    request = _locked_request(request_id)
-    if not request.is_open:
-        db.session.rollback()
-        raise Conflict("This request was already decided.")
-    purchase = billing.lock_purchase(request.purchase_id)
-    left = purchase.amount_cents - max(purchase.refunded_cents, purchase.committed_refund_cents)
-    if not 0 < amount_cents <= left:
-        db.session.rollback()
-        raise ValidationError(f"Refund between $0.01 and {format_cents(left)}.", field="amount")
-    check = recommendation_now(request, now)
-    unused = unused_credits(purchase)
-    package = policy.PACKAGES_BY_CODE.get(purchase.package_code)
-    unused_value = package.refund_for_unused(unused) if package else 0
-    if amount_cents > max(unused_value, check.recommended_cents) and not justification.strip():
-        db.session.rollback()
-        raise ValidationError(
-            f"More than the unused credits' value ({format_cents(unused_value)}) needs a "
-            "written justification.",
-            field="justification",
-        )
-    credits = min(unused, -(-amount_cents * purchase.credits // purchase.amount_cents))
-    refund = Refund(
-        purchase_id=purchase.id,
-        refund_request_id=request.id,
-        amount_cents=amount_cents,
-        currency=purchase.currency,
-        reason=check.stripe_reason,
-        status=RefundStatus.SCHEDULED,
-        scheduled_for=now + UNDO_WINDOW,
-        idempotency_key=f"pending-{secrets.token_hex(8)}",
-        created_by_id=actor.user.id,
-        created_at=now,
+    purchase_id = db.session.scalar(
+        select(RefundRequest.purchase_id).where(RefundRequest.id == request_id)
     )
-    db.session.add(refund)
-    purchase.committed_refund_cents += amount_cents
+    if purchase_id is None:
+        raise NotFound("no such request")
     try:
-        db.session.flush()
-    except IntegrityError:
-        db.session.rollback()
-        raise ValidationError("That is more than is left to refund.", field="amount") from None
-    refund.idempotency_key = billing.refund_key(refund)
-    if credits:
-        ledger.claw_back(
+        purchase = money_back.lock_purchase(purchase_id)
+        request = _locked_request(request_id)
+        if not request.is_open:
+            raise Conflict("This request was already decided.")
+        left = money_back.refundable_cents(purchase)
+        if not 0 < amount_cents <= left:
+            raise ValidationError(f"Refund between $0.01 and {format_cents(left)}.", "amount")
+        check = recommendation_now(request, now)
+        unused = unused_credits(purchase)
+        package = policy.PACKAGES_BY_CODE.get(purchase.package_code)
+        unused_value = package.refund_for_unused(unused) if package else 0
+        if amount_cents > max(unused_value, check.recommended_cents) and not justification.strip():
+            raise ValidationError(
+                f"More than the unused credits' value ({format_cents(unused_value)}) needs a "
+                "written justification.",
+                field="justification",
+            )
+        refund, credits = money_back.schedule_refund(
             purchase,
-            credits,
-            billing.claw_back_key(refund),
-            refund_id=refund.id,
-            memo=f"refund of {request.reference}",
+            request,
+            amount_cents,
+            check.stripe_reason,
+            actor.user.id,
+            f"refund of {request.reference}",
+            now,
         )
+    except (Conflict, ValidationError):
+        db.session.rollback()
+        raise
     request.transition(RequestStatus.APPROVED)
     request.decided_at = now
     request.decided_by_id = actor.user.id
@@ -301,14 +285,6 @@ def approve(
         before={"unused_credits": unused, "recommended_cents": request.recommended_cents},
         after={"amount_cents": amount_cents, "credits_removed": credits, "refund_id": refund.id},
     )
-    _email_customer(
-        request,
-        "refund approved",
-        f"We approved a refund of {amount} to your "
-        f"original payment method. It reaches you within "
-        f"{policy.PAYOUT_BUSINESS_DAYS_MIN}-{policy.PAYOUT_BUSINESS_DAYS_MAX} "
-        "business days.",
-    )
     db.session.commit()
     return refund
 
@@ -316,22 +292,17 @@ def approve(
 def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
     """Cancel a scheduled refund inside its undo window and reopen the request.
 
+    Nothing reaches the customer: the approval e-mail goes only when the money leaves.
+
     :raises Conflict: the refund was already sent or the window has passed.
     """
-    refund = billing.lock_refund(refund_id)
-    if refund is None or refund.refund_request_id is None:
-        raise NotFound("no such refund")
-    if refund.status != RefundStatus.SCHEDULED or refund.scheduled_for <= now:
+    try:
+        refund = money_back.undo(refund_id, now)
+    except (Conflict, NotFound):
         db.session.rollback()
-        raise Conflict("This refund has already been sent; it can no longer be undone.")
+        raise
     request = _locked_request(refund.refund_request_id)
-    purchase = db.session.get(Purchase, refund.purchase_id)
-    refund.status = RefundStatus.CANCELED
-    purchase.committed_refund_cents -= refund.amount_cents
-    billing.reverse_claw_back(refund, "approval undone", suffix="undo")
-    request.transition(RequestStatus.IN_REVIEW)
-    request.decided_at = None
-    request.decided_by_id = None
+    request.reopen()
     add_event(
         request,
         "decision_undone",
@@ -346,41 +317,16 @@ def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
 def retry_refund(refund_id: int, actor: Actor, now: datetime) -> Refund:
     """Try a failed refund again: a new attempt (Stripe's refusal is final for the old key).
 
-    :raises Conflict: the refund has not failed.
+    :raises Conflict: the refund has not failed, or the payment is now disputed.
     :raises ValidationError: the amount no longer fits what is left to refund.
     """
-    refund = billing.lock_refund(refund_id)
-    if refund is None or refund.refund_request_id is None:
-        raise NotFound("no such refund")
-    if refund.status != RefundStatus.FAILED:
-        db.session.rollback()
-        raise Conflict("Only a failed refund can be tried again.")
-    request = _locked_request(refund.refund_request_id)
-    purchase = billing.lock_purchase(refund.purchase_id)
-    refund.attempt += 1
-    refund.stripe_refund_id = None
-    refund.status = RefundStatus.SCHEDULED
-    refund.scheduled_for = now
-    refund.failure_reason = None
-    refund.idempotency_key = billing.refund_key(refund)
-    purchase.committed_refund_cents += refund.amount_cents
+    request_id = db.session.scalar(select(Refund.refund_request_id).where(Refund.id == refund_id))
     try:
-        db.session.flush()
-    except IntegrityError:
+        refund = money_back.retry(refund_id, f"refund of request {request_id}, again", now)
+    except (Conflict, NotFound, ValidationError):
         db.session.rollback()
-        raise ValidationError("That is more than is left to refund.", field="amount") from None
-    credits = min(
-        unused_credits(purchase),
-        -(-refund.amount_cents * purchase.credits // purchase.amount_cents),
-    )
-    if credits:
-        ledger.claw_back(
-            purchase,
-            credits,
-            billing.claw_back_key(refund),
-            refund_id=refund.id,
-            memo=f"refund of {request.reference}, attempt {refund.attempt}",
-        )
+        raise
+    request = _locked_request(refund.refund_request_id)
     if request.status != RequestStatus.APPROVED:
         request.transition(RequestStatus.APPROVED)
     add_event(
@@ -402,8 +348,11 @@ def credit_instead(request_id: int, actor: Actor, now: datetime) -> None:
 
     :raises Conflict: the purchase's credits were already added, or the request decided.
     """
+    purchase_id = db.session.scalar(
+        select(RefundRequest.purchase_id).where(RefundRequest.id == request_id)
+    )
+    purchase = money_back.lock_purchase(purchase_id) if purchase_id else None
     request = _locked_request(request_id)
-    purchase = billing.lock_purchase(request.purchase_id)
     if not request.is_open or purchase.credited_at is not None or purchase.paid_at is None:
         db.session.rollback()
         raise Conflict(

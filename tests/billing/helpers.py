@@ -101,6 +101,24 @@ def refund_in_store(payment_intent: str, amount_cents: int) -> dict:
     return refund
 
 
+def dispute_in_store(session_id: str, inquiry: bool = False) -> dict:
+    """The cardholder's bank disputes the session's payment (a chargeback, or an inquiry)."""
+    store = sandbox()
+    with store.lock:
+        charge = store.payment_intents[store.session(session_id)["payment_intent"]]
+        dispute = store.open_dispute(charge["latest_charge"], inquiry=inquiry)
+    db.session.expire_all()
+    return dict(dispute)
+
+
+def close_dispute_in_store(dispute_id: str, won: bool) -> dict:
+    store = sandbox()
+    with store.lock:
+        dispute = store.close_dispute(dispute_id, won=won)
+    db.session.expire_all()
+    return dict(dispute)
+
+
 def expire_in_store(session_id: str) -> None:
     store = sandbox()
     with store.lock:

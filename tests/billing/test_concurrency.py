@@ -24,7 +24,6 @@ from tests.billing.helpers import (
 from tests.concurrency import run_together
 from tests.factories import make_user
 
-
 THREADS = 20
 
 

@@ -6,10 +6,10 @@ import secrets
 import time
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from portal.billing import services
-from portal.billing.models import Purchase, PurchaseStatus, RefundStatus
+from portal.billing import money_back, services
+from portal.billing.models import Dispute, DisputeStatus, Purchase, PurchaseStatus, RefundStatus
 from portal.extensions import db
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind
@@ -18,7 +18,9 @@ from tests.billing.helpers import (
     audit_rows,
     balance,
     buy,
+    close_dispute_in_store,
     deliver,
+    dispute_in_store,
     emails_to,
     entries,
     events_for,
@@ -396,7 +398,7 @@ def test_dashboard_refund_after_crediting_takes_back_the_matching_unused_credits
     assert row.status == RefundStatus.PENDING
     # Redelivery and a later sync change nothing.
     deliver(client, the_event("charge.refunded", payment_intent=intent))
-    services.sync_refunds(intent)
+    money_back.sync_refunds(intent)
     assert balance(user.id) == credits - clawed_back
     assert len(entries(user.id, EntryKind.REFUND_CLAW_BACK)) == 1
     assert len(refunds_of(purchase_id)) == 1
@@ -459,28 +461,7 @@ def test_failed_dashboard_refund_puts_the_credits_back(client, user, webhooks_of
     assert ledger.check_books() == []
 
 
-# -- disputes ---------------------------------------------------------------------------
-
-
-def dispute_event(
-    event_type: str, session_id: str, dispute_id: str, status: str = "needs_response"
-) -> dict:
-    intent = payment_intent_of(session_id)
-    with sandbox().lock:
-        charge = sandbox().payment_intents[intent]["latest_charge"]
-    return fake_event(
-        event_type,
-        {
-            "id": dispute_id,
-            "object": "dispute",
-            "amount": 2_000,
-            "currency": "usd",
-            "charge": charge,
-            "payment_intent": intent,
-            "reason": "fraudulent",
-            "status": status,
-        },
-    )
+# -- disputes (every event is looked up at the sandbox) ------------------------------------
 
 
 def test_dispute_holds_the_unused_credits_and_tells_staff(client, user, inline_webhooks):
@@ -489,11 +470,9 @@ def test_dispute_holds_the_unused_credits_and_tells_staff(client, user, inline_w
     pay_in_store(session_id)
     ledger.spend(user.id, 100, "spend-before-dispute", memo="jobs")
     db.session.commit()
-    dispute_id = f"dp_test_{secrets.token_hex(8)}"
-    opened = dispute_event("charge.dispute.created", session_id, dispute_id)
 
-    deliver(client, opened)
-    deliver(client, opened)
+    dispute = dispute_in_store(session_id)
+    deliver(client, the_event("charge.dispute.created", id=dispute["id"]))
 
     assert purchase(purchase_id).status == PurchaseStatus.DISPUTED
     [hold] = entries(user.id, EntryKind.DISPUTE_HOLD)
@@ -503,30 +482,34 @@ def test_dispute_holds_the_unused_credits_and_tells_staff(client, user, inline_w
     [mail] = emails_to(staff.email)
     assert mail.subject == f"Dispute opened on purchase {purchase_id}"
     assert "200 unused credits are on hold" in mail.body_text
-    assert len(audit_rows("purchase.disputed", purchase_id)) == 1
-    assert ledger.check_books() == []
+    [row] = db.session.scalars(select(Dispute)).all()
+    assert (row.stripe_dispute_id, row.status, row.amount_cents) == (
+        dispute["id"],
+        DisputeStatus.NEEDS_RESPONSE,
+        2_000,
+    )
+    assert len(audit_rows("purchase.dispute_changed", purchase_id)) == 1
+    assert ledger.check_books() == [] and money_back.problems() == []
 
 
 @pytest.mark.parametrize(
-    ("outcome", "balance_after", "status", "releases"),
+    ("won", "balance_after", "status", "releases"),
     [
-        ("won", 300, PurchaseStatus.CREDITED, 1),
-        ("lost", 0, PurchaseStatus.DISPUTED, 0),
+        (True, 300, PurchaseStatus.CREDITED, 1),
+        (False, 0, PurchaseStatus.DISPUTED, 0),
     ],
 )
 def test_closed_dispute_releases_credits_only_when_won(
-    client, user, inline_webhooks, outcome, balance_after, status, releases
+    client, user, inline_webhooks, won, balance_after, status, releases
 ):
     staff = make_staff()
     purchase_id, session_id = open_checkout(user, "pro")
     pay_in_store(session_id)
-    dispute_id = f"dp_test_{secrets.token_hex(8)}"
-    deliver(client, dispute_event("charge.dispute.created", session_id, dispute_id))
+    dispute = dispute_in_store(session_id)
     assert balance(user.id) == 0
 
-    closed = dispute_event("charge.dispute.closed", session_id, dispute_id, outcome)
-    deliver(client, closed)
-    deliver(client, closed)
+    close_dispute_in_store(dispute["id"], won=won)
+    deliver(client, the_event("charge.dispute.closed", id=dispute["id"]))
 
     assert balance(user.id) == balance_after
     assert purchase(purchase_id).status == status
@@ -534,19 +517,20 @@ def test_closed_dispute_releases_credits_only_when_won(
     assert len(entries(user.id, EntryKind.DISPUTE_RELEASE)) == releases
     assert purchase_lot(purchase_id).credits_remaining == balance_after
     subjects = [mail.subject for mail in emails_to(staff.email)]
+    outcome = "won" if won else "lost"
     assert subjects == [
         f"Dispute opened on purchase {purchase_id}",
         f"Dispute closed on purchase {purchase_id}: {outcome}",
     ]
-    assert ledger.check_books() == []
+    assert ledger.check_books() == [] and money_back.problems() == []
 
 
 def test_dispute_before_crediting_means_never_credited(client, user, webhooks_off):
     make_staff()
     purchase_id, session_id, completed = paid_checkout(user)
-    dispute_id = f"dp_test_{secrets.token_hex(8)}"
+    dispute = dispute_in_store(session_id)
 
-    deliver(client, dispute_event("charge.dispute.created", session_id, dispute_id))
+    deliver(client, the_event("charge.dispute.created", id=dispute["id"]))
     response = deliver(client, completed)
 
     assert response.get_json()["outcome"] == "refused"
@@ -554,21 +538,58 @@ def test_dispute_before_crediting_means_never_credited(client, user, webhooks_of
     assert_not_credited(user, purchase_id)
 
 
-def test_dispute_won_before_crediting_leaves_the_purchase_creditable(client, user, webhooks_off):
+def test_dispute_won_before_crediting_credits_the_purchase(client, user, webhooks_off):
     make_staff()
     purchase_id, session_id, completed = paid_checkout(user)
-    dispute_id = f"dp_test_{secrets.token_hex(8)}"
-    deliver(client, dispute_event("charge.dispute.created", session_id, dispute_id))
+    dispute = dispute_in_store(session_id)
+    deliver(client, the_event("charge.dispute.created", id=dispute["id"]))
     deliver(client, completed)
     assert_not_credited(user, purchase_id)
 
-    deliver(client, dispute_event("charge.dispute.closed", session_id, dispute_id, "won"))
-    # The payment stands: the next fulfilment (success page, reconcile) credits it.
-    services.fulfil_checkout(session_id)
+    close_dispute_in_store(dispute["id"], won=True)
+    deliver(client, the_event("charge.dispute.closed", id=dispute["id"]))
 
+    # The payment stands, so its credits are added at once.
     won = purchase(purchase_id)
     assert won.status == PurchaseStatus.CREDITED
     assert_credited_once(user, purchase_id)
+    assert ledger.check_books() == [] and money_back.problems() == []
+
+
+def test_dispute_closed_event_before_created_event_ends_as_stripe_says(client, user, webhooks_off):
+    """Reproduction 2: `closed (won)` delivered before `created` left the credits held."""
+    make_staff()
+    purchase_id, session_id, completed = paid_checkout(user)
+    deliver(client, completed)
+    dispute = dispute_in_store(session_id)
+    close_dispute_in_store(dispute["id"], won=True)
+
+    deliver(client, the_event("charge.dispute.closed", id=dispute["id"]))
+    deliver(client, the_event("charge.dispute.created", id=dispute["id"]))
+    deliver(client, the_event("charge.dispute.funds_withdrawn", id=dispute["id"]))
+
+    assert purchase(purchase_id).status == PurchaseStatus.CREDITED
+    assert balance(user.id) == 300
+    assert money_back.money_state(purchase(purchase_id)).with_us
+    assert ledger.check_books() == [] and money_back.problems() == []
+
+
+def test_a_dispute_event_whose_body_lies_is_settled_as_stripe_says(client, user, webhooks_off):
+    """The event body is only a hint: a forged `lost` for an open dispute changes nothing."""
+    make_staff()
+    purchase_id, session_id, completed = paid_checkout(user)
+    deliver(client, completed)
+    dispute = dispute_in_store(session_id)
+    forged = the_event("charge.dispute.created", id=dispute["id"])
+    forged["id"] = f"evt_test_{secrets.token_hex(12)}"
+    forged["type"] = "charge.dispute.closed"
+    forged["data"]["object"]["status"] = "lost"
+
+    deliver(client, forged)
+
+    [row] = db.session.scalars(select(Dispute)).all()
+    assert row.status == DisputeStatus.NEEDS_RESPONSE
+    assert purchase(purchase_id).status == PurchaseStatus.DISPUTED
 
 
 # -- anomalies and outages --------------------------------------------------------------

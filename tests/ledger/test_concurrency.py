@@ -11,7 +11,6 @@ from portal.ledger.models import EntryKind, LedgerEntry
 from tests.concurrency import run_together
 from tests.factories import make_user
 
-
 TOKEN = "test-token"
 
 

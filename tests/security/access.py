@@ -158,6 +158,8 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "sandbox.dashboard": {"GET": everyone(OK)},
     "sandbox.settle_delayed": {"POST": everyone(to("/sandbox/"))},
     "sandbox.settle_refund": {"POST": everyone(to("/sandbox/"))},
+    "sandbox.open_dispute": {"POST": everyone(to("/sandbox/"))},
+    "sandbox.close_dispute": {"POST": everyone(to("/sandbox/"))},
     # the sandbox's Stripe API wants a secret key, which no browser or service token is
     "sandbox_api.create_session": {"POST": everyone(UNAUTHORIZED)},
     "sandbox_api.list_sessions": {"GET": everyone(UNAUTHORIZED)},
@@ -168,6 +170,8 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "sandbox_api.create_refund": {"POST": everyone(UNAUTHORIZED)},
     "sandbox_api.retrieve_refund": {"GET": everyone(UNAUTHORIZED)},
     "sandbox_api.list_events": {"GET": everyone(UNAUTHORIZED)},
+    "sandbox_api.retrieve_dispute": {"GET": everyone(UNAUTHORIZED)},
+    "sandbox_api.list_disputes": {"GET": everyone(UNAUTHORIZED)},
     # staff: the blueprint is guarded as a whole
     "staff.queue": {"GET": staff_only(OK)},
     "staff.request_detail": {"GET": staff_only(OK)},
@@ -364,6 +368,15 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call(f"/sandbox/sessions/{world.delayed_session_id}/settle", form)
         case ("sandbox.settle_refund", _):
             return Call(f"/sandbox/refunds/{world.sandbox_refund_id}/settle", {})
+        case ("sandbox.open_dispute", _):
+            return Call(f"/sandbox/charges/{world.sandbox_charge_id}/dispute", {"kind": "inquiry"})
+        case ("sandbox.close_dispute", _):
+            form = {"outcome": "won"}
+            return Call(f"/sandbox/disputes/{world.sandbox_dispute_id}/close", form)
+        case ("sandbox_api.retrieve_dispute", _):
+            return Call(f"/sandbox/v1/disputes/{world.sandbox_dispute_id}")
+        case ("sandbox_api.list_disputes", _):
+            return Call("/sandbox/v1/disputes")
         case ("sandbox_api.create_session", _):
             return Call("/sandbox/v1/checkout/sessions", {"mode": "payment"})
         case ("sandbox_api.list_sessions", _):

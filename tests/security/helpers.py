@@ -18,6 +18,7 @@ from sqlalchemy import func, literal, select, union_all
 from portal import policy
 from portal.accounts import services as accounts
 from portal.accounts.models import User
+from portal.billing import money_back
 from portal.billing import services as billing
 from portal.billing.models import Purchase
 from portal.extensions import db
@@ -197,6 +198,8 @@ class World(Record):
     open_session_id: str  # at the sandbox, for its hosted page
     delayed_session_id: str
     sandbox_refund_id: str
+    sandbox_charge_id: str  # a paid charge the sandbox page may dispute
+    sandbox_dispute_id: str  # an open dispute the sandbox page may close
     reset_token: str
     extra: dict
 
@@ -296,6 +299,20 @@ def _sandbox_refund() -> str:
         return store.create_refund({"payment_intent": intent, "amount": "100"})["id"]
 
 
+def _sandbox_charge() -> str:
+    store = current_app.extensions["stripe_sandbox"]
+    session_id = _sandbox_session(CARD_SUCCEEDS)
+    with store.lock:
+        return store.payment_intents[store.sessions[session_id]["payment_intent"]]["latest_charge"]
+
+
+def _sandbox_dispute() -> str:
+    store = current_app.extensions["stripe_sandbox"]
+    charge_id = _sandbox_charge()
+    with store.lock:
+        return store.open_dispute(charge_id)["id"]
+
+
 def build_world() -> World:
     """Create everything the access matrix names, as real rows (and sandbox objects)."""
     customer_a = make_user(email=unique_email("alice"), timezone="Pacific/Kiritimati")
@@ -325,7 +342,7 @@ def build_world() -> World:
 
     scheduled_request_id, scheduled_refund_id = approved(customer_a)
     failed_request_id, failed_refund_id = approved(customer_a)
-    billing.refund_failed(failed_refund_id, "card expired")
+    money_back.refund_failed(failed_refund_id, "card expired")
     incident = staff_services.record_incident(
         actor, "Ongoing outage", now - timedelta(hours=3), None, ""
     )
@@ -348,6 +365,8 @@ def build_world() -> World:
         open_session_id=_sandbox_session(),
         delayed_session_id=_sandbox_session(DELAYED_METHOD),
         sandbox_refund_id=_sandbox_refund(),
+        sandbox_charge_id=_sandbox_charge(),
+        sandbox_dispute_id=_sandbox_dispute(),
         reset_token="",
         extra={},
     )

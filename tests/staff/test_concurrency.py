@@ -5,8 +5,9 @@ from datetime import timedelta
 import pytest
 
 from portal.accounts.models import User
+from portal.billing import money_back
 from portal.billing import services as billing
-from portal.billing.models import Purchase, Refund, RefundStatus
+from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
 from portal.errors import Conflict
 from portal.extensions import db
 from portal.ledger.models import EntryKind
@@ -25,7 +26,6 @@ from tests.staff.helpers import (
     paid_purchase,
     refunds_at_stripe,
 )
-
 
 
 @pytest.fixture
@@ -70,12 +70,82 @@ def test_two_staff_approving_at_once_make_one_refund_and_one_stripe_refund(threa
 
     later = now + AFTER_UNDO_WINDOW
     with threaded_app.app_context():
-        sent = run_together(threaded_app, 2, lambda _index: billing.send_due_refunds(later))
+        sent = run_together(threaded_app, 2, lambda _index: money_back.send_due_refunds(later))
         assert not [outcome for outcome in sent if isinstance(outcome, Exception)], sent
-        assert billing.send_due_refunds(later + timedelta(minutes=5)) == 0
+        assert money_back.send_due_refunds(later + timedelta(minutes=5)) == 0
         [at_stripe] = refunds_at_stripe(intent)
         assert at_stripe["amount"] == 2000
         refund = db.session.get(Refund, succeeded[0])
         assert refund.stripe_refund_id == at_stripe["id"]
         assert refund.status == RefundStatus.PENDING
+        assert ledger_check_passes(threaded_app)
+
+
+def test_an_approval_racing_a_dispute_webhook_sends_no_refund_while_it_is_open(threaded_app):
+    customer_id, staff_id = make_user().id, make_staff().id
+    with threaded_app.app_context():
+        customer = db.session.get(User, customer_id)
+        purchase = paid_purchase(customer)
+        request = file(customer, purchase)
+        request_id, intent = request.id, purchase.stripe_payment_intent_id
+        store = threaded_app.extensions["stripe_sandbox"]
+        with store.lock:
+            dispute_id = store.open_dispute(store.payment_intents[intent]["latest_charge"])["id"]
+    now = utcnow()
+
+    def approve_or_dispute(index: int):
+        if index == 0:
+            actor = staff_services.Actor(db.session.get(User, staff_id), "127.0.0.1")
+            return staff_services.approve(request_id, actor, 2000, "", now).id
+        return billing.dispute_changed(dispute_id).id
+
+    outcomes = run_together(threaded_app, 2, approve_or_dispute)
+
+    assert not [o for o in outcomes if isinstance(o, Exception) and not isinstance(o, Conflict)]
+    with threaded_app.app_context():
+        # Whichever came first, the dispute is open and holds every unused credit, and the
+        # worker sends nothing while it is open.
+        assert balance(customer_id) == 0
+        assert money_back.send_due_refunds(now + AFTER_UNDO_WINDOW) == 0
+        assert refunds_at_stripe(intent) == []
+        assert db.session.get(Purchase, purchase.id).status == PurchaseStatus.DISPUTED
+        assert ledger_check_passes(threaded_app)
+
+
+def test_the_worker_sending_while_staff_press_undo_does_exactly_one(threaded_app):
+    customer_id, staff_id = make_user().id, make_staff().id
+    with threaded_app.app_context():
+        customer = db.session.get(User, customer_id)
+        purchase = paid_purchase(customer)
+        request = file(customer, purchase)
+        actor = staff_services.Actor(db.session.get(User, staff_id), "127.0.0.1")
+        refund_id = staff_services.approve(request.id, actor, 2000, "", utcnow()).id
+        due = db.session.get(Refund, refund_id).scheduled_for
+        request_id, intent = request.id, purchase.stripe_payment_intent_id
+
+    def undo_or_send(index: int):
+        if index == 0:
+            # The last instant of the undo window, as the worker's clock passes it.
+            member = staff_services.Actor(db.session.get(User, staff_id), "127.0.0.1")
+            staff_services.undo_approval(refund_id, member, due - timedelta(milliseconds=1))
+            return "undone"
+        return money_back.send_due_refunds(due)
+
+    outcomes = run_together(threaded_app, 2, undo_or_send)
+
+    with threaded_app.app_context():
+        refund = db.session.get(Refund, refund_id)
+        if outcomes[0] == "undone":
+            assert outcomes[1] == 0, outcomes
+            assert refund.status == RefundStatus.CANCELED
+            assert refunds_at_stripe(intent) == []
+            assert balance(customer_id) == 300
+            assert db.session.get(RefundRequest, request_id).status == RequestStatus.IN_REVIEW
+        else:
+            assert isinstance(outcomes[0], Conflict), outcomes
+            assert outcomes[1] == 1, outcomes
+            assert refund.status == RefundStatus.PENDING
+            [at_stripe] = refunds_at_stripe(intent)
+            assert at_stripe["id"] == refund.stripe_refund_id
+            assert balance(customer_id) == 0
         assert ledger_check_passes(threaded_app)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from portal.accounts.models import User
-from portal.billing import services as billing
+from portal.billing import money_back
 from portal.billing.models import Purchase, PurchaseStatus, RefundStatus
 from portal.errors import Conflict, ValidationError
 from portal.extensions import db
@@ -73,7 +73,7 @@ def customer_page(client, request_id: int) -> str:
 
 def sent(request_id: int, now) -> dict:
     """Run the worker at `now`; return the one refund it made at the sandbox."""
-    billing.send_due_refunds(now)
+    money_back.send_due_refunds(now)
     refund = the_refund(request_id)
     intent = fresh(Purchase, refund.purchase_id).stripe_payment_intent_id
     [at_stripe] = [r for r in refunds_at_stripe(intent) if r["id"] == refund.stripe_refund_id]
@@ -144,7 +144,7 @@ def test_approving_the_default_amount_schedules_the_refund_and_claws_back_credit
     assert refund.status == RefundStatus.SCHEDULED
     assert refund.reason == "requested_by_customer"
     assert refund.created_by_id == staff.id
-    assert refund.idempotency_key == billing.refund_key(refund)
+    assert refund.idempotency_key == money_back.refund_key(refund)
     assert started + timedelta(minutes=10) <= refund.scheduled_for
     assert refund.scheduled_for <= utcnow() + timedelta(minutes=10)
     assert fresh(Purchase, purchase.id).committed_refund_cents == 2000
@@ -162,9 +162,12 @@ def test_approving_the_default_amount_schedules_the_refund_and_claws_back_credit
     assert logged.actor_id == staff.id
     assert logged.ip_address == "127.0.0.1"
     assert logged.after == {"amount_cents": 2000, "credits_removed": 300, "refund_id": refund.id}
-    assert any("refund approved" in email.subject for email in emails_to(customer.email))
-    # Nothing leaves before the undo window has passed.
+    # Nothing leaves before the undo window has passed, and nothing is promised yet.
     assert refunds_at_stripe(purchase.stripe_payment_intent_id) == []
+    assert not any("refund approved" in email.subject for email in emails_to(customer.email))
+    money_back.send_due_refunds(refund.scheduled_for)
+    [approved] = [e for e in emails_to(customer.email) if "refund approved" in e.subject]
+    assert "$20.00" in approved.body_text
     assert ledger_check_passes(app)
 
 
@@ -344,7 +347,7 @@ def test_undo_within_the_window_restores_the_credits_and_reopens(
     assert events(request.id)[-1].kind == "decision_undone"
     assert len(audit_rows("refund_request.approval_undone", request.id)) == 1
     # The worker has nothing to send, now or later.
-    assert billing.send_due_refunds(utcnow() + timedelta(hours=1)) == 0
+    assert money_back.send_due_refunds(utcnow() + timedelta(hours=1)) == 0
     assert refunds_at_stripe(purchase.stripe_payment_intent_id) == []
     # And the request can be decided again.
     approve_now(request, staff, 1000)
@@ -386,10 +389,10 @@ def test_the_worker_sends_a_due_refund_exactly_once(app, staff, customer):
     now = utcnow()
     refund = approve_now(request, staff, 2000, now=now)
 
-    assert billing.send_due_refunds(now + timedelta(minutes=5)) == 0
-    assert billing.send_due_refunds(now + AFTER_UNDO_WINDOW) == 1
-    assert billing.send_due_refunds(now + AFTER_UNDO_WINDOW) == 0
-    assert billing.send_due_refunds(now + timedelta(hours=2)) == 0
+    assert money_back.send_due_refunds(now + timedelta(minutes=5)) == 0
+    assert money_back.send_due_refunds(now + AFTER_UNDO_WINDOW) == 1
+    assert money_back.send_due_refunds(now + AFTER_UNDO_WINDOW) == 0
+    assert money_back.send_due_refunds(now + timedelta(hours=2)) == 0
 
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
     assert at_stripe["amount"] == 2000
@@ -424,16 +427,16 @@ def test_a_refund_another_worker_is_sending_is_not_sent_again(app, staff, custom
     now = utcnow()
     approve_now(request, staff, 2000, now=now)
     later = now + AFTER_UNDO_WINDOW
-    [listed_by_b] = billing.due_refund_ids(later)
+    [listed_by_b] = money_back.due_refund_ids(later)
     b_outcome = []
     spy = RefundCallSpy(
         monkeypatch,
         during_first_call=lambda: in_another_transaction(
-            app, lambda: b_outcome.append(billing.send_refund(listed_by_b, later))
+            app, lambda: b_outcome.append(money_back.send_refund(listed_by_b, later))
         ),
     )
 
-    billing.send_due_refunds(later)
+    money_back.send_due_refunds(later)
 
     assert b_outcome == [None], "worker B sent the refund worker A was sending"
     assert len(spy.keys) == 1, "Stripe was asked twice"
@@ -528,8 +531,8 @@ def test_a_retry_is_sent_once_more_with_a_new_key_and_succeeds(
     assert balance(customer.id) == 0
     assert fresh(RefundRequest, request.id).status == RequestStatus.APPROVED
 
-    assert billing.send_due_refunds(utcnow()) == 1
-    assert billing.send_due_refunds(utcnow() + timedelta(hours=1)) == 0
+    assert money_back.send_due_refunds(utcnow()) == 1
+    assert money_back.send_due_refunds(utcnow() + timedelta(hours=1)) == 0
     assert spy.keys == [refund.idempotency_key]
     old, new = refunds_at_stripe(purchase.stripe_payment_intent_id)
     assert old["status"] == "failed"
@@ -544,7 +547,7 @@ def test_a_retry_is_sent_once_more_with_a_new_key_and_succeeds(
     # A succeeded refund cannot be retried: the money never goes out twice.
     act_on_refund(staff_client, refund, "retry")
     assert "Only a failed refund can be tried again." in flashes(staff_client, request.id)
-    assert billing.send_due_refunds(utcnow() + timedelta(hours=2)) == 0
+    assert money_back.send_due_refunds(utcnow() + timedelta(hours=2)) == 0
     assert len(refunds_at_stripe(purchase.stripe_payment_intent_id)) == 2
     assert ledger_check_passes(app)
 
@@ -554,7 +557,7 @@ def test_a_retry_on_the_same_failing_card_fails_again_cleanly(app, staff, custom
 
     staff_services.retry_refund(the_refund(request.id).id, actor(staff), utcnow())
     assert balance(customer.id) == 0
-    billing.send_due_refunds(utcnow())
+    money_back.send_due_refunds(utcnow())
     second = refunds_at_stripe(purchase.stripe_payment_intent_id)[-1]
     settle_at_stripe(second["id"])
 
@@ -591,7 +594,7 @@ def test_a_late_event_about_the_failed_attempt_does_not_undo_the_retry(
     with sandbox().lock:
         sandbox().refund_fails_for.discard(charge["id"])
     staff_services.retry_refund(the_refund(request.id).id, actor(staff), utcnow())
-    billing.send_due_refunds(utcnow())
+    money_back.send_due_refunds(utcnow())
     old, new = refunds_at_stripe(purchase.stripe_payment_intent_id)
     assert the_refund(request.id).stripe_refund_id == new["id"]
 
@@ -616,7 +619,7 @@ def test_after_a_retry_the_refund_names_the_new_stripe_refund(app, staff, custom
         sandbox().refund_fails_for.discard(charge_of(purchase.stripe_payment_intent_id)["id"])
     staff_services.retry_refund(the_refund(request.id).id, actor(staff), utcnow())
 
-    billing.send_due_refunds(utcnow())
+    money_back.send_due_refunds(utcnow())
 
     old, new = refunds_at_stripe(purchase.stripe_payment_intent_id)
     refund = the_refund(request.id)
@@ -632,7 +635,7 @@ def test_stripe_refusing_an_amount_over_the_charge_restores_the_credits(
     monkeypatch.setitem(app.config, "SANDBOX_WEBHOOKS", "off")
     outside = consume_charge_at_stripe(purchase.stripe_payment_intent_id, 1500)
 
-    billing.send_due_refunds(utcnow())
+    money_back.send_due_refunds(utcnow())
 
     refund = the_refund(request.id)
     assert refund.status == RefundStatus.FAILED
@@ -658,7 +661,7 @@ def test_stripe_unreachable_leaves_the_refund_pending_and_a_later_run_uses_the_s
     spy = RefundCallSpy(monkeypatch)
     inject_failures(10)
 
-    billing.send_due_refunds(now + AFTER_UNDO_WINDOW)
+    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW)
 
     refund = the_refund(request.id)
     assert refund.status == RefundStatus.PENDING
@@ -667,12 +670,12 @@ def test_stripe_unreachable_leaves_the_refund_pending_and_a_later_run_uses_the_s
     assert fresh(RefundRequest, request.id).status == RequestStatus.APPROVED
     assert balance(customer.id) == 0
     # Not resent at once: the next try waits a minute.
-    billing.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(seconds=30))
+    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(seconds=30))
     assert len(spy.keys) == 1
 
     inject_failures(0)  # Stripe is back
-    billing.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=2))
-    billing.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=4))
+    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=2))
+    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=4))
 
     assert spy.keys == [refund.idempotency_key, refund.idempotency_key]
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
@@ -691,9 +694,9 @@ def test_an_answer_lost_after_stripe_refunded_is_resent_with_the_same_key(
     approve_now(request, staff, 2000, now=now)
     spy = RefundCallSpy(monkeypatch, lose_answer_times=1)
 
-    billing.send_due_refunds(now + AFTER_UNDO_WINDOW)
+    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW)
     assert the_refund(request.id).stripe_refund_id is None
-    billing.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=2))
+    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=2))
 
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
     refund = the_refund(request.id)
