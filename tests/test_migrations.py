@@ -45,3 +45,56 @@ def test_enum_check_constraints_allow_every_member(app):
                     if f"'{value}'" not in sql
                 ]
     assert missing == []
+
+
+def test_disputes_known_only_by_their_holds_become_rows(make_app, tmp_path):
+    """The disputes migration turns each dispute hold made before it into a dispute row:
+    open, or won where its credits were already released."""
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    older = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}")
+    with older.app_context():
+        upgrade(directory=str(MIGRATIONS), revision="c4d2e8f1a7b3")
+        with db.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, email, password_hash, role, status, "
+                    "credits_balance, created_at, session_generation) VALUES "
+                    "(1, 'a@example.com', 'x', 'customer', 'active', 0, "
+                    "'2026-11-01 00:00:00', 0)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
+                    "currency, status, refunded_cents, committed_refund_cents, created_at) "
+                    "VALUES (1, 1, 'pro', 300, 2000, 'usd', 'disputed', 500, 0, "
+                    "'2026-11-01 00:00:00'), (2, 1, 'pro', 300, 2000, 'usd', 'credited', 0, 0, "
+                    "'2026-11-01 00:00:00')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO ledger_entries (id, user_id, kind, credits, balance_after, "
+                    "purchase_id, idempotency_key, memo, created_at) VALUES "
+                    "(1, 1, 'dispute_hold', -10, 0, 1, 'dispute:dp_open:hold', '', "
+                    "'2026-11-02 00:00:00'), "
+                    "(2, 1, 'dispute_hold', -10, 0, 2, 'dispute:dp_won:hold', '', "
+                    "'2026-11-02 00:00:00'), "
+                    "(3, 1, 'dispute_release', 10, 0, 2, 'dispute:dp_won:release', '', "
+                    "'2026-11-03 00:00:00')"
+                )
+            )
+        upgrade(directory=str(MIGRATIONS))
+        with db.engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT stripe_dispute_id, purchase_id, amount_cents, status, "
+                    "closed_at IS NOT NULL FROM disputes ORDER BY id"
+                )
+            ).all()
+    assert [tuple(row) for row in rows] == [
+        ("dp_open", 1, 1500, "needs_response", 0),
+        ("dp_won", 2, 2000, "won", 1),
+    ]

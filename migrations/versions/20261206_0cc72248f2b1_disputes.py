@@ -59,18 +59,39 @@ def upgrade():
     with op.batch_alter_table("disputes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_disputes_purchase_id"), ["purchase_id"], unique=False)
 
-    held = op.get_bind().execute(
-        sa.text(
-            "SELECT e.idempotency_key, e.purchase_id, e.created_at, p.amount_cents, "
-            "p.refunded_cents, p.currency FROM ledger_entries e "
-            "JOIN purchases p ON p.id = e.purchase_id "
-            "WHERE e.kind = 'dispute_hold' ORDER BY e.id"
+    entries = sa.table(
+        "ledger_entries",
+        sa.column("id", sa.Integer),
+        sa.column("kind", sa.String),
+        sa.column("idempotency_key", sa.String),
+        sa.column("purchase_id", sa.Integer),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    purchases = sa.table(
+        "purchases",
+        sa.column("id", sa.Integer),
+        sa.column("amount_cents", sa.Integer),
+        sa.column("refunded_cents", sa.Integer),
+        sa.column("currency", sa.String),
+    )
+    bind = op.get_bind()
+    held = bind.execute(
+        sa.select(
+            entries.c.idempotency_key,
+            entries.c.purchase_id,
+            entries.c.created_at,
+            purchases.c.amount_cents,
+            purchases.c.refunded_cents,
+            purchases.c.currency,
         )
+        .join(purchases, purchases.c.id == entries.c.purchase_id)
+        .where(entries.c.kind == "dispute_hold")
+        .order_by(entries.c.id)
     ).all()
     released = {
         key.split(":")[1]
-        for (key,) in op.get_bind().execute(
-            sa.text("SELECT idempotency_key FROM ledger_entries WHERE kind = 'dispute_release'")
+        for (key,) in bind.execute(
+            sa.select(entries.c.idempotency_key).where(entries.c.kind == "dispute_release")
         )
     }
     now = datetime.now(UTC)
