@@ -67,6 +67,15 @@ class Purchase(db.Model):
     user: Mapped[User] = relationship()
     refunds: Mapped[list["Refund"]] = relationship(back_populates="purchase")
 
+    @property
+    def refund_can_be_requested(self) -> bool:
+        """Paid, not disputed with the bank, and not already refunded in full."""
+        return (
+            self.paid_at is not None
+            and self.status != PurchaseStatus.DISPUTED
+            and self.refunded_cents < self.amount_cents
+        )
+
     def __repr__(self) -> str:
         return f"<Purchase {self.id} {self.package_code} {self.status}>"
 

@@ -474,6 +474,7 @@ def pay_in_sandbox(browse: Browsing, page: Page, package: str, card: str, price:
 
 CARD_OK = "Card 4242 4242 4242 4242: payment succeeds"
 CARD_DECLINED = "Card 4000 0000 0000 0002: the bank declines it"
+CARD_DISPUTED = "Card 4000 0000 0000 0259: payment succeeds, then is disputed as fraud"
 
 
 def customer_with_partly_used_pro(browse: Browsing, server: LiveServer, platform: Platform, **tab):

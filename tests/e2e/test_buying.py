@@ -1,4 +1,5 @@
-"""Journeys 1 and 2: a new visitor buys Pro; a declined card credits nothing."""
+"""Journeys 1 and 2: a new visitor buys Pro; a declined card credits nothing; and a payment
+the bank disputes holds its credits until the dispute is won."""
 
 import re
 
@@ -6,6 +7,7 @@ from playwright.sync_api import expect
 
 from tests.e2e.support import (
     CARD_DECLINED,
+    CARD_DISPUTED,
     CARD_OK,
     PASSWORD,
     create_customer,
@@ -116,3 +118,49 @@ def test_declined_card_credits_nothing_and_shows_the_purchase_failed(browse, liv
     browse.check(page, "dashboard still at 0 credits")
 
     assert purchase_of(live_server, email, "starter")[2] == "failed"
+
+
+def test_a_disputed_payment_holds_its_credits_until_the_bank_decides(browse, live_server):
+    email = create_customer(live_server)
+    page = browse.open("customer")
+    log_in(browse, page, email)
+
+    pay_in_sandbox(browse, page, "Starter", CARD_DISPUTED, "$5.00")
+    page.wait_for_url(re.compile(r"/credits/success\?session_id=cs_"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Credits added")
+    browse.check(page, "success page of the payment the bank will dispute")
+
+    main_nav(page).get_by_role("link", name="Purchases").click()
+    row = page.get_by_role("row", name=re.compile(r"Starter"))
+    # The bank's dispute reaches the portal as a webhook, a moment after the payment.
+    for _ in range(50):
+        if "Disputed" in row.inner_text():
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    expect(row).to_contain_text("Disputed")
+    expect(row).not_to_contain_text("Request a refund")
+    browse.check(page, "purchases with the disputed one")
+    main_nav(page).get_by_role("link", name="Dashboard").click()
+    expect(page.locator(".balance")).to_have_text(re.compile(r"^\s*0\s+credits\s*$"))
+    browse.check(page, "dashboard while the payment is disputed")
+
+    bank = browse.open("bank")
+    bank.goto("/sandbox/")
+    header = bank.get_by_role("columnheader", name="Dispute")
+    disputes = bank.get_by_role("table").filter(has=header)
+    open_one = disputes.get_by_role("row").filter(has_text="needs_response")
+    expect(open_one).to_have_count(1)
+    browse.check(bank, "sandbox with an open dispute")
+    open_one.get_by_role("button", name="Won").click()
+    expect(disputes.get_by_role("row").filter(has_text="won")).to_have_count(1)
+    browse.check(bank, "sandbox with the dispute won")
+
+    for _ in range(50):
+        page.reload()
+        if "50" in page.locator(".balance").inner_text():
+            break
+        page.wait_for_timeout(200)
+    expect(page.locator(".balance")).to_have_text(re.compile(r"^\s*50\s+credits\s*$"))
+    browse.check(page, "dashboard after the dispute was won")
+    assert purchase_of(live_server, email, "starter")[2] == "credited"
