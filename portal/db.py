@@ -1,8 +1,10 @@
-"""Declarative base, constraint naming and the column types every model shares."""
+"""The database: `db`, the declarative base, constraint naming, the column types every
+model shares, and row locks."""
 
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Enum, MetaData, Select, TypeDecorator, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
@@ -20,6 +22,9 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+db = SQLAlchemy(model_class=Base)
 
 
 class UTCDateTime(TypeDecorator):
@@ -84,8 +89,6 @@ def locked(model, *criteria, skip_locked: bool = False):
     ends, or None. Read afresh from the database even if the session holds the object,
     so that what the caller decides on is what the lock protects.
     """
-    from portal.extensions import db  # the extensions module imports this one
-
     return db.session.scalar(
         select(model)
         .where(*criteria)

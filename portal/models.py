@@ -1,6 +1,7 @@
 """Import every feature's models so that the metadata (and Alembic) sees all tables."""
 
 from portal.accounts.models import AccountStatus, PasswordResetToken, Role, User
+from portal.audit import AuditLogEntry
 from portal.billing.models import (
     Dispute,
     DisputeStatus,
@@ -10,9 +11,11 @@ from portal.billing.models import (
     RefundStatus,
     StripeEvent,
 )
+from portal.incidents.models import Incident
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation, LotOrigin
 from portal.notifications.models import OutboxEmail, OutboxStatus
+from portal.ops.models import ScheduledTask
 from portal.refunds.models import (
     Attachment,
     RefundRequest,
@@ -21,7 +24,6 @@ from portal.refunds.models import (
     RequestStatus,
     Verdict,
 )
-from portal.staff.models import AuditLogEntry, Incident
 
 __all__ = [
     "AccountStatus",
@@ -50,6 +52,7 @@ __all__ = [
     "RequestReason",
     "RequestStatus",
     "Role",
+    "ScheduledTask",
     "StripeEvent",
     "User",
     "Verdict",

@@ -14,8 +14,8 @@ from flask import (
 )
 from flask_login import current_user, login_required, login_user, logout_user
 
-from portal import limits
-from portal.accounts import datarights, services
+from portal import datarights, limits
+from portal.accounts import services
 from portal.accounts.forms import (
     BrowserTimezoneForm,
     ChangePasswordForm,

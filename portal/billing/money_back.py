@@ -39,7 +39,7 @@ from flask import current_app
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from portal import policy
+from portal import audit, policy
 from portal.accounts.models import User
 from portal.billing.gateway import gateway
 from portal.billing.models import (
@@ -61,7 +61,6 @@ from portal.notifications.services import notify_staff, queue_email
 from portal.ops.metrics import REFUNDS
 from portal.refunds.models import OPEN_STATUSES as OPEN_REQUEST_STATUSES
 from portal.refunds.models import RefundRequest, RequestStatus, add_event
-from portal.staff.audit import audit
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -625,7 +624,9 @@ def refund_succeeded(refund_id: int) -> Refund | None:
         f"{amount} was refunded to your original payment method. "
         f"Banks usually show it within {days} business days.",
     )
-    audit("refund.succeeded", "refund", refund.id, after={"amount_cents": refund.amount_cents})
+    audit.record(
+        "refund.succeeded", "refund", refund.id, after={"amount_cents": refund.amount_cents}
+    )
     queue_email(
         _customer_email(purchase),
         f"Your refund of {amount} was sent",
@@ -663,7 +664,7 @@ def refund_failed(refund_id: int, why: str) -> Refund | None:
         f"The refund of {amount} did not go through ({why}). {credits_word}; our team will "
         "follow up.",
     )
-    audit("refund.failed", "refund", refund.id, after={"reason": why[:200]})
+    audit.record("refund.failed", "refund", refund.id, after={"reason": why[:200]})
     queue_email(
         _customer_email(purchase),
         f"Your refund of {amount} did not go through",
@@ -686,7 +687,7 @@ def _cancel_for_lost_dispute(purchase: Purchase, refund: Refund) -> None:
         "refund_canceled",
         "Your bank returned the payment to you through a dispute, so no refund was sent.",
     )
-    audit("refund.canceled", "refund", refund.id, after={"reason": "dispute lost"})
+    audit.record("refund.canceled", "refund", refund.id, after={"reason": "dispute lost"})
     _settle(purchase)
 
 
@@ -783,7 +784,7 @@ def sync_refunds(payment_intent: str | None) -> Purchase | None:
     purchase.refunded_cents = min(int(charge.get("amount_refunded") or 0), purchase.amount_cents)
     _settle(purchase, refunded_is_fresh=True)
     if before != purchase.refunded_cents:
-        audit(
+        audit.record(
             "purchase.refund_synced",
             "purchase",
             purchase.id,
@@ -928,7 +929,7 @@ def _report_dispute(
     purchase: Purchase, dispute: Dispute, before: DisputeStatus | None, newly_held: int
 ) -> None:
     stripe_id = dispute.stripe_dispute_id
-    audit(
+    audit.record(
         "purchase.dispute_changed",
         "purchase",
         purchase.id,

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from sqlalchemy import select
 
-from portal import policy
+from portal import audit, policy
 from portal.accounts.models import User
 from portal.billing import money_back
 from portal.billing.gateway import gateway
@@ -25,7 +25,6 @@ from portal.ledger import services as ledger
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
 from portal.ops.metrics import FULFILMENTS
-from portal.staff.audit import audit
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -263,7 +262,7 @@ def _fulfil(session_id: str) -> Fulfilment:
     if purchase.refunded_cents:
         # Refunded through Stripe before its credits were added: that share goes again.
         money_back.settle_after_crediting(purchase)
-    audit("purchase.credited", "purchase", purchase.id, after={"credits": purchase.credits})
+    audit.record("purchase.credited", "purchase", purchase.id, after={"credits": purchase.credits})
     queue_email(
         _customer_email(purchase),
         f"{purchase.credits:,} credits added to your account",
@@ -290,7 +289,7 @@ def _hold_mismatch(purchase: Purchase, session: dict) -> Fulfilment:
     purchase.status = PurchaseStatus.PAID
     paid = format_cents(session.get("amount_total") or 0, session.get("currency") or "usd")
     expected = format_cents(purchase.amount_cents, purchase.currency)
-    audit(
+    audit.record(
         "purchase.amount_mismatch",
         "purchase",
         purchase.id,

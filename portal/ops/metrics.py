@@ -48,7 +48,6 @@ class BusinessCollector:
         from portal.extensions import db
         from portal.notifications.models import OutboxEmail, OutboxStatus
         from portal.refunds.models import OPEN_STATUSES, RefundRequest
-        from portal.staff.queries import overdue_count
         from portal.timeutil import utcnow
 
         with self.app.app_context():
@@ -58,7 +57,9 @@ class BusinessCollector:
                 .select_from(RefundRequest)
                 .where(RefundRequest.status.in_(OPEN_STATUSES))
             )
-            overdue = overdue_count(now)
+            overdue = db.session.scalar(
+                select(func.count()).select_from(RefundRequest).where(RefundRequest.overdue(now))
+            )
             backlog, oldest = db.session.execute(
                 select(func.count(), func.min(OutboxEmail.created_at)).where(
                     OutboxEmail.status == OutboxStatus.PENDING

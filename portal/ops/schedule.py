@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, text
 
 from portal.extensions import db
-from portal.staff.models import ScheduledTask
+from portal.ops.models import ScheduledTask
 
 log = logging.getLogger(__name__)
 

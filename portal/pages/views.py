@@ -5,7 +5,7 @@ from datetime import timedelta
 from flask import Blueprint, render_template
 
 from portal import policy
-from portal.staff.queries import incidents_since
+from portal.incidents.services import incidents_since
 from portal.timeutil import utcnow
 
 bp = Blueprint("pages", __name__)

@@ -3,7 +3,7 @@
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, and_, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.db import UTCDateTime, enum_type
@@ -52,6 +52,8 @@ ALLOWED_TRANSITIONS: dict[RequestStatus, set[RequestStatus]] = {
 }
 
 OPEN_STATUSES = (RequestStatus.OPEN, RequestStatus.IN_REVIEW, RequestStatus.WAITING_ON_CUSTOMER)
+# Waiting on the customer stops the response clock, so only these can be late.
+CLOCK_RUNNING_STATUSES = (RequestStatus.OPEN, RequestStatus.IN_REVIEW)
 OPEN_CONDITION = "status IN ({})".format(", ".join(f"'{status}'" for status in OPEN_STATUSES))
 
 
@@ -145,6 +147,15 @@ class RefundRequest(db.Model):
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    def is_overdue(self, now: datetime) -> bool:
+        """Past its answer date with the clock running: the one Python form of "overdue"."""
+        return self.status in CLOCK_RUNNING_STATUSES and self.due_at < now
+
+    @classmethod
+    def overdue(cls, now: datetime):
+        """The SQL form of `is_overdue`, for queries."""
+        return and_(cls.status.in_(CLOCK_RUNNING_STATUSES), cls.due_at < now)
 
     def reopen(self) -> None:
         """Take back a decision (undone, or its refund did not go through): back to review."""

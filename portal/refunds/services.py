@@ -14,13 +14,14 @@ from flask import current_app
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 
-from portal import policy
+from portal import audit, policy
 from portal.accounts.models import User
 from portal.billing import services as billing
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
 from portal.db import locked
 from portal.errors import Conflict, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import db
+from portal.incidents.models import Incident
 from portal.jobs import services as jobs
 from portal.jobs.models import Job, JobStatus
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation
@@ -35,8 +36,6 @@ from portal.refunds.models import (
     RequestStatus,
     add_event,
 )
-from portal.staff.audit import audit
-from portal.staff.models import Incident
 from portal.timeutil import add_business_days
 
 MAX_ATTACHMENTS = 3
@@ -435,7 +434,7 @@ def file_request(
                     storage_key=key,
                 )
             )
-        audit(
+        audit.record(
             "refund_request.filed",
             "refund_request",
             request.id,
@@ -532,7 +531,7 @@ def customer_reply(user: User, request: RefundRequest, body: str, now: datetime)
         request.clock_paused_at = None
     request.transition(RequestStatus.IN_REVIEW)
     add_event(request, "customer_message", body, actor_id=user.id, now=now)
-    audit("refund_request.customer_replied", "refund_request", request.id, actor_id=user.id)
+    audit.record("refund_request.customer_replied", "refund_request", request.id, actor_id=user.id)
     db.session.commit()
 
 

@@ -10,15 +10,16 @@ from sqlalchemy import bindparam, event, func, inspect, or_, select, tuple_, uni
 from sqlalchemy.orm import Session, aliased, joinedload, load_only
 
 from portal.accounts.models import Role, User
+from portal.audit import AuditLogEntry
 from portal.billing.models import Purchase, Refund
 from portal.db import MAX_ID
 from portal.extensions import db
+from portal.incidents.models import Incident
 from portal.jobs.models import Job
 from portal.ledger.models import CreditLot, LedgerEntry
 from portal.refunds import services as refunds
 from portal.refunds.eligibility import Precheck, RequestReason, Verdict, precheck
 from portal.refunds.models import OPEN_STATUSES, RefundRequest, RefundRequestEvent, RequestStatus
-from portal.staff.models import AuditLogEntry, Incident
 from portal.staff.services import asked_for_money_back
 
 QUEUE_PAGE_SIZE = 50
@@ -107,9 +108,7 @@ def queue_page(
     elif filters.assignee == "nobody":
         query = query.where(RefundRequest.assignee_id.is_(None))
     if filters.overdue:
-        query = query.where(
-            RefundRequest.due_at < now, RefundRequest.status != RequestStatus.WAITING_ON_CUSTOMER
-        )
+        query = query.where(RefundRequest.overdue(now))
     if filters.sort == "age":
         position = parse_age_cursor(cursor)
         if position is not None:
@@ -169,17 +168,6 @@ def status_counts(now: datetime) -> dict[RequestStatus, int]:
         .group_by(RefundRequest.status)
     )
     return dict(db.session.execute(union_all(still_open, decided)).all())
-
-
-def overdue_count(now: datetime) -> int:
-    return db.session.scalar(
-        select(func.count())
-        .select_from(RefundRequest)
-        .where(
-            RefundRequest.status.in_((RequestStatus.OPEN, RequestStatus.IN_REVIEW)),
-            RefundRequest.due_at < now,
-        )
-    )
 
 
 class _StaffList:
@@ -430,21 +418,4 @@ def audit_for_export(filters: AuditFilter):
 def audit_actions() -> list[str]:
     return list(
         db.session.scalars(select(AuditLogEntry.action).distinct().order_by(AuditLogEntry.action))
-    )
-
-
-def incidents_since(since: datetime) -> list[Incident]:
-    """Incidents that started, or were still going on, since `since`, newest first."""
-    return list(
-        db.session.scalars(
-            select(Incident)
-            .where(
-                or_(
-                    Incident.started_at >= since,
-                    Incident.ended_at.is_(None),
-                    Incident.ended_at >= since,
-                )
-            )
-            .order_by(Incident.started_at.desc())
-        )
     )

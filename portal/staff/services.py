@@ -1,12 +1,12 @@
-"""Staff-side services: refund decisions, assignment, incidents, the audit log."""
+"""Staff-side services: refund decisions, assignment, messages, the overdue digest."""
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 
-from portal import policy
+from portal import audit, policy
 from portal.accounts.models import User
+from portal.audit import Actor
 from portal.billing import money_back
 from portal.billing.models import Purchase, PurchaseStatus, Refund
 from portal.db import locked
@@ -17,9 +17,7 @@ from portal.ledger import services as ledger
 from portal.ledger.services import unused_credits
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
-from portal.refunds.models import OPEN_STATUSES, RefundRequest, RequestStatus, add_event
-from portal.staff.audit import audit
-from portal.staff.models import Incident
+from portal.refunds.models import RefundRequest, RequestStatus, add_event
 
 # -- refund request decisions ------------------------------------------------------------
 #
@@ -38,14 +36,6 @@ DENIAL_REASONS = {
     "terms_violation": "The account was closed for a violation of our Terms of Use.",
     "other": "",
 }
-
-
-@dataclass(frozen=True)
-class Actor:
-    """The staff member acting, and from where (for the audit log)."""
-
-    user: User
-    ip_address: str | None = None
 
 
 def _locked_request(request_id: int) -> RefundRequest:
@@ -74,7 +64,7 @@ def _customer(request: RefundRequest) -> User:
 
 
 def _log(actor: Actor, action: str, request: RefundRequest, before=None, after=None) -> None:
-    audit(
+    audit.record(
         action,
         "refund_request",
         request.id,
@@ -382,79 +372,10 @@ def credit_instead(request_id: int, actor: Actor, now: datetime) -> None:
     db.session.commit()
 
 
-# -- incidents -------------------------------------------------------------------------
-
-
-def record_incident(
-    actor: Actor, title: str, started_at: datetime, ended_at: datetime | None, note: str
-) -> Incident:
-    """Log a period of platform downtime (the pre-check's outage rule reads these).
-
-    :raises ValidationError: it ends before it starts.
-    """
-    if ended_at is not None and ended_at < started_at:
-        raise ValidationError("The end must come after the start.", field="ended_at")
-    incident = Incident(
-        title=title,
-        started_at=started_at,
-        ended_at=ended_at,
-        note=note,
-        created_by_id=actor.user.id,
-    )
-    db.session.add(incident)
-    db.session.flush()
-    audit(
-        "incident.recorded",
-        "incident",
-        incident.id,
-        actor_id=actor.user.id,
-        after={
-            "title": title,
-            "started_at": started_at.isoformat(),
-            "ended_at": ended_at.isoformat() if ended_at else None,
-        },
-        ip_address=actor.ip_address,
-    )
-    db.session.commit()
-    return incident
-
-
-def end_incident(incident_id: int, actor: Actor, ended_at: datetime) -> Incident:
-    """Close an ongoing incident.
-
-    :raises NotFound: no such incident.
-    :raises ValidationError: it would end before it started.
-    """
-    incident = db.session.get(Incident, incident_id)
-    if incident is None:
-        raise NotFound("no such incident")
-    if ended_at < incident.started_at:
-        raise ValidationError("The end must come after the start.", field="ended_at")
-    before = incident.ended_at
-    incident.ended_at = ended_at
-    audit(
-        "incident.ended",
-        "incident",
-        incident.id,
-        actor_id=actor.user.id,
-        before={"ended_at": before.isoformat() if before else None},
-        after={"ended_at": ended_at.isoformat()},
-        ip_address=actor.ip_address,
-    )
-    db.session.commit()
-    return incident
-
-
 def send_overdue_digest(now: datetime) -> int:
     """E-mail staff the list of open requests past their response date; return how many."""
     overdue = db.session.scalars(
-        select(RefundRequest)
-        .where(
-            RefundRequest.status.in_(OPEN_STATUSES),
-            RefundRequest.due_at < now,
-            RefundRequest.status != RequestStatus.WAITING_ON_CUSTOMER,
-        )
-        .order_by(RefundRequest.due_at)
+        select(RefundRequest).where(RefundRequest.overdue(now)).order_by(RefundRequest.due_at)
     ).all()
     if overdue:
         lines = [

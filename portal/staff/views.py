@@ -18,18 +18,23 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_file,
     stream_with_context,
     url_for,
 )
 from flask_login import current_user
 
-from portal.db import parse_id
+from portal import datarights
+from portal.accounts.models import User
+from portal.db import db, parse_id
 from portal.errors import Conflict, NotFound, ValidationError
 from portal.forms import EmptyForm
+from portal.incidents import services as incident_log
 from portal.ledger.queries import KIND_LABELS
 from portal.refunds.eligibility import RequestReason, Verdict
 from portal.refunds.forms import REASON_LABELS
 from portal.refunds.models import OPEN_STATUSES, RequestStatus
+from portal.refunds.services import attachment_folder
 from portal.security import require_staff
 from portal.staff import queries, services
 from portal.staff.forms import (
@@ -284,7 +289,7 @@ def incidents():
     form = IncidentForm()
     if form.validate_on_submit():
         try:
-            services.record_incident(
+            incident_log.record_incident(
                 _actor(),
                 form.title.data.strip(),
                 _as_utc(form.started_at.data),
@@ -300,7 +305,7 @@ def incidents():
         "staff/incidents.html",
         form=form,
         end_form=EndIncidentForm(),
-        incidents=queries.incidents_since(utcnow() - timedelta(days=365)),
+        incidents=incident_log.incidents_since(utcnow() - timedelta(days=365)),
     ), (400 if form.errors else 200)
 
 
@@ -311,7 +316,7 @@ def end_incident(incident_id: int):
         flash("Give the end time.", "error")
     else:
         try:
-            services.end_incident(incident_id, _actor(), _as_utc(form.ended_at.data))
+            incident_log.end_incident(incident_id, _actor(), _as_utc(form.ended_at.data))
         except NotFound:
             abort(404)
         except ValidationError as error:
@@ -391,9 +396,6 @@ def audit_csv():
 
 
 def _customer_or_404(user_id: int):
-    from portal.accounts.models import User
-    from portal.extensions import db
-
     customer = db.session.get(User, user_id)
     if customer is None or customer.is_staff:
         abort(404)
@@ -402,12 +404,8 @@ def _customer_or_404(user_id: int):
 
 @bp.get("/customers/<id:user_id>/export")
 def export_customer(user_id: int):
-    from flask import send_file
-
-    from portal.accounts.datarights import export_for
-
     customer = _customer_or_404(user_id)
-    archive = export_for(customer, current_user.id, request.remote_addr)
+    archive = datarights.export_for(customer, current_user.id, request.remote_addr)
     return send_file(
         archive,
         mimetype="application/zip",
@@ -418,13 +416,12 @@ def export_customer(user_id: int):
 
 @bp.post("/customers/<id:user_id>/close")
 def close_customer(user_id: int):
-    from portal.accounts.datarights import close_account
-    from portal.refunds.services import attachment_folder
-
     if not _confirmed():
         abort(400)
     customer = _customer_or_404(user_id)
-    close_account(customer, utcnow(), current_user.id, request.remote_addr, attachment_folder())
+    datarights.close_account(
+        customer, utcnow(), current_user.id, request.remote_addr, attachment_folder()
+    )
     flash(f"Customer {customer.id}'s account is closed and personal data erased.", "success")
     back = parse_id(request.form.get("request_id"))
     if back:

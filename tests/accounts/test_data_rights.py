@@ -9,13 +9,13 @@ import zipfile
 from sqlalchemy import func, select
 
 from portal.accounts.models import AccountStatus, User, UserSession
+from portal.audit import AuditLogEntry
 from portal.billing.models import Purchase
 from portal.extensions import db
 from portal.ledger.models import LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.refunds.eligibility import RequestReason
 from portal.refunds.services import file_request
-from portal.staff.models import AuditLogEntry
 from portal.timeutil import utcnow
 from tests.factories import (
     DEFAULT_PASSWORD,

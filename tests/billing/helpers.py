@@ -12,13 +12,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from portal.accounts.models import User
+from portal.audit import AuditLogEntry
 from portal.billing import services
 from portal.billing.models import Purchase, Refund, StripeEvent
 from portal.extensions import db
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.sandbox.store import CARD_SUCCEEDS, SandboxStore
-from portal.staff.models import AuditLogEntry
 from tests.factories import csrf_token
 
 SUCCESS_URL = "http://portal.test/credits/success?session_id={CHECKOUT_SESSION_ID}"

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.ops import schedule
 from portal.ops.deploycheck import deployment_problems
+from portal.ops.models import ScheduledTask
 from portal.ops.requestlog import JsonFormatter
-from portal.staff.models import ScheduledTask
 from portal.timeutil import utcnow
 from tests.factories import DEFAULT_PASSWORD, login_as, make_staff, make_user
 

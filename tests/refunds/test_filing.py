@@ -453,7 +453,7 @@ def test_refused_screenshots_store_nothing(client, pro_88_unused, upload_folder,
 
 
 def _incident(started_at, ended_at):
-    from portal.staff.models import Incident
+    from portal.incidents.models import Incident
 
     db.session.add(Incident(title="Render farm down", started_at=started_at, ended_at=ended_at))
     db.session.commit()

@@ -22,6 +22,7 @@ from portal.billing import money_back
 from portal.billing import services as billing
 from portal.billing.models import Purchase
 from portal.extensions import db
+from portal.incidents import services as incidents
 from portal.jobs import services as jobs
 from portal.refunds import services as refunds
 from portal.refunds.eligibility import RequestReason
@@ -343,7 +344,7 @@ def build_world() -> World:
     scheduled_request_id, scheduled_refund_id = approved(customer_a)
     failed_request_id, failed_refund_id = approved(customer_a)
     money_back.refund_failed(failed_refund_id, "card expired")
-    incident = staff_services.record_incident(
+    incident = incidents.record_incident(
         actor, "Ongoing outage", now - timedelta(hours=3), None, ""
     )
     world = World(

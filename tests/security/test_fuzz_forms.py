@@ -15,12 +15,13 @@ from sqlalchemy import func, select
 
 from portal.billing.models import Refund
 from portal.extensions import db
+from portal.incidents import services as incidents
+from portal.incidents.models import Incident
 from portal.money import parse_dollars
 from portal.refunds import services as refunds
 from portal.refunds.eligibility import RequestReason
 from portal.refunds.models import RequestStatus
 from portal.staff import services as staff_services
-from portal.staff.models import Incident
 from portal.timeutil import utcnow
 from tests.factories import DEFAULT_PASSWORD, make_purchase
 from tests.security.helpers import (
@@ -355,7 +356,7 @@ def test_incidents(app, world, customer, staff, errors, data, zones):
     path, pairs = data
     live_in(world.staff, zones[0])
     live_in(world.customer_a, zones[1])
-    incident = staff_services.record_incident(
+    incident = incidents.record_incident(
         staff_services.Actor(world.staff, "127.0.0.1"), "Ongoing", utcnow(), None, ""
     )
     incidents_before = db.session.scalar(select(func.count()).select_from(Incident))

@@ -15,9 +15,11 @@ from sqlalchemy import func, select
 
 from portal import policy
 from portal.accounts.models import User
+from portal.audit import AuditLogEntry
 from portal.billing import services as billing
 from portal.billing.models import Purchase, PurchaseStatus, Refund
 from portal.extensions import db
+from portal.incidents.models import Incident
 from portal.ledger.models import EntryKind, LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.refunds import services as refunds
@@ -25,7 +27,6 @@ from portal.refunds.eligibility import RequestReason, Verdict
 from portal.refunds.models import RefundRequest, RefundRequestEvent, RequestStatus
 from portal.sandbox.store import CARD_SUCCEEDS, SandboxStore
 from portal.staff import services as staff_services
-from portal.staff.models import AuditLogEntry, Incident
 from portal.timeutil import add_business_days, utcnow
 from tests.billing.helpers import open_checkout, pay_in_store, payment_intent_of
 from tests.factories import csrf_token, login_as

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from portal.billing import money_back
-from portal.staff import services as staff_services
+from portal.incidents import services as incidents
 from portal.timeutil import utcnow
 from tests.factories import csrf_token, make_purchase
 from tests.staff.helpers import actor, approve_now, client_for, file, state_snapshot
@@ -45,7 +45,7 @@ def world(app, staff, customer):
     failed_request = file(customer, make_purchase(customer))
     failed = approve_now(failed_request, staff, 500, justification="test")
     money_back.refund_failed(failed.id, "card expired")
-    incident = staff_services.record_incident(
+    incident = incidents.record_incident(
         actor(staff), "Ongoing outage", utcnow() - timedelta(hours=3), None, ""
     )
     ids = {

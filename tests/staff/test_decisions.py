@@ -17,6 +17,7 @@ from portal.billing import money_back
 from portal.billing.models import Purchase, PurchaseStatus, RefundStatus
 from portal.errors import Conflict, ValidationError
 from portal.extensions import db
+from portal.incidents import services as incidents
 from portal.ledger.models import EntryKind
 from portal.refunds import services as refunds
 from portal.refunds.eligibility import RequestReason
@@ -91,7 +92,7 @@ def test_the_request_page_shows_everything_needed_to_decide(
     staff_services.deny(earlier.id, actor(staff), "window", "", utcnow())
     purchase = paid_purchase(customer)
     spend(customer, 20, "job-before-filing")
-    staff_services.record_incident(
+    incidents.record_incident(
         actor(staff), "Render farm offline", utcnow() - timedelta(hours=3), None, ""
     )
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64

@@ -9,9 +9,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from portal.audit import AuditLogEntry
 from portal.extensions import db
+from portal.incidents import services as incidents
+from portal.incidents.models import Incident
 from portal.refunds.models import RequestStatus
-from portal.staff.models import AuditLogEntry, Incident
 from portal.timeutil import add_business_days, utcnow
 from tests.factories import make_purchase, make_staff, make_user
 from tests.staff.helpers import (
@@ -188,14 +190,13 @@ def test_an_incident_that_ends_before_it_starts_is_refused(app, staff_client):
 
 
 def test_the_status_page_lists_only_the_last_90_days(app, staff):
-    from portal.staff import services
     from tests.staff.helpers import actor
 
     now = utcnow()
-    services.record_incident(
+    incidents.record_incident(
         actor(staff), "Old outage", now - timedelta(days=120), now - timedelta(days=119), ""
     )
-    services.record_incident(
+    incidents.record_incident(
         actor(staff), "Recent outage", now - timedelta(days=10), now - timedelta(days=9), ""
     )
     status = text(client_for(app).get("/status"))

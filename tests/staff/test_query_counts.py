@@ -8,6 +8,7 @@ spent); a count that moved between the two would be a query per row somewhere.
 from datetime import timedelta
 
 from portal.extensions import db
+from portal.incidents import services as incidents
 from portal.jobs import services as job_services
 from portal.jobs.models import FailureReason
 from portal.ledger.services import unused_credits
@@ -47,7 +48,7 @@ def short_and_long_requests(staff):
     job_services.fail_job(failed.id, FailureReason.PLATFORM_ERROR, "worker lost")
     make_staff()
     for number in range(3):
-        staff_services.record_incident(
+        incidents.record_incident(
             actor(staff),
             f"Outage {number}",
             utcnow() - timedelta(days=2, hours=number * 5),

@@ -14,6 +14,7 @@ from tempfile import SpooledTemporaryFile
 
 from sqlalchemy import delete, select, update
 
+from portal import audit
 from portal.accounts import sessions
 from portal.accounts.models import AccountStatus, PasswordResetToken, User
 from portal.accounts.passwords import hash_password
@@ -23,7 +24,6 @@ from portal.jobs.models import Job
 from portal.ledger.models import LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.refunds.models import Attachment, RefundRequest, RefundRequestEvent
-from portal.staff.audit import audit
 
 ERASED = "[erased]"
 
@@ -38,7 +38,7 @@ def _csv(archive: zipfile.ZipFile, name: str, header: list[str], rows) -> None:
 def export_for(user: User, actor_id: int, ip_address: str | None) -> SpooledTemporaryFile:
     """Build `user`'s archive and record in the audit log who took it."""
     archive = export_archive(user)
-    audit("account.exported", "user", user.id, actor_id=actor_id, ip_address=ip_address)
+    audit.record("account.exported", "user", user.id, actor_id=actor_id, ip_address=ip_address)
     db.session.commit()
     return archive
 
@@ -240,7 +240,7 @@ def close_account(
         .where(OutboxEmail.to_address == old_email)
         .values(to_address=anonymous, body_text=ERASED)
     )
-    audit(
+    audit.record(
         "account.closed",
         "user",
         user.id,
