@@ -49,9 +49,11 @@ test-e2e: venv $(E2E_AXE)
 bench: venv
 	$(BIN)/python -m tests.bench.run_bench $(BENCH_ARGS)
 
+# ruff, then the architecture's import contracts (pyproject.toml, docs/architecture.md).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check portal tests
+	$(BIN)/lint-imports
 
 # Security scans: bandit over the code (medium and high findings fail), pip-audit over
 # the installed dependencies (an unreachable advisory database is reported, not fatal).

@@ -53,7 +53,8 @@ def register_routing(app: Flask) -> None:
 def register_extensions(app: Flask) -> None:
     from portal import models  # noqa: F401  (every table known to the metadata)
     from portal.accounts.services import load_user_from_session
-    from portal.extensions import csrf, db, limiter, login_manager, migrate
+    from portal.db import db
+    from portal.extensions import csrf, limiter, login_manager, migrate
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)

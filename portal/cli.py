@@ -94,8 +94,9 @@ def reconcile(since) -> None:
     pending and disputes still open as Stripe says they stand."""
     from datetime import UTC, timedelta
 
-    from portal.billing.services import Fulfilment, reconcile_money_back
-    from portal.billing.services import reconcile as run_reconciliation
+    from portal.billing.fulfilment import Fulfilment
+    from portal.billing.reconcile import reconcile as run_reconciliation
+    from portal.billing.reconcile import reconcile_money_back
     from portal.errors import PaymentProviderError
     from portal.timeutil import utcnow
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
+from portal.limits import DEFAULT_LIMITS
+
 ENVIRONMENTS = ("development", "production", "testing")
 PAYMENTS_MODES = ("sandbox", "stripe")
 
@@ -72,8 +74,6 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
 
     default_db = f"sqlite:///{instance_path / 'portal.db'}"
     redis_url = environ.get("REDIS_URL", "")
-
-    from portal.limits import DEFAULT_LIMITS
 
     limits = {name: environ.get(name) or default for name, default in DEFAULT_LIMITS.items()}
     return {

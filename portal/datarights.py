@@ -19,7 +19,7 @@ from portal.accounts import sessions
 from portal.accounts.models import AccountStatus, PasswordResetToken, User
 from portal.accounts.passwords import hash_password
 from portal.billing.models import Purchase
-from portal.extensions import db
+from portal.db import db
 from portal.jobs.models import Job
 from portal.ledger.models import LedgerEntry
 from portal.notifications.models import OutboxEmail

@@ -1,8 +1,11 @@
 """The database: `db`, the declarative base, constraint naming, the column types every
 model shares, and row locks."""
 
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import ParamSpec, TypeVar
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Enum, MetaData, Select, TypeDecorator, event, select
@@ -82,6 +85,32 @@ class IdConverter(IntegerConverter):
 
     def __init__(self, url_map):
         super().__init__(url_map, min=1, max=MAX_ID)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def transactional(service: Callable[P, R]) -> Callable[P, R]:
+    """Make `service` one transaction: commit when it returns, roll back when it raises.
+
+    Services lock, check, then act; a refusal raised anywhere in between leaves nothing
+    behind (and, on SQLite, gives the write lock back at once). A transactional service
+    may call another: the inner commit then ends the outer one's work too, so services
+    that must stay atomic call plain helpers, not other transactional services.
+    """
+
+    @functools.wraps(service)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            result = service(*args, **kwargs)
+        except BaseException:
+            db.session.rollback()
+            raise
+        db.session.commit()
+        return result
+
+    return run
 
 
 def locked(model, *criteria, skip_locked: bool = False):

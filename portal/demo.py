@@ -8,8 +8,8 @@ from sqlalchemy import func, select
 from portal import policy
 from portal.accounts.models import User
 from portal.billing.models import Purchase, PurchaseStatus
+from portal.db import db
 from portal.errors import InsufficientCredits
-from portal.extensions import db
 from portal.jobs import services as jobs
 from portal.jobs.models import FailureReason
 from portal.ledger import services as ledger
@@ -78,5 +78,5 @@ def _credited_purchase(customer: User, package: policy.Package, when, number: in
     )
     db.session.add(purchase)
     db.session.flush()
-    ledger.credit_purchase(purchase, f"purchase:{purchase.id}:credit", at=when)
+    ledger.credit_purchase(purchase, purchase.credit_key, at=when)
     db.session.commit()

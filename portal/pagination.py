@@ -11,8 +11,7 @@ from typing import Any
 
 from sqlalchemy import Select
 
-from portal.db import parse_id
-from portal.extensions import db
+from portal.db import db, parse_id
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200

@@ -2,7 +2,7 @@
 
 import threading
 
-from portal.extensions import db
+from portal.db import db
 
 
 def run_together(app, count: int, work) -> list:

@@ -19,7 +19,8 @@ from flask_migrate import upgrade
 from sqlalchemy import text
 
 from portal import create_app
-from portal.extensions import db, limiter
+from portal.db import db
+from portal.extensions import limiter
 
 POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "")
 

@@ -7,7 +7,7 @@ from flask.testing import FlaskClient
 
 from portal.accounts.models import Role, User
 from portal.accounts.passwords import hash_password
-from portal.extensions import db
+from portal.db import db
 
 DEFAULT_PASSWORD = "correct horse battery staple"
 _sequence = itertools.count(1)

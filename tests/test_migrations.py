@@ -7,7 +7,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from portal.extensions import db
+from portal.db import db
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -7,8 +7,7 @@ from flask_login import UserMixin
 from sqlalchemy import CheckConstraint, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from portal.db import UTCDateTime, enum_type
-from portal.extensions import db
+from portal.db import UTCDateTime, db, enum_type
 from portal.timeutil import utcnow
 
 

@@ -44,6 +44,7 @@ def needs_rehash(password_hash: str) -> bool:
 @lru_cache(maxsize=1)
 def common_passwords() -> frozenset[str]:
     """The most common leaked passwords, from the frequency list zxcvbn ships."""
+    # Loaded on first use: the lists are megabytes that most processes never need.
     from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
     return frozenset(FREQUENCY_LISTS["passwords"][:COMMON_PASSWORDS_CHECKED])

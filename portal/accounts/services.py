@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from zoneinfo import available_timezones
 
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -17,9 +18,8 @@ from portal.accounts.passwords import (
     password_problems,
     verify_password,
 )
-from portal.db import MAX_ID
+from portal.db import MAX_ID, db
 from portal.errors import ValidationError
-from portal.extensions import db
 from portal.notifications.services import queue_email
 from portal.timeutil import utcnow
 
@@ -96,8 +96,6 @@ def authenticate(email: str, password: str) -> User | None:
     """Return the user whose e-mail and password match, or None; rehash old hashes."""
     user = user_by_email(email)
     if user is None:
-        from flask import current_app
-
         profile = current_app.config["PASSWORD_HASH_PROFILE"]
         if profile not in _DUMMY_HASH:
             _DUMMY_HASH[profile] = hash_password(secrets.token_hex(16))

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from portal.accounts.models import User, UserSession
-from portal.extensions import db
+from portal.db import db
 
 ABSOLUTE_LIFETIME = timedelta(hours=12)
 STAFF_IDLE_TIMEOUT = timedelta(minutes=30)

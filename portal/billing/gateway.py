@@ -15,6 +15,7 @@ import stripe
 from flask import Flask, current_app
 
 from portal.errors import PaymentProviderError
+from portal.sandbox.wsgi import call_app
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ class InProcessHttpClient(stripe.HTTPClient):
         self.app = app
 
     def request(self, method, url, headers, post_data=None, *, _usage=None):
-        from portal.sandbox.wsgi import call_app
-
         body = post_data.encode() if isinstance(post_data, str) else post_data
         status, response_headers, content = call_app(
             self.app, method.upper(), url, dict(headers or {}), body

@@ -7,8 +7,7 @@ from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.accounts.models import User
-from portal.db import UTCDateTime, enum_type
-from portal.extensions import db
+from portal.db import UTCDateTime, db, enum_type
 from portal.timeutil import utcnow
 
 
@@ -68,6 +67,11 @@ class Purchase(db.Model):
     refunds: Mapped[list["Refund"]] = relationship(back_populates="purchase")
 
     @property
+    def credit_key(self) -> str:
+        """The ledger key of adding this purchase's credits: at most once, whoever does it."""
+        return f"purchase:{self.id}:credit"
+
+    @property
     def refund_can_be_requested(self) -> bool:
         """Paid, not disputed with the bank, and not already refunded in full."""
         return (
@@ -124,6 +128,17 @@ class Refund(db.Model):
 
     purchase: Mapped[Purchase] = relationship(back_populates="refunds")
 
+    @property
+    def attempt_key(self) -> str:
+        """Stripe's idempotency key for this attempt (a retry is a new attempt: Stripe's
+        refusal is final for the key it refused)."""
+        return f"refund-{self.id}-{self.created_at:%Y%m%dT%H%M%S%f}-attempt-{self.attempt}"
+
+    @property
+    def claw_back_key(self) -> str:
+        """The ledger key of the credits this attempt took out of the balance."""
+        return f"refund:{self.id}:attempt-{self.attempt}:claw-back"
+
 
 class DisputeStatus(StrEnum):
     """Stripe's dispute statuses. `warning_*` is an inquiry: no money has moved."""
@@ -167,6 +182,15 @@ class Dispute(db.Model):
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_DISPUTE_STATUSES
+
+    def hold_keys(self, number: int) -> tuple[str, str]:
+        """The ledger keys of this dispute's `number`th hold of credits and of its release
+        (the first hold keeps the key used before disputes had rows)."""
+        suffix = "" if number == 1 else f":{number}"
+        return (
+            f"dispute:{self.stripe_dispute_id}:hold{suffix}",
+            f"dispute:{self.stripe_dispute_id}:release{suffix}",
+        )
 
     @property
     def is_lost(self) -> bool:

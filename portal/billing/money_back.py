@@ -51,14 +51,13 @@ from portal.billing.models import (
     Refund,
     RefundStatus,
 )
-from portal.db import locked
+from portal.db import db, locked, transactional
 from portal.errors import Conflict, NotFound, PaymentProviderError, ValidationError
-from portal.extensions import db
 from portal.ledger import services as ledger
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
-from portal.ops.metrics import REFUNDS
+from portal.ops.counters import REFUNDS
 from portal.refunds.models import OPEN_STATUSES as OPEN_REQUEST_STATUSES
 from portal.refunds.models import RefundRequest, RequestStatus, add_event
 from portal.timeutil import utcnow
@@ -108,23 +107,7 @@ def _move(refund: Refund, status: RefundStatus) -> None:
     refund.status = status
 
 
-# -- keys and locks ----------------------------------------------------------------------
-
-
-def refund_key(refund: Refund) -> str:
-    """The Stripe idempotency key of a refund's current attempt."""
-    return f"refund-{refund.id}-{refund.created_at:%Y%m%dT%H%M%S%f}-attempt-{refund.attempt}"
-
-
-def claw_back_key(refund: Refund) -> str:
-    return f"refund:{refund.id}:attempt-{refund.attempt}:claw-back"
-
-
-def _hold_keys(dispute: Dispute, number: int) -> tuple[str, str]:
-    """The ledger keys of a dispute's `number`th hold and of its release."""
-    suffix = "" if number == 1 else f":{number}"
-    stripe_id = dispute.stripe_dispute_id
-    return f"dispute:{stripe_id}:hold{suffix}", f"dispute:{stripe_id}:release{suffix}"
+# -- locks ----------------------------------------------------------------------
 
 
 def lock_purchase(purchase_id: int) -> Purchase | None:
@@ -268,7 +251,7 @@ def _hold_unused(purchase: Purchase, dispute: Dispute) -> LedgerEntry | None:
     # The account lock first: holds are numbered, and each customer's credits move one
     # at a time under that lock, whoever holds the purchase's.
     ledger.lock_account(purchase.user_id)
-    hold_key, _ = _hold_keys(dispute, len(_holds_of(dispute)) + 1)
+    hold_key, _ = dispute.hold_keys(len(_holds_of(dispute)) + 1)
     return ledger.hold_for_dispute(purchase, hold_key)
 
 
@@ -295,7 +278,7 @@ def hold_returned_credits(entry: LedgerEntry) -> None:
 
 def _release_holds(dispute: Dispute) -> None:
     for number, hold in enumerate(_holds_of(dispute), start=1):
-        _, release_key = _hold_keys(dispute, number)
+        _, release_key = dispute.hold_keys(number)
         ledger.restore(hold, release_key, memo=f"dispute {dispute.status.value}")
 
 
@@ -396,10 +379,10 @@ def schedule_refund(
         db.session.flush()
     except IntegrityError:
         raise ValidationError("That is more than is left to refund.", field="amount") from None
-    refund.idempotency_key = refund_key(refund)
+    refund.idempotency_key = refund.attempt_key
     if credits:
         ledger.claw_back(
-            purchase, credits, claw_back_key(refund), refund_id=refund.id, memo=memo, at=now
+            purchase, credits, refund.claw_back_key, refund_id=refund.id, memo=memo, at=now
         )
     return refund, credits
 
@@ -443,7 +426,7 @@ def retry(refund_id: int, memo: str, now: datetime) -> Refund:
     refund.stripe_refund_id = None
     refund.scheduled_for = now
     refund.failure_reason = None
-    refund.idempotency_key = refund_key(refund)
+    refund.idempotency_key = refund.attempt_key
     purchase.committed_refund_cents += refund.amount_cents
     try:
         db.session.flush()
@@ -451,7 +434,7 @@ def retry(refund_id: int, memo: str, now: datetime) -> Refund:
         raise ValidationError("That is more than is left to refund.", field="amount") from None
     credits = min(ledger.unused_credits(purchase), _share_of_credits(purchase, refund.amount_cents))
     if credits:
-        ledger.claw_back(purchase, credits, claw_back_key(refund), refund_id=refund.id, memo=memo)
+        ledger.claw_back(purchase, credits, refund.claw_back_key, refund_id=refund.id, memo=memo)
     return refund
 
 
@@ -462,10 +445,10 @@ def _release(
     _move(refund, status)
     purchase.committed_refund_cents -= refund.amount_cents
     taken = db.session.scalar(
-        select(LedgerEntry).where(LedgerEntry.idempotency_key == claw_back_key(refund))
+        select(LedgerEntry).where(LedgerEntry.idempotency_key == refund.claw_back_key)
     )
     if taken is not None:
-        ledger.restore(taken, f"{claw_back_key(refund)}:{suffix}", memo=why)
+        ledger.restore(taken, f"{refund.claw_back_key}:{suffix}", memo=why)
 
 
 # -- the portal's own refunds: the worker sends, Stripe answers --------------------------
@@ -518,6 +501,8 @@ def send_refund(refund_id: int, now: datetime) -> Refund | None:
     refund it already made. A refund of a payment under an open dispute waits; one whose
     payment the bank has already returned (a dispute lost) is canceled.
     """
+    # Two transactions with Stripe's call between them (never under a lock), so this one
+    # commits by hand: the claim, then what Stripe answered (`refund_answered`).
     purchase, refund = _lock_purchase_and_refund(refund_id, skip_locked=True)
     first_send = refund is not None and refund.status == RefundStatus.SCHEDULED
     due = refund is not None and (
@@ -542,7 +527,7 @@ def send_refund(refund_id: int, now: datetime) -> Refund | None:
         _tell_customer_refund_sent(purchase, refund)
     refund.sent_at = now
     payment_intent = purchase.stripe_payment_intent_id
-    key, amount, reason = refund_key(refund), refund.amount_cents, refund.reason
+    key, amount, reason = refund.attempt_key, refund.amount_cents, refund.reason
     metadata = {
         "refund_id": str(refund.id),
         "attempt": str(refund.attempt),
@@ -587,17 +572,20 @@ def _tell_customer_refund_sent(purchase: Purchase, refund: Refund) -> None:
 
 
 def refund_answered(refund_id: int, answer: dict) -> Refund | None:
-    """Store Stripe's refund id on our record, and act on a final status."""
-    purchase, refund = _lock_purchase_and_refund(refund_id)
-    if refund is None:
-        db.session.rollback()
+    """Store Stripe's refund id on our record, then act on a final status."""
+    if _store_answer(refund_id, answer) is None:
         return None
-    # Stripe's answer names the refund of this attempt (a retry is a new Stripe refund).
-    refund.stripe_refund_id = answer.get("id") or refund.stripe_refund_id
-    status = answer.get("status")
-    _settle(purchase)
-    db.session.commit()
-    return _apply_refund_status(refund_id, status, answer.get("failure_reason"))
+    return _apply_refund_status(refund_id, answer.get("status"), answer.get("failure_reason"))
+
+
+@transactional
+def _store_answer(refund_id: int, answer: dict) -> Refund | None:
+    purchase, refund = _lock_purchase_and_refund(refund_id)
+    if refund is not None:
+        # Stripe's answer names the refund of this attempt (a retry is a new Stripe refund).
+        refund.stripe_refund_id = answer.get("id") or refund.stripe_refund_id
+        _settle(purchase)
+    return refund
 
 
 def _apply_refund_status(refund_id: int, status, failure_reason) -> Refund | None:
@@ -608,11 +596,11 @@ def _apply_refund_status(refund_id: int, status, failure_reason) -> Refund | Non
     return db.session.get(Refund, refund_id)
 
 
+@transactional
 def refund_succeeded(refund_id: int) -> Refund | None:
     """Mark a refund settled and tell the customer (once)."""
     purchase, refund = _lock_purchase_and_refund(refund_id)
     if refund is None or RefundStatus.SUCCEEDED not in REFUND_TRANSITIONS[refund.status]:
-        db.session.rollback()
         return refund
     _move(refund, RefundStatus.SUCCEEDED)
     REFUNDS.labels("succeeded").inc()
@@ -634,17 +622,16 @@ def refund_succeeded(refund_id: int) -> Refund | None:
         f"within {days} business days.",
     )
     _settle(purchase)
-    db.session.commit()
     return refund
 
 
+@transactional
 def refund_failed(refund_id: int, why: str) -> Refund | None:
     """Record a refund that did not go through: free its amount, return the request to
     review, and give the credits back if the purchase's money is still with us (under a
     dispute they stay held until the bank decides)."""
     purchase, refund = _lock_purchase_and_refund(refund_id)
     if refund is None or RefundStatus.FAILED not in REFUND_TRANSITIONS[refund.status]:
-        db.session.rollback()
         return refund
     with_us = money_state(purchase).with_us
     _release(purchase, refund, RefundStatus.FAILED, "refund did not go through", "reversal")
@@ -673,7 +660,6 @@ def refund_failed(refund_id: int, why: str) -> Refund | None:
     )
     notify_staff(f"Refund {refund.id} failed", f"Refund {refund.id} of {amount} failed: {why}")
     _settle(purchase)
-    db.session.commit()
     return refund
 
 
@@ -763,6 +749,7 @@ def _unrecorded_purchase_of(payment_intent: str) -> int | None:
     return named if paid_with == payment_intent else None
 
 
+@transactional
 def sync_refunds(payment_intent: str | None) -> Purchase | None:
     """Bring a purchase's refunded amount in line with Stripe's charge, as it is now.
 
@@ -777,7 +764,6 @@ def sync_refunds(payment_intent: str | None) -> Purchase | None:
         return None
     purchase = _purchase_for_payment(payment_intent)
     if purchase is None:
-        db.session.rollback()
         return None
     before = purchase.refunded_cents
     purchase.stripe_payment_intent_id = purchase.stripe_payment_intent_id or payment_intent
@@ -791,7 +777,6 @@ def sync_refunds(payment_intent: str | None) -> Purchase | None:
             before={"refunded_cents": before},
             after={"refunded_cents": purchase.refunded_cents},
         )
-    db.session.commit()
     return purchase
 
 
@@ -806,15 +791,27 @@ def refund_changed(stripe_refund_id: str) -> Refund | None:
 
 
 def _record_refund(refund: dict) -> Refund | None:
-    """Keep our copy of a Stripe refund (including dashboard ones) in step with Stripe."""
+    """Keep our copy of a Stripe refund (including dashboard ones) in step with Stripe.
+
+    The portal's own refunds then settle through the transitions that also move credits.
+    """
+    row, ours = _store_refund(refund)
+    if row is not None and ours:
+        return _apply_refund_status(row.id, refund.get("status"), refund.get("failure_reason"))
+    return row
+
+
+@transactional
+def _store_refund(refund: dict) -> tuple[Refund | None, bool]:
+    """Our row for a Stripe refund, found or made; and whether it is one of the portal's
+    own (a refund of a request) whose status the caller still has to apply."""
     stripe_id = refund.get("id")
     intent = refund.get("payment_intent")
     if not isinstance(stripe_id, str) or not isinstance(intent, str) or not intent:
-        return None
+        return None, False
     purchase = _purchase_for_payment(intent)
     if purchase is None:
-        db.session.rollback()
-        return None
+        return None, False
     metadata = refund.get("metadata") or {}
     ours, attempt = metadata.get("refund_id"), metadata.get("attempt")
     row = locked(Refund, Refund.stripe_refund_id == stripe_id)
@@ -830,8 +827,7 @@ def _record_refund(refund: dict) -> Refund | None:
         ):
             row = candidate
         elif candidate is not None:
-            db.session.rollback()
-            return candidate
+            return candidate, False
     if row is None:
         row = Refund(
             purchase_id=purchase.id,
@@ -843,22 +839,21 @@ def _record_refund(refund: dict) -> Refund | None:
         )
         db.session.add(row)
     row.stripe_refund_id = stripe_id
-    status = refund.get("status")
     if row.refund_request_id is not None:
-        # The portal's own refunds settle through the functions that also move credits.
-        db.session.commit()
-        return _apply_refund_status(row.id, status, refund.get("failure_reason"))
+        return row, True
+    # A refund made in Stripe's dashboard is Stripe's own record: its status is copied.
+    status = refund.get("status")
     if status in {member.value for member in RefundStatus}:
         row.status = RefundStatus(status)
     row.failure_reason = refund.get("failure_reason") or row.failure_reason
     row.updated_at = utcnow()
-    db.session.commit()
-    return row
+    return row, False
 
 
 # -- disputes ----------------------------------------------------------------------------
 
 
+@transactional
 def dispute_changed(stripe_dispute_id: str) -> Purchase | None:
     """A dispute event: ask Stripe how the dispute stands and apply that, whatever the
     event said and whenever it arrived."""
@@ -868,9 +863,11 @@ def dispute_changed(stripe_dispute_id: str) -> Purchase | None:
     except ValueError:
         log.warning("dispute %s has a status we do not know", stripe_dispute_id)
         return None
+    # The charge's refunded amount first (its own events may have been lost), so that
+    # settling below works from Stripe's figures.
+    sync_refunds(found.get("payment_intent"))
     purchase = _purchase_for_payment(found.get("payment_intent"))
     if purchase is None:
-        db.session.rollback()
         return None
     dispute = db.session.scalar(
         select(Dispute).where(Dispute.stripe_dispute_id == stripe_dispute_id)
@@ -887,7 +884,6 @@ def dispute_changed(stripe_dispute_id: str) -> Purchase | None:
         )
         db.session.add(dispute)
     elif dispute.purchase_id != purchase.id:
-        db.session.rollback()
         log.warning("dispute %s moved to another payment", stripe_dispute_id)
         return None
     dispute.status = status
@@ -898,11 +894,10 @@ def dispute_changed(stripe_dispute_id: str) -> Purchase | None:
     if dispute.is_lost:
         for refund in _scheduled_refunds(purchase):
             _cancel_for_lost_dispute(purchase, refund)
-    # No refund of ours reached Stripe in this step, so the refunded amount is current.
+    # The refunded amount was just read from Stripe, and no refund of ours moved since.
     _settle(purchase, refunded_is_fresh=True)
     if before != status:
         _report_dispute(purchase, dispute, before, _held_credits(purchase) - held_before)
-    db.session.commit()
     return purchase
 
 
@@ -1016,6 +1011,7 @@ def problems() -> list[Problem]:
         .group_by(Dispute.purchase_id)
         .subquery()
     )
+    # Stripe's own count of refunds (pending ones too) never above the payment either.
     returned = func.coalesce(succeeded.c.cents, 0) + func.coalesce(lost.c.cents, 0)
     for purchase_id, user_id, email, cents, paid in db.session.execute(
         select(Purchase.id, Purchase.user_id, User.email, returned, Purchase.amount_cents)

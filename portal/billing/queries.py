@@ -3,8 +3,8 @@
 from sqlalchemy import func, select
 
 from portal.billing.models import Purchase
+from portal.db import db
 from portal.errors import NotFound
-from portal.extensions import db
 from portal.ledger.models import CreditLot
 from portal.pagination import Page, keyset_page
 

@@ -4,7 +4,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 
 from portal import limits, policy
-from portal.billing import queries, services
+from portal.billing import checkout, fulfilment, queries
 from portal.billing.forms import BuyForm
 from portal.billing.models import PurchaseStatus
 from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
@@ -26,7 +26,7 @@ def buy():
         success_url = external_url("billing.checkout_success")
         success_url += "?session_id={CHECKOUT_SESSION_ID}"
         try:
-            checkout_url = services.start_checkout(
+            checkout_url = checkout.start_checkout(
                 current_user,
                 form.package.data,
                 success_url=success_url,
@@ -55,11 +55,11 @@ def buy():
 def checkout_success():
     session_id = request.args.get("session_id", "")
     try:
-        purchase = services.purchase_by_session(current_user.id, session_id)
+        purchase = checkout.purchase_by_session(current_user.id, session_id)
     except NotFound:
         abort(404)
     try:
-        outcome = services.fulfil_checkout(session_id)
+        outcome = fulfilment.fulfil_checkout(session_id)
     except PaymentProviderError:
         outcome = None
     purchase, unused = queries.purchase_for_customer(current_user.id, purchase.id)
@@ -67,7 +67,7 @@ def checkout_success():
         "billing/success.html",
         purchase=purchase,
         credited=purchase.credited_at is not None,
-        refused=outcome == services.Fulfilment.REFUSED,
+        refused=outcome == fulfilment.Fulfilment.REFUSED,
         balance=current_user.credits_balance,
     )
 
@@ -88,7 +88,7 @@ def cancel_purchase(purchase_id: int):
     except NotFound:
         abort(404)
     try:
-        outcome = services.cancel_checkout(purchase)
+        outcome = checkout.cancel_checkout(purchase)
     except PaymentProviderError:
         flash(
             "We could not reach our payment provider; the checkout will expire by itself.", "info"
@@ -99,17 +99,17 @@ def cancel_purchase(purchase_id: int):
 
 
 CANCEL_MESSAGES = {
-    services.Cancellation.CANCELED: ("The checkout is cancelled. Nothing was charged.", "info"),
-    services.Cancellation.PROCESSING: (
+    checkout.Cancellation.CANCELED: ("The checkout is cancelled. Nothing was charged.", "info"),
+    checkout.Cancellation.PROCESSING: (
         "This payment was already made and your bank is still processing it, so it can no "
         "longer be cancelled. The credits are added as soon as the bank confirms it.",
         "warning",
     ),
-    services.Cancellation.PAID: (
+    checkout.Cancellation.PAID: (
         "This checkout was already paid, so it was not cancelled: the credits are in your balance.",
         "info",
     ),
-    services.Cancellation.NOTHING_TO_CANCEL: ("There is nothing left to cancel here.", "info"),
+    checkout.Cancellation.NOTHING_TO_CANCEL: ("There is nothing left to cancel here.", "info"),
 }
 
 

@@ -12,12 +12,13 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from portal.billing import money_back, services
+from portal.billing import fulfilment, money_back
 from portal.billing.gateway import InvalidWebhook, gateway
 from portal.billing.models import StripeEvent
+from portal.db import db
 from portal.errors import PaymentProviderError
-from portal.extensions import csrf, db
-from portal.ops.metrics import WEBHOOK_EVENTS
+from portal.extensions import csrf
+from portal.ops.counters import WEBHOOK_EVENTS
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -31,23 +32,25 @@ def _session_id(obj: dict) -> str:
 
 
 HANDLERS = {
-    "checkout.session.completed": lambda obj: services.fulfil_checkout(_session_id(obj)),
-    "checkout.session.async_payment_succeeded": lambda obj: services.fulfil_checkout(
+    "checkout.session.completed": lambda obj: fulfilment.fulfil_checkout(_session_id(obj)),
+    "checkout.session.async_payment_succeeded": lambda obj: fulfilment.fulfil_checkout(
         _session_id(obj)
     ),
-    "checkout.session.async_payment_failed": lambda obj: services.checkout_failed(_session_id(obj)),
-    "checkout.session.expired": lambda obj: services.checkout_expired(_session_id(obj)),
-    "payment_intent.payment_failed": services.payment_attempt_failed,
+    "checkout.session.async_payment_failed": lambda obj: fulfilment.checkout_failed(
+        _session_id(obj)
+    ),
+    "checkout.session.expired": lambda obj: fulfilment.checkout_expired(_session_id(obj)),
+    "payment_intent.payment_failed": fulfilment.payment_attempt_failed,
     "charge.refunded": lambda obj: money_back.sync_refunds(obj.get("payment_intent")),
     "refund.created": lambda obj: money_back.refund_changed(obj["id"]),
     "refund.updated": lambda obj: money_back.refund_changed(obj["id"]),
     "refund.failed": lambda obj: money_back.refund_changed(obj["id"]),
     # Every dispute event is only a reason to ask Stripe how the dispute stands now.
-    "charge.dispute.created": lambda obj: services.dispute_changed(obj["id"]),
-    "charge.dispute.updated": lambda obj: services.dispute_changed(obj["id"]),
-    "charge.dispute.closed": lambda obj: services.dispute_changed(obj["id"]),
-    "charge.dispute.funds_withdrawn": lambda obj: services.dispute_changed(obj["id"]),
-    "charge.dispute.funds_reinstated": lambda obj: services.dispute_changed(obj["id"]),
+    "charge.dispute.created": lambda obj: fulfilment.dispute_changed(obj["id"]),
+    "charge.dispute.updated": lambda obj: fulfilment.dispute_changed(obj["id"]),
+    "charge.dispute.closed": lambda obj: fulfilment.dispute_changed(obj["id"]),
+    "charge.dispute.funds_withdrawn": lambda obj: fulfilment.dispute_changed(obj["id"]),
+    "charge.dispute.funds_reinstated": lambda obj: fulfilment.dispute_changed(obj["id"]),
 }
 
 

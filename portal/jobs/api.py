@@ -8,8 +8,9 @@ from sqlalchemy import inspect, select
 
 from portal import limits
 from portal.accounts.models import User
+from portal.db import db
 from portal.errors import AccountTerminated, Conflict, InsufficientCredits, NotFound
-from portal.extensions import csrf, db, limiter
+from portal.extensions import csrf, limiter
 from portal.jobs import services
 from portal.jobs.models import FailureReason, Job
 from portal.jobs.openapi import OPENAPI_DOCUMENT

@@ -6,8 +6,7 @@ from enum import StrEnum
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.db import UTCDateTime, enum_type
-from portal.extensions import db
+from portal.db import UTCDateTime, db, enum_type
 from portal.timeutil import utcnow
 
 
@@ -52,3 +51,13 @@ class Job(db.Model):
     credits_restored: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def charge_key(self) -> str:
+        """The ledger key of charging this job: charged at most once."""
+        return f"job:{self.id}:charge"
+
+    @property
+    def restore_key(self) -> str:
+        """The ledger key of giving a failed job's credits back: at most once."""
+        return f"job:{self.id}:restore"

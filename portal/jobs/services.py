@@ -7,22 +7,13 @@ from sqlalchemy.exc import IntegrityError
 
 from portal.accounts.models import User
 from portal.billing import money_back
-from portal.db import locked
+from portal.db import db, locked
 from portal.errors import AccountTerminated, Conflict, NotFound
-from portal.extensions import db
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry
 from portal.pagination import Page, keyset_page
 from portal.timeutil import utcnow
-
-
-def _charge_key(job: Job) -> str:
-    return f"job:{job.id}:charge"
-
-
-def _restore_key(job: Job) -> str:
-    return f"job:{job.id}:restore"
 
 
 def _same_request(job: Job, user: User, operation: str, credits: int) -> bool:
@@ -73,7 +64,7 @@ def charge_job(
             # spend() reads the balance again, now after this transaction's first write:
             # on SQLite, which ignores FOR UPDATE, only that write lock keeps a concurrent
             # charge from slipping in between (PostgreSQL already holds the row lock).
-            ledger.spend(user.id, credits, _charge_key(job), job_id=job.id, memo=operation, at=at)
+            ledger.spend(user.id, credits, job.charge_key, job_id=job.id, memo=operation, at=at)
             db.session.commit()
             return job, True
         except IntegrityError:
@@ -148,7 +139,7 @@ def restore_job_credits(job: Job, at: datetime | None = None) -> LedgerEntry:
             LedgerEntry.job_id == job.id, LedgerEntry.kind == EntryKind.JOB_CHARGE
         )
     )
-    entry = ledger.restore(charge, _restore_key(job), memo=job.operation, at=at)
+    entry = ledger.restore(charge, job.restore_key, memo=job.operation, at=at)
     # Credits that return to a purchase whose payment is disputed go on hold with the rest.
     money_back.hold_returned_credits(entry)
     job.credits_restored = True

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import func, select
 
 from portal.accounts.models import User
-from portal.extensions import db
+from portal.db import db
 from portal.ledger.models import DayEndBalance, EntryKind, LedgerEntry
 from portal.pagination import Page, keyset_page
 

@@ -6,8 +6,7 @@ from enum import StrEnum
 from sqlalchemy import CheckConstraint, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.db import UTCDateTime, enum_type
-from portal.extensions import db
+from portal.db import UTCDateTime, db, enum_type
 from portal.timeutil import utcnow
 
 

@@ -9,7 +9,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from portal.accounts.models import Role, User
-from portal.extensions import db
+from portal.db import db
 from portal.notifications.models import OutboxEmail, OutboxStatus
 from portal.timeutil import utcnow
 

@@ -5,7 +5,7 @@ from flask import Blueprint, render_template
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from portal.extensions import db
+from portal.db import db
 from portal.notifications.models import OutboxEmail
 
 bp = Blueprint("notifications", __name__)

@@ -5,7 +5,7 @@ from alembic.script import ScriptDirectory
 from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
-from portal.extensions import db
+from portal.db import db
 
 bp = Blueprint("ops", __name__)
 
@@ -25,6 +25,7 @@ def _migrations_at_head() -> bool:
 
 
 def _redis_reachable(url: str) -> bool:
+    # Imported only where Redis is configured: most development set-ups run without it.
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)

@@ -12,30 +12,17 @@ import os
 import time
 
 from flask import Blueprint, Flask, Response, abort, current_app, g, request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
-bp = Blueprint("metrics", __name__)
+from portal.db import db
+from portal.notifications.models import OutboxEmail, OutboxStatus
+from portal.ops.counters import FULFILMENTS, REFUNDS, REQUEST_SECONDS, WEBHOOK_EVENTS
+from portal.refunds.models import OPEN_STATUSES, RefundRequest
+from portal.timeutil import utcnow
 
-REQUEST_SECONDS = Histogram(
-    "portal_request_seconds",
-    "Time to answer a request",
-    ["route", "method", "status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
-WEBHOOK_EVENTS = Counter(
-    "portal_webhook_events_total", "Stripe webhook events received", ["type", "outcome"]
-)
-FULFILMENTS = Counter("portal_fulfilments_total", "Checkout fulfilment outcomes", ["outcome"])
-REFUNDS = Counter("portal_refunds_total", "Refunds reaching a status", ["status"])
+bp = Blueprint("metrics", __name__)
 
 
 class BusinessCollector:
@@ -45,11 +32,6 @@ class BusinessCollector:
         self.app = app
 
     def collect(self):
-        from portal.extensions import db
-        from portal.notifications.models import OutboxEmail, OutboxStatus
-        from portal.refunds.models import OPEN_STATUSES, RefundRequest
-        from portal.timeutil import utcnow
-
         with self.app.app_context():
             now = utcnow()
             open_requests = db.session.scalar(

@@ -13,8 +13,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, text
 
-from portal.extensions import db
+from portal.billing import money_back
+from portal.billing.fulfilment import Fulfilment
+from portal.billing.reconcile import reconcile, reconcile_money_back
+from portal.db import db
+from portal.ledger.services import check_books
+from portal.notifications.services import notify_staff
 from portal.ops.models import ScheduledTask
+from portal.staff.services import send_overdue_digest
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,6 @@ class Task:
 
 
 def _reconcile(now: datetime) -> str:
-    from portal.billing.services import Fulfilment, reconcile, reconcile_money_back
-
     since = now - timedelta(days=3)
     results = reconcile(since)
     fixed = sum(1 for result in results if result.outcome == Fulfilment.CREDITED)
@@ -40,16 +44,10 @@ def _reconcile(now: datetime) -> str:
 
 
 def _digest(now: datetime) -> str:
-    from portal.staff.services import send_overdue_digest
-
     return f"{send_overdue_digest(now)} overdue"
 
 
 def _ledger_check(now: datetime) -> str:
-    from portal.billing import money_back
-    from portal.ledger.services import check_books
-    from portal.notifications.services import notify_staff
-
     problems = check_books() + money_back.problems()
     if problems:
         lines = [

@@ -7,6 +7,9 @@ from flask import Flask, g, jsonify, render_template, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from portal.db import db
+from portal.extensions import login_manager
+
 log = logging.getLogger(__name__)
 
 TITLES = {
@@ -90,8 +93,6 @@ def handle_http_error(error: HTTPException):
 
 def handle_database_unavailable(error: Exception):
     """The database went away (restart, failover): a 503 the client may retry, not a 500."""
-    from portal.extensions import db, login_manager
-
     request_id = g.get("request_id") or uuid.uuid4().hex[:12]
     g.request_id = request_id
     log.error("database unavailable in request %s: %s", request_id, error)

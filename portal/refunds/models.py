@@ -6,9 +6,8 @@ from enum import StrEnum
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, and_, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from portal.db import UTCDateTime, enum_type
+from portal.db import UTCDateTime, db, enum_type
 from portal.errors import Conflict
-from portal.extensions import db
 from portal.refunds.eligibility import RequestReason, Verdict
 from portal.timeutil import utcnow
 

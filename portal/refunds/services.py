@@ -16,11 +16,10 @@ from sqlalchemy.exc import IntegrityError
 
 from portal import audit, policy
 from portal.accounts.models import User
-from portal.billing import services as billing
+from portal.billing import fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
-from portal.db import locked
+from portal.db import db, locked
 from portal.errors import Conflict, NotFound, PaymentProviderError, ValidationError
-from portal.extensions import db
 from portal.incidents.models import Incident
 from portal.jobs import services as jobs
 from portal.jobs.models import Job, JobStatus
@@ -354,10 +353,10 @@ def _settle_automatically(
     done = []
     if Action.ADD_MISSING_CREDITS in actions and purchase.stripe_checkout_session_id:
         try:
-            outcome = billing.fulfil_checkout(purchase.stripe_checkout_session_id)
+            outcome = fulfilment.fulfil_checkout(purchase.stripe_checkout_session_id)
         except PaymentProviderError:
             outcome = None
-        if outcome in (billing.Fulfilment.CREDITED, billing.Fulfilment.ALREADY_CREDITED):
+        if outcome in (fulfilment.Fulfilment.CREDITED, fulfilment.Fulfilment.ALREADY_CREDITED):
             done.append(f"The {purchase.credits:,} missing credits were added to your balance.")
     if Action.RESTORE_JOB_CREDITS in actions and job is not None:
         jobs.restore_failed_job(job.id)

@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session, aliased, joinedload, load_only
 from portal.accounts.models import Role, User
 from portal.audit import AuditLogEntry
 from portal.billing.models import Purchase, Refund
-from portal.db import MAX_ID
-from portal.extensions import db
+from portal.db import MAX_ID, db
 from portal.incidents.models import Incident
 from portal.jobs.models import Job
 from portal.ledger.models import CreditLot, LedgerEntry

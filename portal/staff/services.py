@@ -9,22 +9,22 @@ from portal.accounts.models import User
 from portal.audit import Actor
 from portal.billing import money_back
 from portal.billing.models import Purchase, PurchaseStatus, Refund
-from portal.db import locked
+from portal.db import db, locked, transactional
 from portal.errors import Conflict, NotFound, ValidationError
-from portal.extensions import db
 from portal.jobs.models import Job
 from portal.ledger import services as ledger
 from portal.ledger.services import unused_credits
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
 from portal.refunds.models import RefundRequest, RequestStatus, add_event
+from portal.refunds.services import preview
 
 # -- refund request decisions ------------------------------------------------------------
 #
-# Each decision is one service call and one transaction: lock the request, check that
-# the status table allows the move, act, and write the timeline event, the audit line
-# and the customer's e-mail together. Money leaves later, through the worker, after the
-# undo window.
+# Each decision is one service call and one transaction (`transactional`): lock the
+# request, check that the status table allows the move, act, and write the timeline
+# event, the audit line and the customer's e-mail together; a refusal rolls it all back.
+# Money leaves later, through the worker, after the undo window.
 
 UNDO_WINDOW = money_back.UNDO_WINDOW
 
@@ -51,11 +51,7 @@ def _locked_request_moving_to(request_id: int, status: RequestStatus) -> RefundR
     :raises Conflict: the request cannot move to `status` (say, it is already decided).
     """
     request = _locked_request(request_id)
-    try:
-        request.transition(status)
-    except Conflict:
-        db.session.rollback()
-        raise
+    request.transition(status)
     return request
 
 
@@ -87,6 +83,7 @@ def take(request_id: int, actor: Actor) -> RefundRequest:
     return assign(request_id, actor, actor.user.id)
 
 
+@transactional
 def assign(request_id: int, actor: Actor, assignee_id: int | None) -> RefundRequest:
     """Hand the request to a staff member, or release it with None.
 
@@ -96,7 +93,6 @@ def assign(request_id: int, actor: Actor, assignee_id: int | None) -> RefundRequ
     if assignee_id is not None:
         assignee = db.session.get(User, assignee_id)
         if assignee is None or not assignee.is_staff:
-            db.session.rollback()
             raise ValidationError("Choose a staff member.", field="assignee")
     before = request.assignee_id
     request.assignee_id = assignee_id
@@ -118,27 +114,27 @@ def assign(request_id: int, actor: Actor, assignee_id: int | None) -> RefundRequ
         {"assignee_id": before},
         {"assignee_id": assignee_id},
     )
-    db.session.commit()
     return request
 
 
+@transactional
 def add_note(request_id: int, actor: Actor, body: str) -> None:
     """Write an internal note, never shown to the customer."""
     request = _locked_request(request_id)
     add_event(request, "internal_note", body, actor_id=actor.user.id, visible_to_customer=False)
     _log(actor, "refund_request.noted", request)
-    db.session.commit()
 
 
+@transactional
 def message_customer(request_id: int, actor: Actor, body: str) -> None:
     """Send the customer a message: on their timeline and by e-mail."""
     request = _locked_request(request_id)
     add_event(request, "staff_message", body, actor_id=actor.user.id)
     _email_customer(request, "a message from our team", body)
     _log(actor, "refund_request.messaged", request)
-    db.session.commit()
 
 
+@transactional
 def ask_for_information(request_id: int, actor: Actor, question: str, now: datetime) -> None:
     """Ask the customer for more information; the response clock pauses until they reply.
 
@@ -153,9 +149,9 @@ def ask_for_information(request_id: int, actor: Actor, question: str, now: datet
         f"{question}\n\nPlease answer on the request's page in the portal.",
     )
     _log(actor, "refund_request.information_requested", request)
-    db.session.commit()
 
 
+@transactional
 def deny(request_id: int, actor: Actor, reason_code: str, message: str, now: datetime) -> None:
     """Deny the request with a reason the customer sees.
 
@@ -181,13 +177,10 @@ def deny(request_id: int, actor: Actor, reason_code: str, message: str, now: dat
         "team.",
     )
     _log(actor, "refund_request.denied", request, after={"reason": reason_code})
-    db.session.commit()
 
 
 def recommendation_now(request: RefundRequest, now: datetime):
     """Re-run the pre-check on today's data (the customer may have spent credits since)."""
-    from portal.refunds.services import preview
-
     purchase = db.session.get(Purchase, request.purchase_id)
     job = db.session.get(Job, request.job_id) if request.job_id else None
     return preview(
@@ -200,6 +193,7 @@ def asked_for_money_back(request: RefundRequest) -> bool:
     return "add_missing_credits" not in request.precheck.get("actions", [])
 
 
+@transactional
 def approve(
     request_id: int, actor: Actor, amount_cents: int, justification: str, now: datetime
 ) -> Refund:
@@ -217,36 +211,32 @@ def approve(
     )
     if purchase_id is None:
         raise NotFound("no such request")
-    try:
-        purchase = money_back.lock_purchase(purchase_id)
-        request = _locked_request(request_id)
-        if not request.is_open:
-            raise Conflict("This request was already decided.")
-        left = money_back.refundable_cents(purchase)
-        if not 0 < amount_cents <= left:
-            raise ValidationError(f"Refund between $0.01 and {format_cents(left)}.", "amount")
-        check = recommendation_now(request, now)
-        unused = unused_credits(purchase)
-        package = policy.PACKAGES_BY_CODE.get(purchase.package_code)
-        unused_value = package.refund_for_unused(unused) if package else 0
-        if amount_cents > max(unused_value, check.recommended_cents) and not justification.strip():
-            raise ValidationError(
-                f"More than the unused credits' value ({format_cents(unused_value)}) needs a "
-                "written justification.",
-                field="justification",
-            )
-        refund, credits = money_back.schedule_refund(
-            purchase,
-            request,
-            amount_cents,
-            check.stripe_reason,
-            actor.user.id,
-            f"refund of {request.reference}",
-            now,
+    purchase = money_back.lock_purchase(purchase_id)
+    request = _locked_request(request_id)
+    if not request.is_open:
+        raise Conflict("This request was already decided.")
+    left = money_back.refundable_cents(purchase)
+    if not 0 < amount_cents <= left:
+        raise ValidationError(f"Refund between $0.01 and {format_cents(left)}.", "amount")
+    check = recommendation_now(request, now)
+    unused = unused_credits(purchase)
+    package = policy.PACKAGES_BY_CODE.get(purchase.package_code)
+    unused_value = package.refund_for_unused(unused) if package else 0
+    if amount_cents > max(unused_value, check.recommended_cents) and not justification.strip():
+        raise ValidationError(
+            f"More than the unused credits' value ({format_cents(unused_value)}) needs a "
+            "written justification.",
+            field="justification",
         )
-    except (Conflict, ValidationError):
-        db.session.rollback()
-        raise
+    refund, credits = money_back.schedule_refund(
+        purchase,
+        request,
+        amount_cents,
+        check.stripe_reason,
+        actor.user.id,
+        f"refund of {request.reference}",
+        now,
+    )
     request.transition(RequestStatus.APPROVED)
     request.decided_at = now
     request.decided_by_id = actor.user.id
@@ -275,10 +265,10 @@ def approve(
         before={"unused_credits": unused, "recommended_cents": request.recommended_cents},
         after={"amount_cents": amount_cents, "credits_removed": credits, "refund_id": refund.id},
     )
-    db.session.commit()
     return refund
 
 
+@transactional
 def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
     """Cancel a scheduled refund inside its undo window and reopen the request.
 
@@ -286,11 +276,7 @@ def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
 
     :raises Conflict: the refund was already sent or the window has passed.
     """
-    try:
-        refund = money_back.undo(refund_id, now)
-    except (Conflict, NotFound):
-        db.session.rollback()
-        raise
+    refund = money_back.undo(refund_id, now)
     request = _locked_request(refund.refund_request_id)
     request.reopen()
     add_event(
@@ -301,9 +287,9 @@ def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
         now=now,
     )
     _log(actor, "refund_request.approval_undone", request, after={"refund_id": refund.id})
-    db.session.commit()
 
 
+@transactional
 def retry_refund(refund_id: int, actor: Actor, now: datetime) -> Refund:
     """Try a failed refund again: a new attempt (Stripe's refusal is final for the old key).
 
@@ -311,11 +297,7 @@ def retry_refund(refund_id: int, actor: Actor, now: datetime) -> Refund:
     :raises ValidationError: the amount no longer fits what is left to refund.
     """
     request_id = db.session.scalar(select(Refund.refund_request_id).where(Refund.id == refund_id))
-    try:
-        refund = money_back.retry(refund_id, f"refund of request {request_id}, again", now)
-    except (Conflict, NotFound, ValidationError):
-        db.session.rollback()
-        raise
+    refund = money_back.retry(refund_id, f"refund of request {request_id}, again", now)
     request = _locked_request(refund.refund_request_id)
     if request.status != RequestStatus.APPROVED:
         request.transition(RequestStatus.APPROVED)
@@ -329,10 +311,10 @@ def retry_refund(refund_id: int, actor: Actor, now: datetime) -> Refund:
     _log(
         actor, "refund.retried", request, after={"refund_id": refund.id, "attempt": refund.attempt}
     )
-    db.session.commit()
     return refund
 
 
+@transactional
 def credit_instead(request_id: int, actor: Actor, now: datetime) -> None:
     """Settle a never-credited purchase by adding its credits instead of refunding money.
 
@@ -344,14 +326,13 @@ def credit_instead(request_id: int, actor: Actor, now: datetime) -> None:
     purchase = money_back.lock_purchase(purchase_id) if purchase_id else None
     request = _locked_request(request_id)
     if not request.is_open or purchase.credited_at is not None or purchase.paid_at is None:
-        db.session.rollback()
         raise Conflict(
             "Only an open request for a paid purchase whose credits never arrived "
             "can be settled with credits."
         )
     purchase.status = PurchaseStatus.CREDITED
     purchase.credited_at = now
-    ledger.credit_purchase(purchase, f"purchase:{purchase.id}:credit")
+    ledger.credit_purchase(purchase, purchase.credit_key)
     request.transition(RequestStatus.APPROVED)
     request.decided_at = now
     request.decided_by_id = actor.user.id
@@ -369,9 +350,9 @@ def credit_instead(request_id: int, actor: Actor, now: datetime) -> None:
         "credits added",
         f"We added the {purchase.credits:,} missing credits to your balance.",
     )
-    db.session.commit()
 
 
+@transactional
 def send_overdue_digest(now: datetime) -> int:
     """E-mail staff the list of open requests past their response date; return how many."""
     overdue = db.session.scalars(
@@ -386,5 +367,4 @@ def send_overdue_digest(now: datetime) -> int:
             f"{len(overdue)} overdue refund request(s)",
             "These refund requests are past their response date:\n\n" + "\n".join(lines),
         )
-        db.session.commit()
     return len(overdue)

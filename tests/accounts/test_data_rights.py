@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from portal.accounts.models import AccountStatus, User, UserSession
 from portal.audit import AuditLogEntry
 from portal.billing.models import Purchase
-from portal.extensions import db
+from portal.db import db
 from portal.ledger.models import LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.refunds.eligibility import RequestReason

@@ -4,7 +4,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from portal.accounts.models import PasswordResetToken
-from portal.extensions import db
+from portal.db import db
 from portal.notifications.models import OutboxEmail
 from tests.factories import DEFAULT_PASSWORD, csrf_token, login_as, make_user
 

@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 
 from portal.accounts import sessions
 from portal.accounts.models import UserSession
-from portal.extensions import db
+from portal.db import db
 from portal.timeutil import utcnow
 from tests.factories import csrf_token, login_as, make_staff, make_user
 

@@ -3,7 +3,7 @@ from sqlalchemy import func, select
 
 from portal.accounts.models import User
 from portal.accounts.passwords import verify_password
-from portal.extensions import db
+from portal.db import db
 from tests.factories import DEFAULT_PASSWORD, csrf_token, login_as, make_user
 
 STRONG = "a long and unusual passphrase"

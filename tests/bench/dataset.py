@@ -1173,7 +1173,7 @@ def _precheck_json(check: eligibility.Precheck, verify: bool = False) -> dict:
 
 
 def _write_postgresql(connection, tables: dict, log) -> None:
-    from portal.extensions import db
+    from portal.db import db
 
     raw = connection.connection.driver_connection
     with raw.cursor() as cursor:
@@ -1205,7 +1205,7 @@ def _write_postgresql(connection, tables: dict, log) -> None:
 
 
 def _write_generic(connection, tables: dict, log, chunk: int = 500) -> None:
-    from portal.extensions import db
+    from portal.db import db
 
     for name in TABLE_ORDER:
         columns, rows = tables[name]
@@ -1220,7 +1220,7 @@ def build_dataset(params: DatasetParams, log: Callable[[str], None] = print) -> 
     """Generate and write the data set into the (migrated, empty) database of the app
     context; return what the benchmark needs to know. Call inside an app context."""
     from portal.accounts.passwords import hash_password
-    from portal.extensions import db
+    from portal.db import db
 
     started = time.perf_counter()
     now = datetime.now(UTC)
@@ -1256,7 +1256,7 @@ def build_dataset(params: DatasetParams, log: Callable[[str], None] = print) -> 
 
 
 def table_baseline() -> dict:
-    from portal.extensions import db
+    from portal.db import db
 
     with db.engine.connect() as connection:
         return {
@@ -1268,7 +1268,7 @@ def table_baseline() -> dict:
 def read_marker() -> DatasetInfo | None:
     from sqlalchemy import inspect
 
-    from portal.extensions import db
+    from portal.db import db
 
     if not inspect(db.engine).has_table(MARKER_TABLE):
         return None
@@ -1278,7 +1278,7 @@ def read_marker() -> DatasetInfo | None:
 
 
 def write_marker(info: DatasetInfo) -> None:
-    from portal.extensions import db
+    from portal.db import db
 
     with db.engine.begin() as connection:
         connection.execute(
@@ -1295,7 +1295,7 @@ def write_marker(info: DatasetInfo) -> None:
 
 
 def drop_marker() -> None:
-    from portal.extensions import db
+    from portal.db import db
 
     with db.engine.begin() as connection:
         connection.execute(text(f"DROP TABLE IF EXISTS {MARKER_TABLE}"))
@@ -1351,7 +1351,7 @@ def reset_to_baseline(info: DatasetInfo) -> dict:
 
     Returns how many rows each table lost.
     """
-    from portal.extensions import db
+    from portal.db import db
 
     removed = {}
     with db.engine.begin() as connection:
@@ -1404,7 +1404,7 @@ def _restore_day_ends(connection, last_entry_id: int) -> None:
 
 def vacuum_analyze(tables: Iterable[str] = ()) -> None:
     """Bring the planner's statistics and the visibility map up to date (PostgreSQL)."""
-    from portal.extensions import db
+    from portal.db import db
 
     if db.engine.dialect.name != "postgresql":
         return
@@ -1443,7 +1443,7 @@ def wipe_schema() -> None:
     """Drop every table (the portal's, Alembic's and the marker) of the app's database."""
     from sqlalchemy import MetaData
 
-    from portal.extensions import db
+    from portal.db import db
 
     with db.engine.begin() as connection:
         if connection.dialect.name == "postgresql":

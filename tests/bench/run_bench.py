@@ -186,7 +186,7 @@ def _pending_purchases(app, count: int) -> list[tuple[int, str]]:
     """Insert `count` pending Starter purchases for different customers; (id, email)."""
     from portal import policy
     from portal.billing.models import Purchase
-    from portal.extensions import db
+    from portal.db import db
 
     package = policy.PACKAGES_BY_CODE["starter"]
     now = datetime.now(UTC)
@@ -337,7 +337,7 @@ def prepare_webhooks(app, standin_port: int, count: int, threads: int, folder: P
 
 
 def _credited(app, purchase_ids: list[int]) -> int:
-    from portal.extensions import db
+    from portal.db import db
 
     if not purchase_ids:
         return 0
@@ -356,7 +356,7 @@ def _credited(app, purchase_ids: list[int]) -> int:
 
 def _history_cursor(app, user_id: int, page: int) -> tuple[int, int]:
     """The `before` cursor of history page `page` (or the last full page if fewer)."""
-    from portal.extensions import db
+    from portal.db import db
 
     with app.app_context(), db.engine.connect() as connection:
         total = connection.execute(
@@ -374,7 +374,7 @@ def _history_cursor(app, user_id: int, page: int) -> tuple[int, int]:
 
 
 def _jobs_emails(app, folder: Path, heavy_id: int) -> Path:
-    from portal.extensions import db
+    from portal.db import db
 
     with app.app_context(), db.engine.connect() as connection:
         emails = (
@@ -394,7 +394,7 @@ def _jobs_emails(app, folder: Path, heavy_id: int) -> Path:
 
 
 def _count_rows(app, sql: str, **params) -> int:
-    from portal.extensions import db
+    from portal.db import db
 
     with app.app_context(), db.engine.connect() as connection:
         return connection.execute(text(sql), params).scalar()

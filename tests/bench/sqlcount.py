@@ -48,7 +48,7 @@ def count_statements(
     password: str,
 ) -> dict:
     """Return, per page, the statements each variant ran and whether they agree."""
-    from portal.extensions import db
+    from portal.db import db
 
     with app.app_context():
         engine = db.engine

@@ -10,7 +10,7 @@ import json
 import pytest
 from sqlalchemy import func, select, text
 
-from portal.extensions import db
+from portal.db import db
 from portal.jobs.services import charge_job
 from portal.ledger.models import LedgerEntry
 from portal.ledger.services import check_books

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 from portal.accounts.models import User
 from portal.audit import AuditLogEntry
-from portal.billing import services
+from portal.billing import checkout
 from portal.billing.models import Purchase, Refund, StripeEvent
-from portal.extensions import db
+from portal.db import db
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.sandbox.store import CARD_SUCCEEDS, SandboxStore
@@ -68,7 +68,7 @@ def pay_on_page(client: FlaskClient, session_id: str, card: str = CARD_SUCCEEDS)
 
 def open_checkout(user: User, package: str = "pro") -> tuple[int, str]:
     """Start a checkout through the service; return (purchase id, session id)."""
-    services.start_checkout(user, package, SUCCESS_URL, CANCEL_URL)
+    checkout.start_checkout(user, package, SUCCESS_URL, CANCEL_URL)
     purchase = db.session.scalar(
         select(Purchase).where(Purchase.user_id == user.id).order_by(Purchase.id.desc()).limit(1)
     )

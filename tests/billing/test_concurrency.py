@@ -5,9 +5,9 @@ import json
 import pytest
 
 from portal.accounts.models import User
-from portal.billing import services
+from portal.billing import fulfilment
 from portal.billing.models import PurchaseStatus
-from portal.extensions import db
+from portal.db import db
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind
 from tests.billing.helpers import (
@@ -79,11 +79,11 @@ def test_twenty_simultaneous_fulfilments_of_one_session_credit_once(threaded_app
     purchase_id, session_id, _ = paid_session(threaded_app, user_id)
 
     outcomes = run_together(
-        threaded_app, THREADS, lambda _index: services.fulfil_checkout(session_id)
+        threaded_app, THREADS, lambda _index: fulfilment.fulfil_checkout(session_id)
     )
 
-    assert outcomes.count(services.Fulfilment.CREDITED) == 1, outcomes
-    assert outcomes.count(services.Fulfilment.ALREADY_CREDITED) == THREADS - 1, outcomes
+    assert outcomes.count(fulfilment.Fulfilment.CREDITED) == 1, outcomes
+    assert outcomes.count(fulfilment.Fulfilment.ALREADY_CREDITED) == THREADS - 1, outcomes
     assert balance(user_id) == 300
     assert len(entries(user_id, EntryKind.PURCHASE_CREDIT)) == 1
     assert lot_count(user_id) == 1

@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from portal.billing import money_back, services
+from portal.billing import money_back, reconcile
 from portal.billing.models import Dispute, DisputeStatus, Purchase, PurchaseStatus, RefundStatus
+from portal.db import db
 from portal.errors import Conflict, InsufficientCredits
-from portal.extensions import db
 from portal.jobs import services as jobs
 from portal.ledger import services as ledger
 from portal.notifications.models import OutboxEmail
@@ -230,10 +230,10 @@ def test_a_refund_whose_final_webhook_is_lost_is_settled_by_reconciliation(
     settle_at_stripe(at_stripe["id"])  # succeeded at Stripe; its webhook never arrives
     assert the_refund(request.id).status == RefundStatus.PENDING
 
-    services.reconcile_money_back(utcnow(), utcnow())
+    reconcile.reconcile_money_back(utcnow(), utcnow())
     assert the_refund(request.id).status == RefundStatus.PENDING  # too early to call it lost
     later = utcnow() + timedelta(minutes=11)
-    checked = services.reconcile_money_back(later, utcnow())
+    checked = reconcile.reconcile_money_back(later, utcnow())
 
     assert checked.refunds == 1
     assert the_refund(request.id).status == RefundStatus.SUCCEEDED
@@ -249,7 +249,7 @@ def test_a_dispute_whose_webhooks_are_all_lost_is_found_by_reconciliation(custom
     close_dispute_in_store(dispute["id"], won=False)
 
     # Disputes opened since the start of this test (the sandbox outlives each test).
-    services.reconcile_money_back(utcnow(), started)
+    reconcile.reconcile_money_back(utcnow(), started)
 
     assert db.session.scalars(select(Dispute)).one().status == DisputeStatus.LOST
     assert balance(customer.id) == 0

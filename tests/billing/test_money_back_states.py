@@ -29,10 +29,10 @@ from hypothesis.stateful import (
 from sqlalchemy import select
 
 from portal.accounts.models import User
-from portal.billing import money_back, services
+from portal.billing import money_back, reconcile
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
+from portal.db import db
 from portal.errors import Conflict, InsufficientCredits, NotFound, ValidationError
-from portal.extensions import db
 from portal.jobs import services as jobs
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger import services as ledger
@@ -327,8 +327,8 @@ class MoneyBack(RuleBasedStateMachine):
     @rule()
     def reconcile(self):
         # Late enough that a refund still pending counts as one whose webhook was lost.
-        services.reconcile(self.started)
-        services.reconcile_money_back(utcnow() + timedelta(minutes=11), self.started)
+        reconcile.reconcile(self.started)
+        reconcile.reconcile_money_back(utcnow() + timedelta(minutes=11), self.started)
         self._collect_events()
 
     def teardown(self):

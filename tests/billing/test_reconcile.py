@@ -2,7 +2,8 @@
 
 from datetime import timedelta
 
-from portal.billing import services
+from portal.billing import fulfilment
+from portal.billing import reconcile as reconciliation
 from portal.billing.models import PurchaseStatus
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind
@@ -93,10 +94,12 @@ def test_reconcile_service_reports_each_completed_session(user, webhooks_off):
     purchase_id, session_id = open_checkout(user, "premium")
     pay_in_store(session_id)
 
-    results = services.reconcile(utcnow() - timedelta(minutes=5))
+    results = reconciliation.reconcile(utcnow() - timedelta(minutes=5))
 
     [ours] = [result for result in results if result.session_id == session_id]
-    assert ours == services.ReconcileResult(session_id, purchase_id, services.Fulfilment.CREDITED)
+    assert ours == reconciliation.ReconcileResult(
+        session_id, purchase_id, fulfilment.Fulfilment.CREDITED
+    )
     assert balance(user.id) == 1_000
 
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from sqlalchemy import select, update
 
-from portal.billing import money_back, services
+from portal.billing import fulfilment, money_back
 from portal.billing.models import Dispute, DisputeStatus, Purchase, PurchaseStatus, RefundStatus
-from portal.extensions import db
+from portal.db import db
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind
 from portal.sandbox.store import CARD_REFUND_FAILS, CARD_SUCCEEDS, DELAYED_METHOD
@@ -126,12 +126,12 @@ def test_success_page_and_webhook_together_credit_once(client, user, webhooks_of
 def test_fulfilment_called_again_and_again_credits_once(user, webhooks_off):
     purchase_id, session_id, _ = paid_checkout(user)
 
-    outcomes = [services.fulfil_checkout(session_id) for _ in range(3)]
+    outcomes = [fulfilment.fulfil_checkout(session_id) for _ in range(3)]
 
     assert outcomes == [
-        services.Fulfilment.CREDITED,
-        services.Fulfilment.ALREADY_CREDITED,
-        services.Fulfilment.ALREADY_CREDITED,
+        fulfilment.Fulfilment.CREDITED,
+        fulfilment.Fulfilment.ALREADY_CREDITED,
+        fulfilment.Fulfilment.ALREADY_CREDITED,
     ]
     assert_credited_once(user, purchase_id)
 

@@ -3,7 +3,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from portal.extensions import db
+from portal.db import db
 from portal.jobs import services as job_services
 from portal.jobs.models import FailureReason
 from portal.ledger import services as ledger

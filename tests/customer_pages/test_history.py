@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from portal.extensions import db
+from portal.db import db
 from portal.ledger.models import LedgerEntry
 from tests.factories import QueryCounter, login_as, make_purchase, make_user, spend_history
 

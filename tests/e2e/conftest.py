@@ -90,7 +90,7 @@ class _QuietHandler(WSGIRequestHandler):
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
     from portal import create_app
-    from portal.extensions import db
+    from portal.db import db
 
     root = tmp_path_factory.mktemp("e2e")
     app = create_app(

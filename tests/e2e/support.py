@@ -74,7 +74,7 @@ class LiveServer:
     @contextmanager
     def database(self) -> Iterator[None]:
         """An app context on the live server's database, for setting up data directly."""
-        from portal.extensions import db
+        from portal.db import db
 
         with self.app.app_context():
             try:
@@ -129,7 +129,7 @@ def purchase_of(server: LiveServer, email: str, package_code: str):
 
     from portal.accounts.models import User
     from portal.billing.models import Purchase
-    from portal.extensions import db
+    from portal.db import db
 
     with server.database():
         purchase = db.session.scalars(
@@ -144,7 +144,7 @@ def purchase_of(server: LiveServer, email: str, package_code: str):
 
 def make_overdue(server: LiveServer, request_id: int) -> None:
     """Move a refund request's answer-due time into the past, as if days had gone by."""
-    from portal.extensions import db
+    from portal.db import db
     from portal.refunds.models import RefundRequest
     from portal.timeutil import utcnow
 

@@ -6,10 +6,10 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, func, select, text
 
-from portal.billing import services as billing
+from portal.billing import checkout, fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund
+from portal.db import db
 from portal.errors import InsufficientCredits
-from portal.extensions import db
 from portal.jobs import services as jobs
 from portal.jobs.models import Job
 from portal.ledger.models import CreditLot, LedgerEntry
@@ -51,7 +51,7 @@ def books_are_clean(app) -> bool:
 def paid_session(app, user, monkeypatch) -> Purchase:
     """A pending purchase whose Checkout Session is paid at the sandbox, webhook not sent."""
     monkeypatch.setitem(app.config, "SANDBOX_WEBHOOKS", "off")
-    url = billing.start_checkout(
+    url = checkout.start_checkout(
         user, "pro", "http://portal.test/ok?s={CHECKOUT_SESSION_ID}", "http://portal.test/cancel"
     )
     session_id = re.search(r"(cs_test_\w+)", url).group(1)
@@ -69,14 +69,15 @@ def test_a_fault_during_fulfilment_leaves_nothing_half_written(app, monkeypatch,
     user = make_user()
     purchase = paid_session(app, user, monkeypatch)
     with fail_on(statement), pytest.raises(InjectedFault):
-        billing.fulfil_checkout(purchase.stripe_checkout_session_id)
+        fulfilment.fulfil_checkout(purchase.stripe_checkout_session_id)
     db.session.rollback()
     db.session.expire_all()
     assert purchase.credited_at is None and purchase.status != PurchaseStatus.CREDITED
     assert count(CreditLot) == count(LedgerEntry) == 0
     assert books_are_clean(app)
     assert (
-        billing.fulfil_checkout(purchase.stripe_checkout_session_id) == billing.Fulfilment.CREDITED
+        fulfilment.fulfil_checkout(purchase.stripe_checkout_session_id)
+        == fulfilment.Fulfilment.CREDITED
     )
     assert count(LedgerEntry) == 1 and books_are_clean(app)
 

@@ -97,7 +97,7 @@ class Fleet:
     @contextmanager
     def database(self) -> Iterator[None]:
         """An app context on the fleet's database (each use gets a fresh session)."""
-        from portal.extensions import db
+        from portal.db import db
 
         with self.app.app_context():
             try:
@@ -228,7 +228,7 @@ def _portal_app(database_url: str, instance_path: Path, smtp_port: int, sandbox_
 def _reset_schema(app) -> None:
     from flask_migrate import upgrade
 
-    from portal.extensions import db
+    from portal.db import db
 
     with app.app_context():
         with db.engine.begin() as connection:
@@ -318,7 +318,7 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
         )
 
         def dispose_engine():
-            from portal.extensions import db
+            from portal.db import db
 
             with app.app_context():
                 db.engine.dispose()

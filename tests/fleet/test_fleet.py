@@ -130,7 +130,7 @@ def _approve_a_refund_of_each(fleet: Fleet, customers: list[str], staff_email: s
     from portal.accounts.models import User
     from portal.accounts.services import user_by_email
     from portal.billing.models import Purchase, PurchaseStatus
-    from portal.extensions import db
+    from portal.db import db
     from portal.refunds import services as refunds
     from portal.refunds.eligibility import RequestReason
     from portal.refunds.models import RequestStatus
@@ -170,7 +170,7 @@ def _approve_a_refund_of_each(fleet: Fleet, customers: list[str], staff_email: s
 
 
 def _queue_fleet_emails(fleet: Fleet, label: str) -> None:
-    from portal.extensions import db
+    from portal.db import db
     from portal.notifications.models import OutboxEmail
 
     with fleet.database():
@@ -187,7 +187,7 @@ def _queue_fleet_emails(fleet: Fleet, label: str) -> None:
 
 def _make_due(fleet: Fleet, refund_ids: list[int]) -> None:
     from portal.billing.models import Refund
-    from portal.extensions import db
+    from portal.db import db
     from portal.timeutil import utcnow
 
     with fleet.database():
@@ -200,7 +200,7 @@ def _make_due(fleet: Fleet, refund_ids: list[int]) -> None:
 
 
 def _outbox_counts(fleet: Fleet) -> dict[str, int]:
-    from portal.extensions import db
+    from portal.db import db
     from portal.notifications.models import OutboxEmail
 
     with fleet.database():
@@ -213,7 +213,7 @@ def _outbox_counts(fleet: Fleet) -> dict[str, int]:
 def _refund_rows(fleet: Fleet, refund_ids: list[int]) -> dict[int, tuple[str, str | None]]:
     """{refund id: (status, Stripe's refund id)}."""
     from portal.billing.models import Refund
-    from portal.extensions import db
+    from portal.db import db
 
     with fleet.database():
         rows = db.session.execute(
@@ -334,7 +334,7 @@ def test_outbox_emails_and_refunds_are_processed_exactly_once_when_a_worker_is_k
 
 
 def _assert_every_email_delivered_once(fleet: Fleet, label: str) -> None:
-    from portal.extensions import db
+    from portal.db import db
     from portal.notifications.models import OutboxEmail, OutboxStatus
 
     received = fleet.sink.received()
@@ -363,7 +363,7 @@ def _assert_every_email_delivered_once(fleet: Fleet, label: str) -> None:
 def _assert_every_refund_made_once(fleet: Fleet, refund_ids: list[int], customers: list[str]):
     from portal.accounts.services import user_by_email
     from portal.billing.models import Purchase, Refund
-    from portal.extensions import db
+    from portal.db import db
     from portal.ledger.services import check_books
 
     events = fleet.stripe("/events?type=refund.created")["data"]

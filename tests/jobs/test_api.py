@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.accounts.models import User
-from portal.extensions import db
+from portal.db import db
 from portal.jobs.models import Job
 from portal.jobs.openapi import OPENAPI_DOCUMENT
 from portal.ledger.models import EntryKind, LedgerEntry

@@ -2,8 +2,8 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.accounts.models import User
+from portal.db import db
 from portal.errors import InsufficientCredits
-from portal.extensions import db
 from portal.jobs import services as jobs
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger import services as ledger

@@ -5,7 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import select, text
 
 from portal.accounts.models import User
-from portal.extensions import db
+from portal.db import db
 from portal.ledger import queries
 from portal.ledger import services as ledger
 from portal.ledger.models import DayEndBalance

@@ -5,8 +5,8 @@ from sqlalchemy import select, text
 
 from portal import policy
 from portal.accounts.models import User
+from portal.db import db
 from portal.errors import InsufficientCredits, ValidationError
-from portal.extensions import db
 from portal.jobs import services as jobs
 from portal.jobs.models import FailureReason
 from portal.ledger import services as ledger

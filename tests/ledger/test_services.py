@@ -2,8 +2,8 @@ import pytest
 from sqlalchemy import func, select, text
 
 from portal.accounts.models import User
+from portal.db import db
 from portal.errors import InsufficientCredits, ValidationError
-from portal.extensions import db
 from portal.ledger import services as ledger
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation, LotOrigin
 from tests.factories import make_purchase, make_user

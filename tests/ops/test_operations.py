@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from portal.extensions import db
+from portal.db import db
 from portal.ops import schedule
 from portal.ops.deploycheck import deployment_problems
 from portal.ops.models import ScheduledTask

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from portal.extensions import db
+from portal.db import db
 from portal.jobs.models import Job
 from portal.ledger import views
 from portal.ledger.models import EntryKind, LedgerEntry

@@ -112,21 +112,21 @@ def has_form_field(response, name: str) -> bool:
 
 
 def count(model, *where) -> int:
-    from portal.extensions import db
+    from portal.db import db
 
     return db.session.scalar(select(func.count()).select_from(model).where(*where))
 
 
 def balance(user_id: int) -> int:
     from portal.accounts.models import User
-    from portal.extensions import db
+    from portal.db import db
 
     db.session.expire_all()
     return db.session.scalar(select(User.credits_balance).where(User.id == user_id))
 
 
 def refund_requests(purchase_id: int | None = None) -> list:
-    from portal.extensions import db
+    from portal.db import db
     from portal.refunds.models import RefundRequest
 
     query = select(RefundRequest).order_by(RefundRequest.id)
@@ -137,7 +137,7 @@ def refund_requests(purchase_id: int | None = None) -> list:
 
 
 def events_of(request_id: int) -> list:
-    from portal.extensions import db
+    from portal.db import db
     from portal.refunds.models import RefundRequestEvent
 
     return list(
@@ -150,7 +150,7 @@ def events_of(request_id: int) -> list:
 
 
 def emails_to(address: str) -> list:
-    from portal.extensions import db
+    from portal.db import db
     from portal.notifications.models import OutboxEmail
 
     return list(
@@ -161,7 +161,7 @@ def emails_to(address: str) -> list:
 
 
 def ledger_entries(user_id: int, kind) -> list:
-    from portal.extensions import db
+    from portal.db import db
     from portal.ledger.models import LedgerEntry
 
     return list(
@@ -202,7 +202,7 @@ def spend(user, credits: int, external_id: str = "spend-1"):
 
 def fail_without_restoring(job, reason=None):
     """Mark a job failed directly in the database, its credits NOT given back."""
-    from portal.extensions import db
+    from portal.db import db
     from portal.jobs.models import FailureReason, JobStatus
 
     job.status = JobStatus.FAILED
@@ -220,7 +220,7 @@ def pay_at_sandbox(purchase, monkeypatch) -> str:
     Factory purchases carry made-up session ids the sandbox does not know; fulfilment
     asks the sandbox, so a purchase that is to be credited needs a real paid session.
     """
-    from portal.extensions import db
+    from portal.db import db
 
     monkeypatch.setitem(current_app.config, "SANDBOX_WEBHOOKS", "off")
     store = current_app.extensions["stripe_sandbox"]

@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
+from portal.db import db
 from portal.errors import Conflict
-from portal.extensions import db
 from portal.refunds import services
 from portal.refunds.eligibility import RequestReason
 from portal.refunds.models import RefundRequest, RequestStatus

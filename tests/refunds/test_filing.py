@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from portal.billing.models import PurchaseStatus
+from portal.db import db
 from portal.errors import Conflict
-from portal.extensions import db
 from portal.jobs import services as jobs
 from portal.ledger.models import EntryKind
 from portal.refunds import services

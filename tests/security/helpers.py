@@ -18,10 +18,9 @@ from sqlalchemy import func, literal, select, union_all
 from portal import policy
 from portal.accounts import services as accounts
 from portal.accounts.models import User
-from portal.billing import money_back
-from portal.billing import services as billing
+from portal.billing import checkout, money_back
 from portal.billing.models import Purchase
-from portal.extensions import db
+from portal.db import db
 from portal.incidents import services as incidents
 from portal.jobs import services as jobs
 from portal.refunds import services as refunds
@@ -250,7 +249,7 @@ def _customer_objects(user: User) -> Objects:
         select(Attachment.id).where(Attachment.request_id == request.id)
     )
     job, _ = jobs.charge_job(f"job-{user.id}-{next(_numbers)}", user.email, "upscale", 3)
-    billing.start_checkout(user, "starter", SUCCESS_URL, CANCEL_URL)
+    checkout.start_checkout(user, "starter", SUCCESS_URL, CANCEL_URL)
     pending = db.session.scalar(
         select(Purchase).where(Purchase.user_id == user.id, Purchase.paid_at.is_(None))
     )

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from portal.billing.models import Refund
-from portal.extensions import db
+from portal.db import db
 from portal.incidents import services as incidents
 from portal.incidents.models import Incident
 from portal.money import parse_dollars

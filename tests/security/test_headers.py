@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from portal import create_app
 from portal.accounts.models import UserSession
-from portal.extensions import db
+from portal.db import db
 from portal.notifications.models import OutboxEmail
 from tests.factories import DEFAULT_PASSWORD, make_user
 from tests.security.access import MATRIX, OK, call_for, routes, send

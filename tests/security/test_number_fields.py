@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.billing.models import Refund
-from portal.extensions import db
+from portal.db import db
 from portal.jobs.models import Job
 from portal.refunds import services as refunds
 from portal.refunds.eligibility import RequestReason

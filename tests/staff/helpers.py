@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from portal import policy
 from portal.accounts.models import User
 from portal.audit import AuditLogEntry
-from portal.billing import services as billing
+from portal.billing import fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund
-from portal.extensions import db
+from portal.db import db
 from portal.incidents.models import Incident
 from portal.ledger.models import EntryKind, LedgerEntry
 from portal.notifications.models import OutboxEmail
@@ -173,7 +173,7 @@ def paid_purchase(user: User, package: str = "pro", card: str = CARD_SUCCEEDS) -
     """Buy and pay `package` at the sandbox, credited through fulfilment."""
     purchase_id, session_id = open_checkout(user, package)
     assert pay_in_store(session_id, card) == "paid"
-    billing.fulfil_checkout(session_id)
+    fulfilment.fulfil_checkout(session_id)
     db.session.expire_all()
     purchase = db.session.get(Purchase, purchase_id)
     assert purchase.status == PurchaseStatus.CREDITED

@@ -5,11 +5,10 @@ from datetime import timedelta
 import pytest
 
 from portal.accounts.models import User
-from portal.billing import money_back
-from portal.billing import services as billing
+from portal.billing import fulfilment, money_back
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
+from portal.db import db
 from portal.errors import Conflict
-from portal.extensions import db
 from portal.ledger.models import EntryKind
 from portal.refunds.models import RefundRequest, RequestStatus
 from portal.staff import services as staff_services
@@ -97,7 +96,7 @@ def test_an_approval_racing_a_dispute_webhook_sends_no_refund_while_it_is_open(t
         if index == 0:
             actor = staff_services.Actor(db.session.get(User, staff_id), "127.0.0.1")
             return staff_services.approve(request_id, actor, 2000, "", now).id
-        return billing.dispute_changed(dispute_id).id
+        return fulfilment.dispute_changed(dispute_id).id
 
     outcomes = run_together(threaded_app, 2, approve_or_dispute)
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from portal.audit import AuditLogEntry
-from portal.extensions import db
+from portal.db import db
 from portal.incidents import services as incidents
 from portal.incidents.models import Incident
 from portal.refunds.models import RequestStatus

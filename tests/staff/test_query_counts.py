@@ -7,7 +7,7 @@ spent); a count that moved between the two would be a query per row somewhere.
 
 from datetime import timedelta
 
-from portal.extensions import db
+from portal.db import db
 from portal.incidents import services as incidents
 from portal.jobs import services as job_services
 from portal.jobs.models import FailureReason

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from portal.extensions import db
+from portal.db import db
 from portal.refunds.eligibility import RequestReason, Verdict
 from portal.refunds.models import RequestStatus
 from portal.timeutil import utcnow

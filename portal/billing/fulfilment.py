@@ -1,5 +1,4 @@
-"""Buying credits: Checkout, exactly-once fulfilment, payments that did not happen, and
-reconciliation with Stripe. Money going back (refunds, disputes) is `money_back`'s.
+"""Crediting a paid purchase exactly once, and marking the payments that did not happen.
 
 Stripe is never called while a database lock is held: each operation first asks Stripe
 what is true (a webhook is only a hint), then locks the purchase row, checks its state,
@@ -8,32 +7,25 @@ and acts, in one transaction.
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import select
 
-from portal import audit, policy
+from portal import audit
 from portal.accounts.models import User
 from portal.billing import money_back
 from portal.billing.gateway import gateway
 from portal.billing.models import Purchase, PurchaseStatus
 from portal.billing.money_back import lock_purchase
-from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
-from portal.extensions import db
+from portal.db import db, transactional
 from portal.ledger import services as ledger
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
-from portal.ops.metrics import FULFILMENTS
+from portal.ops.counters import FULFILMENTS
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-# A second click on Buy within this time reuses the pending purchase (and, through the
-# idempotency key, the same Checkout Session) instead of starting another.
-PENDING_REUSE_WINDOW = timedelta(minutes=30)
-
-# Statuses from which a paid session may still be credited.
 CREDITABLE = {
     PurchaseStatus.PENDING,
     PurchaseStatus.FAILED,
@@ -52,134 +44,13 @@ class Fulfilment(StrEnum):
     UNKNOWN = "unknown"
 
 
-def _checkout_key(purchase: Purchase) -> str:
-    # The creation time keeps keys unique even if purchase ids restart (a reset test
-    # database against the same Stripe account): Stripe refuses a reused key.
-    return f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-checkout"
-
-
-def _credit_key(purchase: Purchase) -> str:
-    return f"purchase:{purchase.id}:credit"
-
-
-def _purchase_id_of(stripe_object: dict) -> int | None:
+def purchase_id_of(stripe_object: dict) -> int | None:
     """Read our purchase id from a session's reference or any object's metadata."""
     metadata = stripe_object.get("metadata") or {}
     for candidate in (stripe_object.get("client_reference_id"), metadata.get("purchase_id")):
         if isinstance(candidate, str) and candidate.isdigit():
             return int(candidate)
     return None
-
-
-# -- starting a purchase --------------------------------------------------------------
-
-
-def start_checkout(user: User, package_code: str, success_url: str, cancel_url: str) -> str:
-    """Record a pending purchase and open a Checkout Session for it; return its URL.
-
-    :raises ValidationError: no such package.
-    :raises AccountTerminated: the account may not buy.
-    :raises PaymentProviderError: Stripe refused or could not be reached; the pending
-        purchase stays, and the next attempt reuses it with the same idempotency key.
-    """
-    package = policy.PACKAGES_BY_CODE.get(package_code)
-    if package is None:
-        raise ValidationError("Choose one of the packages.", field="package")
-    if user.is_terminated:
-        raise AccountTerminated("terminated accounts cannot buy credits")
-    purchase = db.session.scalar(
-        select(Purchase)
-        .where(
-            Purchase.user_id == user.id,
-            Purchase.package_code == package.code,
-            Purchase.status == PurchaseStatus.PENDING,
-            Purchase.created_at >= utcnow() - PENDING_REUSE_WINDOW,
-        )
-        .order_by(Purchase.id.desc())
-        .limit(1)
-    )
-    if purchase is None:
-        purchase = Purchase(
-            user_id=user.id,
-            package_code=package.code,
-            credits=package.credits,
-            amount_cents=package.price_cents,
-            currency=package.currency,
-        )
-        db.session.add(purchase)
-        db.session.commit()
-    references = {"purchase_id": str(purchase.id), "user_id": str(user.id)}
-    params = {
-        "mode": "payment",
-        "line_items": [
-            {
-                "quantity": 1,
-                "price_data": {
-                    "currency": package.currency,
-                    "unit_amount": package.price_cents,
-                    "product_data": {
-                        "name": f"{package.name}: {package.credits:,} credits",
-                    },
-                },
-            }
-        ],
-        "client_reference_id": str(purchase.id),
-        "metadata": references,
-        "payment_intent_data": {"metadata": references},
-        "success_url": success_url,
-        "cancel_url": cancel_url,
-    }
-    if user.stripe_customer_id:
-        params["customer"] = user.stripe_customer_id
-    else:
-        params["customer_email"] = user.email
-    session = gateway().create_checkout_session(params, _checkout_key(purchase))
-    purchase.stripe_checkout_session_id = session.id
-    db.session.commit()
-    return session.url
-
-
-def purchase_by_session(user_id: int, session_id: str) -> Purchase:
-    """Return the customer's purchase for a Checkout Session id.
-
-    :raises NotFound: no such session, or not this customer's.
-    """
-    purchase = db.session.scalar(
-        select(Purchase).where(Purchase.stripe_checkout_session_id == session_id)
-    )
-    if purchase is None or purchase.user_id != user_id:
-        raise NotFound("no such checkout")
-    return purchase
-
-
-class Cancellation(StrEnum):
-    CANCELED = "canceled"
-    PROCESSING = "processing"
-    PAID = "paid"
-    NOTHING_TO_CANCEL = "nothing_to_cancel"
-
-
-def cancel_checkout(purchase: Purchase) -> Cancellation:
-    """Close the checkout the customer walked away from, so it can no longer be paid.
-
-    Stripe is asked first: only a session still open (nothing paid) is expired. A
-    payment the customer already started (a bank debit still processing) can no longer
-    be stopped from here, and one that went through is credited.
-    """
-    if purchase.status != PurchaseStatus.PENDING or not purchase.stripe_checkout_session_id:
-        return Cancellation.NOTHING_TO_CANCEL
-    session = gateway().retrieve_checkout_session(purchase.stripe_checkout_session_id)
-    if session["status"] == "open":
-        session = gateway().expire_checkout_session(purchase.stripe_checkout_session_id)
-    if session["status"] == "expired":
-        _mark_unpaid(purchase.id, PurchaseStatus.EXPIRED, tell_customer=False)
-        return Cancellation.CANCELED
-    # Completed meanwhile (another tab): credit it if paid; a delayed payment still
-    # processing will be credited or failed when the bank answers.
-    fulfil_checkout(purchase.stripe_checkout_session_id)
-    if session.get("payment_status") == "paid":
-        return Cancellation.PAID
-    return Cancellation.PROCESSING
 
 
 # -- fulfilment -------------------------------------------------------------------------
@@ -213,6 +84,7 @@ def fulfil_checkout(session_id: str) -> Fulfilment:
     return outcome
 
 
+@transactional
 def _fulfil(session_id: str) -> Fulfilment:
     """Credit the purchase behind a paid Checkout Session, exactly once.
 
@@ -223,7 +95,7 @@ def _fulfil(session_id: str) -> Fulfilment:
     :raises PaymentProviderError: Stripe could not be asked.
     """
     session = gateway().retrieve_checkout_session(session_id)
-    purchase_id = _purchase_id_of(session)
+    purchase_id = purchase_id_of(session)
     if purchase_id is None:
         log.warning("checkout session %s names no purchase", session_id)
         return Fulfilment.UNKNOWN
@@ -232,15 +104,12 @@ def _fulfil(session_id: str) -> Fulfilment:
 
     purchase = lock_purchase(purchase_id)
     if purchase is None or purchase.stripe_checkout_session_id not in (None, session_id):
-        db.session.rollback()
         log.warning("checkout session %s does not belong to purchase %s", session_id, purchase_id)
         return Fulfilment.UNKNOWN
     purchase.stripe_checkout_session_id = session_id
     if purchase.credited_at is not None:
-        db.session.rollback()
         return Fulfilment.ALREADY_CREDITED
     if not paid:
-        db.session.commit()
         return Fulfilment.PROCESSING if session.get("status") == "complete" else Fulfilment.NOT_PAID
     _record_payment(purchase, payment)
     if session.get("amount_total") != purchase.amount_cents or (
@@ -251,14 +120,13 @@ def _fulfil(session_id: str) -> Fulfilment:
         # Refunded or disputed before we ever credited it: those credits must not exist.
         if purchase.refunded_cents >= purchase.amount_cents:
             purchase.status = PurchaseStatus.REFUNDED
-        db.session.commit()
         return Fulfilment.REFUSED
     now = utcnow()
     purchase.status = (
         PurchaseStatus.PARTIALLY_REFUNDED if purchase.refunded_cents else PurchaseStatus.CREDITED
     )
     purchase.credited_at = now
-    ledger.credit_purchase(purchase, _credit_key(purchase))
+    ledger.credit_purchase(purchase, purchase.credit_key)
     if purchase.refunded_cents:
         # Refunded through Stripe before its credits were added: that share goes again.
         money_back.settle_after_crediting(purchase)
@@ -269,7 +137,6 @@ def _fulfil(session_id: str) -> Fulfilment:
         f"Thank you for your purchase. {purchase.credits:,} credits "
         f"({format_cents(purchase.amount_cents, purchase.currency)}) are now in your balance.",
     )
-    db.session.commit()
     return Fulfilment.CREDITED
 
 
@@ -284,7 +151,6 @@ def _hold_mismatch(purchase: Purchase, session: dict) -> Fulfilment:
     """Keep a payment whose amount does not match its package away from the balance."""
     if purchase.status == PurchaseStatus.PAID:
         # Already held and reported when fulfilment first saw it.
-        db.session.commit()
         return Fulfilment.AMOUNT_MISMATCH
     purchase.status = PurchaseStatus.PAID
     paid = format_cents(session.get("amount_total") or 0, session.get("currency") or "usd")
@@ -301,7 +167,6 @@ def _hold_mismatch(purchase: Purchase, session: dict) -> Fulfilment:
         f"Checkout session {session.get('id')} was paid {paid}, but purchase {purchase.id} "
         f"({purchase.package_code}) expected {expected}. No credits were added; please review.",
     )
-    db.session.commit()
     return Fulfilment.AMOUNT_MISMATCH
 
 
@@ -312,10 +177,10 @@ def _customer_email(purchase: Purchase) -> str:
 # -- payments that did not happen -----------------------------------------------------
 
 
-def _mark_unpaid(purchase_id: int, status: PurchaseStatus, tell_customer: bool) -> bool:
+@transactional
+def mark_unpaid(purchase_id: int, status: PurchaseStatus, tell_customer: bool) -> bool:
     purchase = lock_purchase(purchase_id)
     if purchase is None or purchase.status not in (PurchaseStatus.PENDING, PurchaseStatus.FAILED):
-        db.session.rollback()
         return False
     purchase.status = status
     if tell_customer:
@@ -326,90 +191,33 @@ def _mark_unpaid(purchase_id: int, status: PurchaseStatus, tell_customer: bool) 
             f"Your payment of {format_cents(purchase.amount_cents, purchase.currency)} {what}, "
             "so no credits were added and nothing was charged. You can buy again at any time.",
         )
-    db.session.commit()
     return True
 
 
 def checkout_failed(session_id: str) -> bool:
     """Mark a purchase failed when its delayed payment did not go through."""
     session = gateway().retrieve_checkout_session(session_id)
-    purchase_id = _purchase_id_of(session)
+    purchase_id = purchase_id_of(session)
     if purchase_id is None or session.get("payment_status") == "paid":
         return False
-    return _mark_unpaid(purchase_id, PurchaseStatus.FAILED, tell_customer=True)
+    return mark_unpaid(purchase_id, PurchaseStatus.FAILED, tell_customer=True)
 
 
 def checkout_expired(session_id: str) -> bool:
     """Mark a purchase expired, if Stripe confirms its session really is."""
     session = gateway().retrieve_checkout_session(session_id)
-    purchase_id = _purchase_id_of(session)
+    purchase_id = purchase_id_of(session)
     if purchase_id is None or session.get("status") != "expired":
         return False
-    return _mark_unpaid(purchase_id, PurchaseStatus.EXPIRED, tell_customer=True)
+    return mark_unpaid(purchase_id, PurchaseStatus.EXPIRED, tell_customer=True)
 
 
 def payment_attempt_failed(payment_intent: dict) -> bool:
     """Mark a pending purchase failed after a declined card (the customer may retry)."""
-    purchase_id = _purchase_id_of(payment_intent)
+    purchase_id = purchase_id_of(payment_intent)
     if purchase_id is None:
         return False
-    return _mark_unpaid(purchase_id, PurchaseStatus.FAILED, tell_customer=False)
-
-
-# -- reconciliation ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReconcileResult:
-    session_id: str
-    purchase_id: int | None
-    outcome: Fulfilment
-
-
-def reconcile(since: datetime) -> list[ReconcileResult]:
-    """Run fulfilment on every completed Checkout Session since `since`; return them all.
-
-    This is how a payment whose webhook was lost still gets its credits.
-    """
-    results = []
-    for session in gateway().completed_checkout_sessions(int(since.astimezone(UTC).timestamp())):
-        outcome = fulfil_checkout(session["id"])
-        results.append(ReconcileResult(session["id"], _purchase_id_of(session), outcome))
-    return results
-
-
-@dataclass(frozen=True)
-class MoneyBackCheck:
-    refunds: int
-    disputes: int
-    unanswered: int
-
-
-def reconcile_money_back(now: datetime, since: datetime) -> MoneyBackCheck:
-    """Ask Stripe again about every refund still pending a while after it was sent, every
-    dispute still open and every dispute opened since `since`, and settle them as Stripe
-    says they stand: how a refund or a dispute whose webhooks were lost still ends.
-
-    One object Stripe cannot answer for is logged and skipped, not allowed to stop the
-    others; listing the disputes needs Stripe, and its failure ends the run.
-    """
-    refunds = money_back.refunds_to_recheck(now)
-    disputes = set(money_back.open_disputes())
-    disputes.update(
-        dispute["id"]
-        for dispute in gateway().disputes_since(int(since.astimezone(UTC).timestamp()))
-    )
-    steps = [(money_back.refund_changed, refund_id) for refund_id in refunds]
-    steps += [(dispute_changed, dispute_id) for dispute_id in sorted(disputes)]
-    unanswered = 0
-    for step, stripe_id in steps:
-        try:
-            step(stripe_id)
-        except PaymentProviderError as error:
-            db.session.rollback()
-            unanswered += 1
-            log.warning("reconciliation could not settle %s: %s", stripe_id, error)
-    return MoneyBackCheck(len(refunds), len(disputes), unanswered)
+    return mark_unpaid(purchase_id, PurchaseStatus.FAILED, tell_customer=False)
 
 
 # -- disputes ---------------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Starting a purchase: the pending purchase, its Checkout Session, and cancelling it.
+
+Stripe is never called while a database lock is held.
+"""
+
+from datetime import timedelta
+from enum import StrEnum
+
+from sqlalchemy import select
+
+from portal import policy
+from portal.accounts.models import User
+from portal.billing.fulfilment import fulfil_checkout, mark_unpaid
+from portal.billing.gateway import gateway
+from portal.billing.models import Purchase, PurchaseStatus
+from portal.db import db
+from portal.errors import AccountTerminated, NotFound, ValidationError
+from portal.timeutil import utcnow
+
+# A second click on Buy within this time reuses the pending purchase (and, through the
+# idempotency key, the same Checkout Session) instead of starting another.
+PENDING_REUSE_WINDOW = timedelta(minutes=30)
+
+
+def _checkout_key(purchase: Purchase) -> str:
+    # The creation time keeps keys unique even if purchase ids restart (a reset test
+    # database against the same Stripe account): Stripe refuses a reused key.
+    return f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-checkout"
+
+
+# -- starting a purchase --------------------------------------------------------------
+
+
+def start_checkout(user: User, package_code: str, success_url: str, cancel_url: str) -> str:
+    """Record a pending purchase and open a Checkout Session for it; return its URL.
+
+    :raises ValidationError: no such package.
+    :raises AccountTerminated: the account may not buy.
+    :raises PaymentProviderError: Stripe refused or could not be reached; the pending
+        purchase stays, and the next attempt reuses it with the same idempotency key.
+    """
+    package = policy.PACKAGES_BY_CODE.get(package_code)
+    if package is None:
+        raise ValidationError("Choose one of the packages.", field="package")
+    if user.is_terminated:
+        raise AccountTerminated("terminated accounts cannot buy credits")
+    purchase = db.session.scalar(
+        select(Purchase)
+        .where(
+            Purchase.user_id == user.id,
+            Purchase.package_code == package.code,
+            Purchase.status == PurchaseStatus.PENDING,
+            Purchase.created_at >= utcnow() - PENDING_REUSE_WINDOW,
+        )
+        .order_by(Purchase.id.desc())
+        .limit(1)
+    )
+    if purchase is None:
+        purchase = Purchase(
+            user_id=user.id,
+            package_code=package.code,
+            credits=package.credits,
+            amount_cents=package.price_cents,
+            currency=package.currency,
+        )
+        db.session.add(purchase)
+        db.session.commit()
+    references = {"purchase_id": str(purchase.id), "user_id": str(user.id)}
+    params = {
+        "mode": "payment",
+        "line_items": [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": package.currency,
+                    "unit_amount": package.price_cents,
+                    "product_data": {
+                        "name": f"{package.name}: {package.credits:,} credits",
+                    },
+                },
+            }
+        ],
+        "client_reference_id": str(purchase.id),
+        "metadata": references,
+        "payment_intent_data": {"metadata": references},
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    if user.stripe_customer_id:
+        params["customer"] = user.stripe_customer_id
+    else:
+        params["customer_email"] = user.email
+    session = gateway().create_checkout_session(params, _checkout_key(purchase))
+    purchase.stripe_checkout_session_id = session.id
+    db.session.commit()
+    return session.url
+
+
+def purchase_by_session(user_id: int, session_id: str) -> Purchase:
+    """Return the customer's purchase for a Checkout Session id.
+
+    :raises NotFound: no such session, or not this customer's.
+    """
+    purchase = db.session.scalar(
+        select(Purchase).where(Purchase.stripe_checkout_session_id == session_id)
+    )
+    if purchase is None or purchase.user_id != user_id:
+        raise NotFound("no such checkout")
+    return purchase
+
+
+class Cancellation(StrEnum):
+    CANCELED = "canceled"
+    PROCESSING = "processing"
+    PAID = "paid"
+    NOTHING_TO_CANCEL = "nothing_to_cancel"
+
+
+def cancel_checkout(purchase: Purchase) -> Cancellation:
+    """Close the checkout the customer walked away from, so it can no longer be paid.
+
+    Stripe is asked first: only a session still open (nothing paid) is expired. A
+    payment the customer already started (a bank debit still processing) can no longer
+    be stopped from here, and one that went through is credited.
+    """
+    if purchase.status != PurchaseStatus.PENDING or not purchase.stripe_checkout_session_id:
+        return Cancellation.NOTHING_TO_CANCEL
+    session = gateway().retrieve_checkout_session(purchase.stripe_checkout_session_id)
+    if session["status"] == "open":
+        session = gateway().expire_checkout_session(purchase.stripe_checkout_session_id)
+    if session["status"] == "expired":
+        mark_unpaid(purchase.id, PurchaseStatus.EXPIRED, tell_customer=False)
+        return Cancellation.CANCELED
+    # Completed meanwhile (another tab): credit it if paid; a delayed payment still
+    # processing will be credited or failed when the bank answers.
+    fulfil_checkout(purchase.stripe_checkout_session_id)
+    if session.get("payment_status") == "paid":
+        return Cancellation.PAID
+    return Cancellation.PROCESSING
