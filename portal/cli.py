@@ -59,10 +59,10 @@ def send_mail() -> None:
 @click.command("ledger-check")
 def ledger_check() -> None:
     """Verify the ledger's and money-back invariants; exit 1 naming the accounts that fail."""
-    from portal.billing import money_back
+    from portal.billing.money_back import checks
     from portal.ledger.services import check_books
 
-    problems = check_books() + money_back.problems()
+    problems = check_books() + checks.problems()
     for problem in problems:
         click.echo(f"account {problem.user_id} <{problem.email}>: {problem.problem}", err=True)
     if problems:

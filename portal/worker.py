@@ -10,7 +10,7 @@ import threading
 
 from flask import Flask
 
-from portal.billing.money_back import send_due_refunds
+from portal.billing.money_back.sending import send_due_refunds
 from portal.notifications.services import deliver_pending
 from portal.ops.schedule import run_due_tasks
 from portal.timeutil import utcnow

@@ -13,10 +13,10 @@ from sqlalchemy import select
 
 from portal import audit
 from portal.accounts.models import User
-from portal.billing import money_back
 from portal.billing.gateway import gateway
 from portal.billing.models import Purchase, PurchaseStatus
-from portal.billing.money_back import lock_purchase
+from portal.billing.money_back import disputes, state
+from portal.billing.money_back.state import lock_purchase
 from portal.db import db, transactional
 from portal.ledger import services as ledger
 from portal.money import format_cents
@@ -129,7 +129,7 @@ def _fulfil(session_id: str) -> Fulfilment:
     ledger.credit_purchase(purchase, purchase.credit_key)
     if purchase.refunded_cents:
         # Refunded through Stripe before its credits were added: that share goes again.
-        money_back.settle_after_crediting(purchase)
+        state.settle_after_crediting(purchase)
     audit.record("purchase.credited", "purchase", purchase.id, after={"credits": purchase.credits})
     queue_email(
         _customer_email(purchase),
@@ -224,9 +224,9 @@ def payment_attempt_failed(payment_intent: dict) -> bool:
 
 
 def dispute_changed(stripe_dispute_id: str) -> Purchase | None:
-    """Apply a dispute as Stripe says it stands (see `money_back.dispute_changed`); a
+    """Apply a dispute as Stripe says it stands (see `disputes.dispute_changed`); a
     payment disputed before its credits were added and then won is credited now."""
-    purchase = money_back.dispute_changed(stripe_dispute_id)
+    purchase = disputes.dispute_changed(stripe_dispute_id)
     if (
         purchase is not None
         and purchase.status == PurchaseStatus.PAID

@@ -8,9 +8,9 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from portal.billing import money_back
 from portal.billing.fulfilment import Fulfilment, dispute_changed, fulfil_checkout, purchase_id_of
 from portal.billing.gateway import gateway
+from portal.billing.money_back import checks, reported
 from portal.db import db
 from portal.errors import PaymentProviderError
 
@@ -53,13 +53,13 @@ def reconcile_money_back(now: datetime, since: datetime) -> MoneyBackCheck:
     One object Stripe cannot answer for is logged and skipped, not allowed to stop the
     others; listing the disputes needs Stripe, and its failure ends the run.
     """
-    refunds = money_back.refunds_to_recheck(now)
-    disputes = set(money_back.open_disputes())
+    refunds = checks.refunds_to_recheck(now)
+    disputes = set(checks.open_disputes())
     disputes.update(
         dispute["id"]
         for dispute in gateway().disputes_since(int(since.astimezone(UTC).timestamp()))
     )
-    steps = [(money_back.refund_changed, refund_id) for refund_id in refunds]
+    steps = [(reported.refund_changed, refund_id) for refund_id in refunds]
     steps += [(dispute_changed, dispute_id) for dispute_id in sorted(disputes)]
     unanswered = 0
     for step, stripe_id in steps:

@@ -12,9 +12,10 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from portal.billing import fulfilment, money_back
+from portal.billing import fulfilment
 from portal.billing.gateway import InvalidWebhook, gateway
 from portal.billing.models import StripeEvent
+from portal.billing.money_back import reported
 from portal.db import db
 from portal.errors import PaymentProviderError
 from portal.extensions import csrf
@@ -41,10 +42,10 @@ HANDLERS = {
     ),
     "checkout.session.expired": lambda obj: fulfilment.checkout_expired(_session_id(obj)),
     "payment_intent.payment_failed": fulfilment.payment_attempt_failed,
-    "charge.refunded": lambda obj: money_back.sync_refunds(obj.get("payment_intent")),
-    "refund.created": lambda obj: money_back.refund_changed(obj["id"]),
-    "refund.updated": lambda obj: money_back.refund_changed(obj["id"]),
-    "refund.failed": lambda obj: money_back.refund_changed(obj["id"]),
+    "charge.refunded": lambda obj: reported.sync_refunds(obj.get("payment_intent")),
+    "refund.created": lambda obj: reported.refund_changed(obj["id"]),
+    "refund.updated": lambda obj: reported.refund_changed(obj["id"]),
+    "refund.failed": lambda obj: reported.refund_changed(obj["id"]),
     # Every dispute event is only a reason to ask Stripe how the dispute stands now.
     "charge.dispute.created": lambda obj: fulfilment.dispute_changed(obj["id"]),
     "charge.dispute.updated": lambda obj: fulfilment.dispute_changed(obj["id"]),

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from portal.accounts.models import User
-from portal.billing import money_back
+from portal.billing.money_back import state
 from portal.db import db, locked
 from portal.errors import AccountTerminated, Conflict, NotFound
 from portal.jobs.models import FailureReason, Job, JobStatus
@@ -141,7 +141,7 @@ def restore_job_credits(job: Job, at: datetime | None = None) -> LedgerEntry:
     )
     entry = ledger.restore(charge, job.restore_key, memo=job.operation, at=at)
     # Credits that return to a purchase whose payment is disputed go on hold with the rest.
-    money_back.hold_returned_credits(entry)
+    state.hold_returned_credits(entry)
     job.credits_restored = True
     return entry
 

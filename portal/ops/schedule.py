@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, text
 
-from portal.billing import money_back
 from portal.billing.fulfilment import Fulfilment
+from portal.billing.money_back import checks
 from portal.billing.reconcile import reconcile, reconcile_money_back
 from portal.db import db
 from portal.ledger.services import check_books
@@ -48,7 +48,7 @@ def _digest(now: datetime) -> str:
 
 
 def _ledger_check(now: datetime) -> str:
-    problems = check_books() + money_back.problems()
+    problems = check_books() + checks.problems()
     if problems:
         lines = [
             f"account {problem.user_id} <{problem.email}>: {problem.problem}"

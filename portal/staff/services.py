@@ -7,8 +7,8 @@ from sqlalchemy import select
 from portal import audit, policy
 from portal.accounts.models import User
 from portal.audit import Actor
-from portal.billing import money_back
 from portal.billing.models import Purchase, PurchaseStatus, Refund
+from portal.billing.money_back import approvals, state
 from portal.db import db, locked, transactional
 from portal.errors import Conflict, NotFound, ValidationError
 from portal.jobs.models import Job
@@ -26,7 +26,7 @@ from portal.refunds.services import preview
 # event, the audit line and the customer's e-mail together; a refusal rolls it all back.
 # Money leaves later, through the worker, after the undo window.
 
-UNDO_WINDOW = money_back.UNDO_WINDOW
+UNDO_WINDOW = state.UNDO_WINDOW
 
 DENIAL_REASONS = {
     "credits_used": "The credits of this purchase have already been used for processing jobs.",
@@ -211,11 +211,11 @@ def approve(
     )
     if purchase_id is None:
         raise NotFound("no such request")
-    purchase = money_back.lock_purchase(purchase_id)
+    purchase = state.lock_purchase(purchase_id)
     request = _locked_request(request_id)
     if not request.is_open:
         raise Conflict("This request was already decided.")
-    left = money_back.refundable_cents(purchase)
+    left = approvals.refundable_cents(purchase)
     if not 0 < amount_cents <= left:
         raise ValidationError(f"Refund between $0.01 and {format_cents(left)}.", "amount")
     check = recommendation_now(request, now)
@@ -228,7 +228,7 @@ def approve(
             "written justification.",
             field="justification",
         )
-    refund, credits = money_back.schedule_refund(
+    refund, credits = approvals.schedule_refund(
         purchase,
         request,
         amount_cents,
@@ -276,7 +276,7 @@ def undo_approval(refund_id: int, actor: Actor, now: datetime) -> None:
 
     :raises Conflict: the refund was already sent or the window has passed.
     """
-    refund = money_back.undo(refund_id, now)
+    refund = approvals.undo(refund_id, now)
     request = _locked_request(refund.refund_request_id)
     request.reopen()
     add_event(
@@ -297,7 +297,7 @@ def retry_refund(refund_id: int, actor: Actor, now: datetime) -> Refund:
     :raises ValidationError: the amount no longer fits what is left to refund.
     """
     request_id = db.session.scalar(select(Refund.refund_request_id).where(Refund.id == refund_id))
-    refund = money_back.retry(refund_id, f"refund of request {request_id}, again", now)
+    refund = approvals.retry(refund_id, f"refund of request {request_id}, again", now)
     request = _locked_request(refund.refund_request_id)
     if request.status != RequestStatus.APPROVED:
         request.transition(RequestStatus.APPROVED)
@@ -323,7 +323,7 @@ def credit_instead(request_id: int, actor: Actor, now: datetime) -> None:
     purchase_id = db.session.scalar(
         select(RefundRequest.purchase_id).where(RefundRequest.id == request_id)
     )
-    purchase = money_back.lock_purchase(purchase_id) if purchase_id else None
+    purchase = state.lock_purchase(purchase_id) if purchase_id else None
     request = _locked_request(request_id)
     if not request.is_open or purchase.credited_at is not None or purchase.paid_at is None:
         raise Conflict(

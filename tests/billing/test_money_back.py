@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from portal.billing import money_back, reconcile
+from portal.billing import reconcile
 from portal.billing.models import Dispute, DisputeStatus, Purchase, PurchaseStatus, RefundStatus
+from portal.billing.money_back import checks, sending
 from portal.db import db
 from portal.errors import Conflict, InsufficientCredits
 from portal.jobs import services as jobs
@@ -55,7 +56,7 @@ def customer(app):
 
 
 def books_are_clean() -> bool:
-    problems = ledger.check_books() + money_back.problems()
+    problems = ledger.check_books() + checks.problems()
     assert problems == [], problems
     return True
 
@@ -100,7 +101,7 @@ def test_no_refund_is_sent_while_a_dispute_is_open_and_a_lost_one_cancels_it(
     assert balance(customer.id) == 0  # the 40 unused credits are held
 
     later = utcnow() + AFTER_UNDO_WINDOW
-    assert money_back.send_due_refunds(later) == 0
+    assert sending.send_due_refunds(later) == 0
     assert refunds_at_stripe(purchase.stripe_payment_intent_id) == []
 
     close_dispute_in_store(dispute["id"], won=False)
@@ -108,7 +109,7 @@ def test_no_refund_is_sent_while_a_dispute_is_open_and_a_lost_one_cancels_it(
 
     refund = the_refund(request.id)
     assert refund.status == RefundStatus.CANCELED
-    assert money_back.send_due_refunds(later) == 0
+    assert sending.send_due_refunds(later) == 0
     assert refunds_at_stripe(purchase.stripe_payment_intent_id) == []
     assert balance(customer.id) == 0
     with pytest.raises(InsufficientCredits):
@@ -126,7 +127,7 @@ def test_a_refund_failing_under_an_open_dispute_keeps_its_credits_held(
     purchase, request = _basic_approved_for_five_dollars(
         customer, staff, utcnow() - AFTER_UNDO_WINDOW
     )
-    assert money_back.send_due_refunds(utcnow()) == 1
+    assert sending.send_due_refunds(utcnow()) == 1
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
     deliver_all(client, "charge.refunded")
     dispute = dispute_in_store(session_of(purchase))
@@ -156,7 +157,7 @@ def test_a_refund_failing_under_a_dispute_that_is_then_won_gives_the_credits_bac
     purchase, request = _basic_approved_for_five_dollars(
         customer, staff, utcnow() - AFTER_UNDO_WINDOW
     )
-    money_back.send_due_refunds(utcnow())
+    sending.send_due_refunds(utcnow())
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
     dispute = dispute_in_store(session_of(purchase))
     deliver(client, the_event("charge.dispute.created", id=dispute["id"]))
@@ -225,7 +226,7 @@ def test_a_refund_whose_final_webhook_is_lost_is_settled_by_reconciliation(
     purchase = paid_purchase(customer)
     request = file(customer, purchase)
     approve_now(request, staff, 2000, now=utcnow() - AFTER_UNDO_WINDOW)
-    money_back.send_due_refunds(utcnow())
+    sending.send_due_refunds(utcnow())
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
     settle_at_stripe(at_stripe["id"])  # succeeded at Stripe; its webhook never arrives
     assert the_refund(request.id).status == RefundStatus.PENDING
@@ -313,7 +314,7 @@ def test_an_approval_undone_inside_the_window_sends_the_customer_nothing(
     second = approve_now(request, staff, 2000, justification="", now=now)
 
     assert not [mail for mail in emails_to(customer.email) if "approved" in mail.subject]
-    money_back.send_due_refunds(second.scheduled_for)
+    sending.send_due_refunds(second.scheduled_for)
 
     [approved] = [mail for mail in emails_to(customer.email) if "approved" in mail.subject]
     assert "$20.00" in approved.body_text

@@ -29,8 +29,9 @@ from hypothesis.stateful import (
 from sqlalchemy import select
 
 from portal.accounts.models import User
-from portal.billing import money_back, reconcile
+from portal.billing import reconcile
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
+from portal.billing.money_back import checks, sending
 from portal.db import db
 from portal.errors import Conflict, InsufficientCredits, NotFound, ValidationError
 from portal.jobs import services as jobs
@@ -254,7 +255,7 @@ class MoneyBack(RuleBasedStateMachine):
 
     @rule()
     def worker_sends(self):
-        money_back.send_due_refunds(utcnow())
+        sending.send_due_refunds(utcnow())
         self._collect_events()
 
     @rule(data=st.data())
@@ -357,7 +358,7 @@ class MoneyBack(RuleBasedStateMachine):
     @invariant()
     def books_and_money_back_are_right(self):
         db.session.rollback()
-        problems = ledger.check_books() + money_back.problems()
+        problems = ledger.check_books() + checks.problems()
         assert problems == [], problems
 
     @invariant()

@@ -8,8 +8,9 @@ import time
 import pytest
 from sqlalchemy import select, update
 
-from portal.billing import fulfilment, money_back
+from portal.billing import fulfilment
 from portal.billing.models import Dispute, DisputeStatus, Purchase, PurchaseStatus, RefundStatus
+from portal.billing.money_back import checks, reported, state
 from portal.db import db
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind
@@ -398,7 +399,7 @@ def test_dashboard_refund_after_crediting_takes_back_the_matching_unused_credits
     assert row.status == RefundStatus.PENDING
     # Redelivery and a later sync change nothing.
     deliver(client, the_event("charge.refunded", payment_intent=intent))
-    money_back.sync_refunds(intent)
+    reported.sync_refunds(intent)
     assert balance(user.id) == credits - clawed_back
     assert len(entries(user.id, EntryKind.REFUND_CLAW_BACK)) == 1
     assert len(refunds_of(purchase_id)) == 1
@@ -489,7 +490,7 @@ def test_dispute_holds_the_unused_credits_and_tells_staff(client, user, inline_w
         2_000,
     )
     assert len(audit_rows("purchase.dispute_changed", purchase_id)) == 1
-    assert ledger.check_books() == [] and money_back.problems() == []
+    assert ledger.check_books() == [] and checks.problems() == []
 
 
 @pytest.mark.parametrize(
@@ -522,7 +523,7 @@ def test_closed_dispute_releases_credits_only_when_won(
         f"Dispute opened on purchase {purchase_id}",
         f"Dispute closed on purchase {purchase_id}: {outcome}",
     ]
-    assert ledger.check_books() == [] and money_back.problems() == []
+    assert ledger.check_books() == [] and checks.problems() == []
 
 
 def test_dispute_before_crediting_means_never_credited(client, user, webhooks_off):
@@ -553,7 +554,7 @@ def test_dispute_won_before_crediting_credits_the_purchase(client, user, webhook
     won = purchase(purchase_id)
     assert won.status == PurchaseStatus.CREDITED
     assert_credited_once(user, purchase_id)
-    assert ledger.check_books() == [] and money_back.problems() == []
+    assert ledger.check_books() == [] and checks.problems() == []
 
 
 def test_dispute_closed_event_before_created_event_ends_as_stripe_says(client, user, webhooks_off):
@@ -570,8 +571,8 @@ def test_dispute_closed_event_before_created_event_ends_as_stripe_says(client, u
 
     assert purchase(purchase_id).status == PurchaseStatus.CREDITED
     assert balance(user.id) == 300
-    assert money_back.money_state(purchase(purchase_id)).with_us
-    assert ledger.check_books() == [] and money_back.problems() == []
+    assert state.money_state(purchase(purchase_id)).with_us
+    assert ledger.check_books() == [] and checks.problems() == []
 
 
 def test_a_dispute_event_whose_body_lies_is_settled_as_stripe_says(client, user, webhooks_off):

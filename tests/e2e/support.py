@@ -157,7 +157,7 @@ def make_overdue(server: LiveServer, request_id: int) -> None:
 
 def run_refund_worker(server: LiveServer) -> int:
     """What `flask worker` does, 11 minutes from now: send the refunds whose undo window passed."""
-    from portal.billing.money_back import send_due_refunds
+    from portal.billing.money_back.sending import send_due_refunds
     from portal.timeutil import utcnow
 
     with server.database():

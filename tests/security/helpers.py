@@ -18,8 +18,9 @@ from sqlalchemy import func, literal, select, union_all
 from portal import policy
 from portal.accounts import services as accounts
 from portal.accounts.models import User
-from portal.billing import checkout, money_back
+from portal.billing import checkout
 from portal.billing.models import Purchase
+from portal.billing.money_back import sending
 from portal.db import db
 from portal.incidents import services as incidents
 from portal.jobs import services as jobs
@@ -342,7 +343,7 @@ def build_world() -> World:
 
     scheduled_request_id, scheduled_refund_id = approved(customer_a)
     failed_request_id, failed_refund_id = approved(customer_a)
-    money_back.refund_failed(failed_refund_id, "card expired")
+    sending.refund_failed(failed_refund_id, "card expired")
     incident = incidents.record_incident(
         actor, "Ongoing outage", now - timedelta(hours=3), None, ""
     )

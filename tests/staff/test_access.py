@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from portal.billing import money_back
+from portal.billing.money_back import sending
 from portal.incidents import services as incidents
 from portal.timeutil import utcnow
 from tests.factories import csrf_token, make_purchase
@@ -44,7 +44,7 @@ def world(app, staff, customer):
     scheduled = approve_now(scheduled_request, staff, 500, justification="test")
     failed_request = file(customer, make_purchase(customer))
     failed = approve_now(failed_request, staff, 500, justification="test")
-    money_back.refund_failed(failed.id, "card expired")
+    sending.refund_failed(failed.id, "card expired")
     incident = incidents.record_incident(
         actor(staff), "Ongoing outage", utcnow() - timedelta(hours=3), None, ""
     )

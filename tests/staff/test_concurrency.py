@@ -5,8 +5,9 @@ from datetime import timedelta
 import pytest
 
 from portal.accounts.models import User
-from portal.billing import fulfilment, money_back
+from portal.billing import fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
+from portal.billing.money_back import sending
 from portal.db import db
 from portal.errors import Conflict
 from portal.ledger.models import EntryKind
@@ -69,9 +70,9 @@ def test_two_staff_approving_at_once_make_one_refund_and_one_stripe_refund(threa
 
     later = now + AFTER_UNDO_WINDOW
     with threaded_app.app_context():
-        sent = run_together(threaded_app, 2, lambda _index: money_back.send_due_refunds(later))
+        sent = run_together(threaded_app, 2, lambda _index: sending.send_due_refunds(later))
         assert not [outcome for outcome in sent if isinstance(outcome, Exception)], sent
-        assert money_back.send_due_refunds(later + timedelta(minutes=5)) == 0
+        assert sending.send_due_refunds(later + timedelta(minutes=5)) == 0
         [at_stripe] = refunds_at_stripe(intent)
         assert at_stripe["amount"] == 2000
         refund = db.session.get(Refund, succeeded[0])
@@ -105,7 +106,7 @@ def test_an_approval_racing_a_dispute_webhook_sends_no_refund_while_it_is_open(t
         # Whichever came first, the dispute is open and holds every unused credit, and the
         # worker sends nothing while it is open.
         assert balance(customer_id) == 0
-        assert money_back.send_due_refunds(now + AFTER_UNDO_WINDOW) == 0
+        assert sending.send_due_refunds(now + AFTER_UNDO_WINDOW) == 0
         assert refunds_at_stripe(intent) == []
         assert db.session.get(Purchase, purchase.id).status == PurchaseStatus.DISPUTED
         assert ledger_check_passes(threaded_app)
@@ -128,7 +129,7 @@ def test_the_worker_sending_while_staff_press_undo_does_exactly_one(threaded_app
             member = staff_services.Actor(db.session.get(User, staff_id), "127.0.0.1")
             staff_services.undo_approval(refund_id, member, due - timedelta(milliseconds=1))
             return "undone"
-        return money_back.send_due_refunds(due)
+        return sending.send_due_refunds(due)
 
     outcomes = run_together(threaded_app, 2, undo_or_send)
 

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from portal.accounts.models import User
-from portal.billing import money_back
 from portal.billing.models import Purchase, PurchaseStatus, RefundStatus
+from portal.billing.money_back import sending
 from portal.db import db
 from portal.errors import Conflict, ValidationError
 from portal.incidents import services as incidents
@@ -74,7 +74,7 @@ def customer_page(client, request_id: int) -> str:
 
 def sent(request_id: int, now) -> dict:
     """Run the worker at `now`; return the one refund it made at the sandbox."""
-    money_back.send_due_refunds(now)
+    sending.send_due_refunds(now)
     refund = the_refund(request_id)
     intent = fresh(Purchase, refund.purchase_id).stripe_payment_intent_id
     [at_stripe] = [r for r in refunds_at_stripe(intent) if r["id"] == refund.stripe_refund_id]
@@ -166,7 +166,7 @@ def test_approving_the_default_amount_schedules_the_refund_and_claws_back_credit
     # Nothing leaves before the undo window has passed, and nothing is promised yet.
     assert refunds_at_stripe(purchase.stripe_payment_intent_id) == []
     assert not any("refund approved" in email.subject for email in emails_to(customer.email))
-    money_back.send_due_refunds(refund.scheduled_for)
+    sending.send_due_refunds(refund.scheduled_for)
     [approved] = [e for e in emails_to(customer.email) if "refund approved" in e.subject]
     assert "$20.00" in approved.body_text
     assert ledger_check_passes(app)
@@ -348,7 +348,7 @@ def test_undo_within_the_window_restores_the_credits_and_reopens(
     assert events(request.id)[-1].kind == "decision_undone"
     assert len(audit_rows("refund_request.approval_undone", request.id)) == 1
     # The worker has nothing to send, now or later.
-    assert money_back.send_due_refunds(utcnow() + timedelta(hours=1)) == 0
+    assert sending.send_due_refunds(utcnow() + timedelta(hours=1)) == 0
     assert refunds_at_stripe(purchase.stripe_payment_intent_id) == []
     # And the request can be decided again.
     approve_now(request, staff, 1000)
@@ -390,10 +390,10 @@ def test_the_worker_sends_a_due_refund_exactly_once(app, staff, customer):
     now = utcnow()
     refund = approve_now(request, staff, 2000, now=now)
 
-    assert money_back.send_due_refunds(now + timedelta(minutes=5)) == 0
-    assert money_back.send_due_refunds(now + AFTER_UNDO_WINDOW) == 1
-    assert money_back.send_due_refunds(now + AFTER_UNDO_WINDOW) == 0
-    assert money_back.send_due_refunds(now + timedelta(hours=2)) == 0
+    assert sending.send_due_refunds(now + timedelta(minutes=5)) == 0
+    assert sending.send_due_refunds(now + AFTER_UNDO_WINDOW) == 1
+    assert sending.send_due_refunds(now + AFTER_UNDO_WINDOW) == 0
+    assert sending.send_due_refunds(now + timedelta(hours=2)) == 0
 
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
     assert at_stripe["amount"] == 2000
@@ -428,16 +428,16 @@ def test_a_refund_another_worker_is_sending_is_not_sent_again(app, staff, custom
     now = utcnow()
     approve_now(request, staff, 2000, now=now)
     later = now + AFTER_UNDO_WINDOW
-    [listed_by_b] = money_back.due_refund_ids(later)
+    [listed_by_b] = sending.due_refund_ids(later)
     b_outcome = []
     spy = RefundCallSpy(
         monkeypatch,
         during_first_call=lambda: in_another_transaction(
-            app, lambda: b_outcome.append(money_back.send_refund(listed_by_b, later))
+            app, lambda: b_outcome.append(sending.send_refund(listed_by_b, later))
         ),
     )
 
-    money_back.send_due_refunds(later)
+    sending.send_due_refunds(later)
 
     assert b_outcome == [None], "worker B sent the refund worker A was sending"
     assert len(spy.keys) == 1, "Stripe was asked twice"
@@ -532,8 +532,8 @@ def test_a_retry_is_sent_once_more_with_a_new_key_and_succeeds(
     assert balance(customer.id) == 0
     assert fresh(RefundRequest, request.id).status == RequestStatus.APPROVED
 
-    assert money_back.send_due_refunds(utcnow()) == 1
-    assert money_back.send_due_refunds(utcnow() + timedelta(hours=1)) == 0
+    assert sending.send_due_refunds(utcnow()) == 1
+    assert sending.send_due_refunds(utcnow() + timedelta(hours=1)) == 0
     assert spy.keys == [refund.idempotency_key]
     old, new = refunds_at_stripe(purchase.stripe_payment_intent_id)
     assert old["status"] == "failed"
@@ -548,7 +548,7 @@ def test_a_retry_is_sent_once_more_with_a_new_key_and_succeeds(
     # A succeeded refund cannot be retried: the money never goes out twice.
     act_on_refund(staff_client, refund, "retry")
     assert "Only a failed refund can be tried again." in flashes(staff_client, request.id)
-    assert money_back.send_due_refunds(utcnow() + timedelta(hours=2)) == 0
+    assert sending.send_due_refunds(utcnow() + timedelta(hours=2)) == 0
     assert len(refunds_at_stripe(purchase.stripe_payment_intent_id)) == 2
     assert ledger_check_passes(app)
 
@@ -558,7 +558,7 @@ def test_a_retry_on_the_same_failing_card_fails_again_cleanly(app, staff, custom
 
     staff_services.retry_refund(the_refund(request.id).id, actor(staff), utcnow())
     assert balance(customer.id) == 0
-    money_back.send_due_refunds(utcnow())
+    sending.send_due_refunds(utcnow())
     second = refunds_at_stripe(purchase.stripe_payment_intent_id)[-1]
     settle_at_stripe(second["id"])
 
@@ -595,7 +595,7 @@ def test_a_late_event_about_the_failed_attempt_does_not_undo_the_retry(
     with sandbox().lock:
         sandbox().refund_fails_for.discard(charge["id"])
     staff_services.retry_refund(the_refund(request.id).id, actor(staff), utcnow())
-    money_back.send_due_refunds(utcnow())
+    sending.send_due_refunds(utcnow())
     old, new = refunds_at_stripe(purchase.stripe_payment_intent_id)
     assert the_refund(request.id).stripe_refund_id == new["id"]
 
@@ -620,7 +620,7 @@ def test_after_a_retry_the_refund_names_the_new_stripe_refund(app, staff, custom
         sandbox().refund_fails_for.discard(charge_of(purchase.stripe_payment_intent_id)["id"])
     staff_services.retry_refund(the_refund(request.id).id, actor(staff), utcnow())
 
-    money_back.send_due_refunds(utcnow())
+    sending.send_due_refunds(utcnow())
 
     old, new = refunds_at_stripe(purchase.stripe_payment_intent_id)
     refund = the_refund(request.id)
@@ -636,7 +636,7 @@ def test_stripe_refusing_an_amount_over_the_charge_restores_the_credits(
     monkeypatch.setitem(app.config, "SANDBOX_WEBHOOKS", "off")
     outside = consume_charge_at_stripe(purchase.stripe_payment_intent_id, 1500)
 
-    money_back.send_due_refunds(utcnow())
+    sending.send_due_refunds(utcnow())
 
     refund = the_refund(request.id)
     assert refund.status == RefundStatus.FAILED
@@ -662,7 +662,7 @@ def test_stripe_unreachable_leaves_the_refund_pending_and_a_later_run_uses_the_s
     spy = RefundCallSpy(monkeypatch)
     inject_failures(10)
 
-    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW)
+    sending.send_due_refunds(now + AFTER_UNDO_WINDOW)
 
     refund = the_refund(request.id)
     assert refund.status == RefundStatus.PENDING
@@ -671,12 +671,12 @@ def test_stripe_unreachable_leaves_the_refund_pending_and_a_later_run_uses_the_s
     assert fresh(RefundRequest, request.id).status == RequestStatus.APPROVED
     assert balance(customer.id) == 0
     # Not resent at once: the next try waits a minute.
-    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(seconds=30))
+    sending.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(seconds=30))
     assert len(spy.keys) == 1
 
     inject_failures(0)  # Stripe is back
-    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=2))
-    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=4))
+    sending.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=2))
+    sending.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=4))
 
     assert spy.keys == [refund.idempotency_key, refund.idempotency_key]
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
@@ -695,9 +695,9 @@ def test_an_answer_lost_after_stripe_refunded_is_resent_with_the_same_key(
     approve_now(request, staff, 2000, now=now)
     spy = RefundCallSpy(monkeypatch, lose_answer_times=1)
 
-    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW)
+    sending.send_due_refunds(now + AFTER_UNDO_WINDOW)
     assert the_refund(request.id).stripe_refund_id is None
-    money_back.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=2))
+    sending.send_due_refunds(now + AFTER_UNDO_WINDOW + timedelta(minutes=2))
 
     [at_stripe] = refunds_at_stripe(purchase.stripe_payment_intent_id)
     refund = the_refund(request.id)
