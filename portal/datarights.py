@@ -47,158 +47,161 @@ def export_archive(user: User) -> SpooledTemporaryFile:
     """Write everything the portal holds about `user` into a zip; return it, rewound."""
     spool = SpooledTemporaryFile(max_size=16 * 1024 * 1024)  # noqa: SIM115  (returned open)
     with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(
-            "account.json",
-            json.dumps(
-                {
-                    "id": user.id,
-                    "email": user.email,
-                    "role": user.role.value,
-                    "status": user.status.value,
-                    "created_at": user.created_at.isoformat(),
-                    "timezone": user.timezone,
-                    "credits_balance": user.credits_balance,
-                },
-                indent=2,
-            ),
-        )
-        _csv(
-            archive,
-            "purchases.csv",
-            [
-                "id",
-                "created_at",
-                "package",
-                "credits",
-                "amount_cents",
-                "currency",
-                "status",
-                "refunded_cents",
-                "receipt_url",
-            ],
-            (
-                [
-                    p.id,
-                    p.created_at.isoformat(),
-                    p.package_code,
-                    p.credits,
-                    p.amount_cents,
-                    p.currency,
-                    p.status.value,
-                    p.refunded_cents,
-                    p.receipt_url or "",
-                ]
-                for p in db.session.scalars(
-                    select(Purchase).where(Purchase.user_id == user.id).order_by(Purchase.id)
-                )
-            ),
-        )
-        entries = db.session.execute(
-            select(
-                LedgerEntry.id,
-                LedgerEntry.created_at,
-                LedgerEntry.kind,
-                LedgerEntry.credits,
-                LedgerEntry.balance_after,
-                LedgerEntry.purchase_id,
-                LedgerEntry.job_id,
-                LedgerEntry.memo,
-            )
-            .where(LedgerEntry.user_id == user.id)
-            .order_by(LedgerEntry.id)
-            .execution_options(stream_results=True, yield_per=2000)
-        )
-        _csv(
-            archive,
-            "ledger.csv",
-            [
-                "id",
-                "created_at",
-                "kind",
-                "credits",
-                "balance_after",
-                "purchase_id",
-                "job_id",
-                "memo",
-            ],
-            (
-                [
-                    e.id,
-                    e.created_at.isoformat(),
-                    e.kind.value,
-                    e.credits,
-                    e.balance_after,
-                    e.purchase_id or "",
-                    e.job_id or "",
-                    e.memo,
-                ]
-                for e in entries
-            ),
-        )
-        jobs = db.session.execute(
-            select(
-                Job.id,
-                Job.external_id,
-                Job.created_at,
-                Job.operation,
-                Job.credits,
-                Job.status,
-                Job.failure_reason,
-                Job.credits_restored,
-            )
-            .where(Job.user_id == user.id)
-            .order_by(Job.id)
-            .execution_options(stream_results=True, yield_per=2000)
-        )
-        _csv(
-            archive,
-            "jobs.csv",
-            [
-                "id",
-                "external_id",
-                "created_at",
-                "operation",
-                "credits",
-                "status",
-                "failure_reason",
-                "credits_restored",
-            ],
-            (
-                [
-                    j.id,
-                    j.external_id,
-                    j.created_at.isoformat(),
-                    j.operation,
-                    j.credits,
-                    j.status.value,
-                    j.failure_reason.value if j.failure_reason else "",
-                    j.credits_restored,
-                ]
-                for j in jobs
-            ),
-        )
-        requests = []
-        for request in db.session.scalars(
-            select(RefundRequest).where(RefundRequest.user_id == user.id).order_by(RefundRequest.id)
-        ):
-            requests.append(
-                {
-                    "reference": request.reference,
-                    "purchase_id": request.purchase_id,
-                    "reason": request.reason.value,
-                    "details": request.details,
-                    "status": request.status.value,
-                    "created_at": request.created_at.isoformat(),
-                    "timeline": [
-                        {"at": event.created_at.isoformat(), "kind": event.kind, "text": event.body}
-                        for event in request.events
-                        if event.visible_to_customer
-                    ],
-                }
-            )
-        archive.writestr("refund_requests.json", json.dumps(requests, indent=2))
+        for write_part in (_account, _purchases, _ledger, _jobs, _refund_requests):
+            write_part(archive, user)
     spool.seek(0)
     return spool
+
+
+def _account(archive: zipfile.ZipFile, user: User) -> None:
+    account = {
+        "id": user.id,
+        "email": user.email,
+        "role": user.role.value,
+        "status": user.status.value,
+        "created_at": user.created_at.isoformat(),
+        "timezone": user.timezone,
+        "credits_balance": user.credits_balance,
+    }
+    archive.writestr("account.json", json.dumps(account, indent=2))
+
+
+def _purchases(archive: zipfile.ZipFile, user: User) -> None:
+    columns = [
+        "id",
+        "created_at",
+        "package",
+        "credits",
+        "amount_cents",
+        "currency",
+        "status",
+        "refunded_cents",
+        "receipt_url",
+    ]
+    purchases = db.session.scalars(
+        select(Purchase).where(Purchase.user_id == user.id).order_by(Purchase.id)
+    )
+    rows = (
+        [
+            p.id,
+            p.created_at.isoformat(),
+            p.package_code,
+            p.credits,
+            p.amount_cents,
+            p.currency,
+            p.status.value,
+            p.refunded_cents,
+            p.receipt_url or "",
+        ]
+        for p in purchases
+    )
+    _csv(archive, "purchases.csv", columns, rows)
+
+
+def _ledger(archive: zipfile.ZipFile, user: User) -> None:
+    columns = [
+        "id",
+        "created_at",
+        "kind",
+        "credits",
+        "balance_after",
+        "purchase_id",
+        "job_id",
+        "memo",
+    ]
+    entries = db.session.execute(
+        select(
+            LedgerEntry.id,
+            LedgerEntry.created_at,
+            LedgerEntry.kind,
+            LedgerEntry.credits,
+            LedgerEntry.balance_after,
+            LedgerEntry.purchase_id,
+            LedgerEntry.job_id,
+            LedgerEntry.memo,
+        )
+        .where(LedgerEntry.user_id == user.id)
+        .order_by(LedgerEntry.id)
+        .execution_options(stream_results=True, yield_per=2000)
+    )
+    rows = (
+        [
+            e.id,
+            e.created_at.isoformat(),
+            e.kind.value,
+            e.credits,
+            e.balance_after,
+            e.purchase_id or "",
+            e.job_id or "",
+            e.memo,
+        ]
+        for e in entries
+    )
+    _csv(archive, "ledger.csv", columns, rows)
+
+
+def _jobs(archive: zipfile.ZipFile, user: User) -> None:
+    columns = [
+        "id",
+        "external_id",
+        "created_at",
+        "operation",
+        "credits",
+        "status",
+        "failure_reason",
+        "credits_restored",
+    ]
+    jobs = db.session.execute(
+        select(
+            Job.id,
+            Job.external_id,
+            Job.created_at,
+            Job.operation,
+            Job.credits,
+            Job.status,
+            Job.failure_reason,
+            Job.credits_restored,
+        )
+        .where(Job.user_id == user.id)
+        .order_by(Job.id)
+        .execution_options(stream_results=True, yield_per=2000)
+    )
+    rows = (
+        [
+            j.id,
+            j.external_id,
+            j.created_at.isoformat(),
+            j.operation,
+            j.credits,
+            j.status.value,
+            j.failure_reason.value if j.failure_reason else "",
+            j.credits_restored,
+        ]
+        for j in jobs
+    )
+    _csv(archive, "jobs.csv", columns, rows)
+
+
+def _refund_requests(archive: zipfile.ZipFile, user: User) -> None:
+    requests = [
+        {
+            "reference": request.reference,
+            "purchase_id": request.purchase_id,
+            "reason": request.reason.value,
+            "details": request.details,
+            "status": request.status.value,
+            "created_at": request.created_at.isoformat(),
+            "timeline": [
+                {"at": event.created_at.isoformat(), "kind": event.kind, "text": event.body}
+                for event in request.events
+                if event.visible_to_customer
+            ],
+        }
+        for request in db.session.scalars(
+            select(RefundRequest).where(RefundRequest.user_id == user.id).order_by(RefundRequest.id)
+        )
+    ]
+    archive.writestr("refund_requests.json", json.dumps(requests, indent=2))
 
 
 def close_account(

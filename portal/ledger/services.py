@@ -413,7 +413,16 @@ class AccountProblem:
 
 def check_books() -> list[AccountProblem]:
     """Verify the ledger's invariants for every account; return what is wrong."""
-    problems: list[AccountProblem] = []
+    return (
+        _account_problems()
+        + _day_end_problems()
+        + _lots_disagreeing_with_allocations()
+        + _purchases_credited_twice()
+    )
+
+
+def _account_problems() -> list[AccountProblem]:
+    """Each balance against its entries, its lots, its latest entry and its kept totals."""
     entry_sums = dict(
         db.session.execute(
             select(LedgerEntry.user_id, func.sum(LedgerEntry.credits)).group_by(LedgerEntry.user_id)
@@ -433,17 +442,9 @@ def check_books() -> list[AccountProblem]:
             )
         ).all()
     )
-    kind_sums: dict[int, dict[str, int]] = {}
-    for user_id, kind, credits in db.session.execute(
-        select(LedgerEntry.user_id, LedgerEntry.kind, func.sum(LedgerEntry.credits)).group_by(
-            LedgerEntry.user_id, LedgerEntry.kind
-        )
-    ):
-        if kind in TOTAL_OF_KIND:
-            total, sign = TOTAL_OF_KIND[kind]
-            sums = kind_sums.setdefault(user_id, {})
-            sums[total] = sums.get(total, 0) + sign * credits
+    kind_sums = _totals_from_entries()
     total_names = sorted({total for total, _ in TOTAL_OF_KIND.values()})
+    problems: list[AccountProblem] = []
     for user_id, email, balance, *totals in db.session.execute(
         select(
             User.id, User.email, User.credits_balance, *(getattr(User, n) for n in total_names)
@@ -467,21 +468,39 @@ def check_books() -> list[AccountProblem]:
             summed = kind_sums.get(user_id, {}).get(name, 0)
             if kept != summed:
                 report(f"{name.replace('_', ' ')} {kept} differs from its entries' {summed}")
+    return problems
 
-    problems += _day_end_problems()
 
-    lot_mismatch = db.session.execute(
+def _totals_from_entries() -> dict[int, dict[str, int]]:
+    """Each account's running totals (bought, used, refunded, granted) summed from entries."""
+    kind_sums: dict[int, dict[str, int]] = {}
+    for user_id, kind, credits in db.session.execute(
+        select(LedgerEntry.user_id, LedgerEntry.kind, func.sum(LedgerEntry.credits)).group_by(
+            LedgerEntry.user_id, LedgerEntry.kind
+        )
+    ):
+        if kind in TOTAL_OF_KIND:
+            total, sign = TOTAL_OF_KIND[kind]
+            sums = kind_sums.setdefault(user_id, {})
+            sums[total] = sums.get(total, 0) + sign * credits
+    return kind_sums
+
+
+def _lots_disagreeing_with_allocations() -> list[AccountProblem]:
+    mismatched = db.session.execute(
         select(CreditLot.id, CreditLot.user_id, User.email)
         .join(User, User.id == CreditLot.user_id)
         .join(LotAllocation, LotAllocation.lot_id == CreditLot.id, isouter=True)
         .group_by(CreditLot.id, CreditLot.user_id, User.email, CreditLot.credits_remaining)
         .having(func.coalesce(func.sum(LotAllocation.credits), 0) != CreditLot.credits_remaining)
     )
-    for lot_id, user_id, email in lot_mismatch:
-        problems.append(
-            AccountProblem(user_id, email, f"lot {lot_id} disagrees with its allocations")
-        )
+    return [
+        AccountProblem(user_id, email, f"lot {lot_id} disagrees with its allocations")
+        for lot_id, user_id, email in mismatched
+    ]
 
+
+def _purchases_credited_twice() -> list[AccountProblem]:
     credited_twice = db.session.execute(
         select(LedgerEntry.purchase_id, LedgerEntry.user_id, User.email)
         .join(User, User.id == LedgerEntry.user_id)
@@ -489,7 +508,7 @@ def check_books() -> list[AccountProblem]:
         .group_by(LedgerEntry.purchase_id, LedgerEntry.user_id, User.email)
         .having(func.count() > 1)
     )
-    for purchase_id, user_id, email in credited_twice:
-        problems.append(AccountProblem(user_id, email, f"purchase {purchase_id} credited twice"))
-
-    return problems
+    return [
+        AccountProblem(user_id, email, f"purchase {purchase_id} credited twice")
+        for purchase_id, user_id, email in credited_twice
+    ]
