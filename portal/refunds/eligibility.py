@@ -5,6 +5,7 @@ the same snapshot and moment always give the same verdict, which is what lets st
 the check as it was when the request was filed beside the check as it is today.
 """
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -363,105 +364,161 @@ RULES = (
 )
 
 
+@dataclass(frozen=True)
+class _Case:
+    """What the rules' outcomes add up to, for the decision ladder."""
+
+    passed: frozenset[str]
+    failed: frozenset[str]
+    has_job: bool
+    actions: tuple[Action, ...]
+    refundable_cents: int
+    unused_value_cents: int
+    unused_credits: int
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One rung of the ladder: when it applies, and what the pre-check then says."""
+
+    applies: Callable[[_Case], bool]
+    verdict: Verdict
+    cents: Callable[[_Case], int]
+    credits: Callable[[_Case], int]
+    stripe_reason: str
+    summary: str
+
+
+def _nothing(case: _Case) -> int:
+    return 0
+
+
+def _all_of_it(case: _Case) -> int:
+    return case.refundable_cents
+
+
+def _unused_share(case: _Case) -> int:
+    return case.unused_value_cents
+
+
+def _unused_credits(case: _Case) -> int:
+    return case.unused_credits
+
+
+# The first rung that applies decides; the order is the policy's order of precedence.
+LADDER = (
+    _Step(
+        lambda case: bool(case.actions),
+        Verdict.RESOLVED_AUTOMATICALLY,
+        _nothing,
+        _nothing,
+        "requested_by_customer",
+        "The portal can settle this at once: see the rules below.",
+    ),
+    _Step(
+        lambda case: "account" in case.failed,
+        Verdict.LIKELY_INELIGIBLE,
+        _nothing,
+        _nothing,
+        "requested_by_customer",
+        "Accounts closed for a terms violation are not refunded.",
+    ),
+    _Step(
+        lambda case: "technical_failure" in case.passed,
+        Verdict.LIKELY_ELIGIBLE,
+        _all_of_it,
+        _nothing,
+        "requested_by_customer",
+        "Credits that never arrived are refunded in full on request.",
+    ),
+    _Step(
+        lambda case: "window" in case.failed,
+        Verdict.LIKELY_INELIGIBLE,
+        _nothing,
+        _nothing,
+        "requested_by_customer",
+        f"Requests more than {policy.REFUND_WINDOW_DAYS} days after the purchase "
+        "are generally not refunded.",
+    ),
+    _Step(
+        lambda case: "duplicate" in case.passed,
+        Verdict.LIKELY_ELIGIBLE,
+        _all_of_it,
+        _unused_credits,
+        "duplicate",
+        "Duplicate charges are refunded in full.",
+    ),
+    _Step(
+        lambda case: case.has_job and "failed_job" in case.passed,
+        Verdict.LIKELY_INELIGIBLE,
+        _nothing,
+        _nothing,
+        "requested_by_customer",
+        "The failed job's credits are already back in your balance.",
+    ),
+    _Step(
+        lambda case: bool({"satisfaction", "used_credits", "failed_job"} & case.failed),
+        Verdict.LIKELY_INELIGIBLE,
+        _nothing,
+        _nothing,
+        "requested_by_customer",
+        "The policy generally does not refund this case.",
+    ),
+    _Step(
+        lambda case: "outage" in case.passed,
+        Verdict.LIKELY_ELIGIBLE,
+        _unused_share,
+        _unused_credits,
+        "requested_by_customer",
+        "Long downtime while you held unused credits qualifies for a refund of "
+        "their share of the price.",
+    ),
+    _Step(
+        lambda case: True,
+        Verdict.NEEDS_REVIEW,
+        _unused_share,
+        _unused_credits,
+        "requested_by_customer",
+        "Staff will look at your case; the unused credits' share of the price is "
+        "what could be refunded.",
+    ),
+)
+
+
 def precheck(snapshot: Snapshot, now: datetime) -> Precheck:
     """Run every rule on `snapshot` at `now` and decide what the policy likely says."""
     results = {rule.__name__.removesuffix("_rule"): rule(snapshot, now) for rule in RULES}
-    passed = {code for code, result in results.items() if result.outcome == Outcome.PASS}
-    failed = {code for code, result in results.items() if result.outcome == Outcome.FAIL}
+    case = _case_of(snapshot, results)
+    step = next(step for step in LADDER if step.applies(case))
+    return Precheck(
+        step.verdict,
+        tuple(results.values()),
+        min(step.cents(case), case.refundable_cents),
+        step.credits(case),
+        step.stripe_reason,
+        case.actions,
+        step.summary,
+    )
+
+
+def _case_of(snapshot: Snapshot, results: dict[str, RuleResult]) -> _Case:
+    passed = frozenset(code for code, result in results.items() if result.outcome == Outcome.PASS)
+    failed = frozenset(code for code, result in results.items() if result.outcome == Outcome.FAIL)
     purchase = snapshot.purchase
     package = policy.PACKAGES_BY_CODE.get(purchase.package_code)
-    unused_value = package.refund_for_unused(snapshot.unused_credits) if package else 0
-    refundable = purchase.amount_cents - purchase.refunded_cents
-
-    actions: list[Action] = []
     job = snapshot.job
+    actions = []
+    # What the portal settles by itself when the request is filed.
     if "technical_failure" in passed and not snapshot.money_back_instead:
         actions.append(Action.ADD_MISSING_CREDITS)
     if job is not None and "failed_job" in passed and not job.credits_restored:
         actions.append(Action.RESTORE_JOB_CREDITS)
-
-    def decide(verdict, cents, credits, stripe_reason, summary):
-        return Precheck(
-            verdict,
-            tuple(results.values()),
-            min(cents, refundable),
-            credits,
-            stripe_reason,
-            tuple(actions),
-            summary,
-        )
-
-    if actions:
-        return decide(
-            Verdict.RESOLVED_AUTOMATICALLY,
-            0,
-            0,
-            "requested_by_customer",
-            "The portal can settle this at once: see the rules below.",
-        )
-    if "account" in failed:
-        return decide(
-            Verdict.LIKELY_INELIGIBLE,
-            0,
-            0,
-            "requested_by_customer",
-            "Accounts closed for a terms violation are not refunded.",
-        )
-    if "technical_failure" in passed:
-        return decide(
-            Verdict.LIKELY_ELIGIBLE,
-            refundable,
-            0,
-            "requested_by_customer",
-            "Credits that never arrived are refunded in full on request.",
-        )
-    if "window" in failed:
-        return decide(
-            Verdict.LIKELY_INELIGIBLE,
-            0,
-            0,
-            "requested_by_customer",
-            f"Requests more than {policy.REFUND_WINDOW_DAYS} days after the purchase "
-            "are generally not refunded.",
-        )
-    if "duplicate" in passed:
-        return decide(
-            Verdict.LIKELY_ELIGIBLE,
-            refundable,
-            snapshot.unused_credits,
-            "duplicate",
-            "Duplicate charges are refunded in full.",
-        )
-    if job is not None and "failed_job" in passed:
-        return decide(
-            Verdict.LIKELY_INELIGIBLE,
-            0,
-            0,
-            "requested_by_customer",
-            "The failed job's credits are already back in your balance.",
-        )
-    if "satisfaction" in failed or "used_credits" in failed or "failed_job" in failed:
-        return decide(
-            Verdict.LIKELY_INELIGIBLE,
-            0,
-            0,
-            "requested_by_customer",
-            "The policy generally does not refund this case.",
-        )
-    if "outage" in passed:
-        return decide(
-            Verdict.LIKELY_ELIGIBLE,
-            unused_value,
-            snapshot.unused_credits,
-            "requested_by_customer",
-            "Long downtime while you held unused credits qualifies for a refund of "
-            "their share of the price.",
-        )
-    return decide(
-        Verdict.NEEDS_REVIEW,
-        unused_value,
-        snapshot.unused_credits,
-        "requested_by_customer",
-        "Staff will look at your case; the unused credits' share of the price is "
-        "what could be refunded.",
+    return _Case(
+        passed=passed,
+        failed=failed,
+        has_job=job is not None,
+        actions=tuple(actions),
+        refundable_cents=purchase.amount_cents - purchase.refunded_cents,
+        unused_value_cents=package.refund_for_unused(snapshot.unused_credits) if package else 0,
+        unused_credits=snapshot.unused_credits,
     )
