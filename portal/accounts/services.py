@@ -18,7 +18,7 @@ from portal.accounts.passwords import (
     password_problems,
     verify_password,
 )
-from portal.db import MAX_ID, db
+from portal.db import MAX_ID, db, transactional
 from portal.errors import ValidationError
 from portal.notifications.services import queue_email
 from portal.timeutil import utcnow
@@ -53,17 +53,17 @@ def load_user_from_session(session_id: str) -> User | None:
     return user
 
 
+@transactional
 def log_in(user: User, ip_address: str | None, user_agent: str | None) -> str:
     """Open a server-side session for a user who just proved who they are."""
     token = sessions.start(user, utcnow(), ip_address, user_agent)
-    db.session.commit()
     return token
 
 
+@transactional
 def log_out(user: User) -> None:
     """End the user's current server-side session."""
     sessions.end(user.session_token, utcnow())
-    db.session.commit()
 
 
 def register_user(email: str, password: str) -> User:
@@ -92,6 +92,7 @@ def register_user(email: str, password: str) -> User:
 _DUMMY_HASH: dict[str, str] = {}
 
 
+@transactional
 def authenticate(email: str, password: str) -> User | None:
     """Return the user whose e-mail and password match, or None; rehash old hashes."""
     user = user_by_email(email)
@@ -106,10 +107,10 @@ def authenticate(email: str, password: str) -> User | None:
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = utcnow()
-    db.session.commit()
     return user
 
 
+@transactional
 def change_password(user: User, current_password: str, new_password: str) -> None:
     """Replace the user's password and end their other sessions.
 
@@ -118,7 +119,6 @@ def change_password(user: User, current_password: str, new_password: str) -> Non
     if not verify_password(user.password_hash, current_password):
         raise ValidationError("Your current password is not correct.", field="current_password")
     _set_password(user, new_password)
-    db.session.commit()
 
 
 def _set_password(user: User, new_password: str) -> None:
@@ -130,6 +130,7 @@ def _set_password(user: User, new_password: str) -> None:
     sessions.end_all(user, utcnow())
 
 
+@transactional
 def request_password_reset(email: str, link_for: Callable[[str], str]) -> None:
     """E-mail a single-use reset link if the account exists; silently do nothing otherwise."""
     user = user_by_email(email)
@@ -153,7 +154,6 @@ def request_password_reset(email: str, link_for: Callable[[str], str]) -> None:
         f"Open this link within {minutes} minutes to choose a new password:\n{link_for(token)}\n\n"
         "The link works once. If you did not ask for it, you can ignore this e-mail.",
     )
-    db.session.commit()
 
 
 def reset_token_user(token: str) -> User | None:
@@ -166,6 +166,7 @@ def reset_token_user(token: str) -> User | None:
     return row.user
 
 
+@transactional
 def reset_password(token: str, new_password: str) -> User:
     """Set a new password through a reset token, using the token up.
 
@@ -180,10 +181,10 @@ def reset_password(token: str, new_password: str) -> User:
         raise ValidationError("This reset link is invalid or has expired.", field="token")
     _set_password(row.user, new_password)
     row.used_at = utcnow()
-    db.session.commit()
     return row.user
 
 
+@transactional
 def create_or_promote_staff(email: str, password: str | None) -> tuple[User, bool]:
     """Give `email` the staff role, creating the account if needed; return (user, created).
 
@@ -207,18 +208,18 @@ def create_or_promote_staff(email: str, password: str | None) -> tuple[User, boo
         # A change of privilege starts every session of the user afresh.
         user.session_generation += 1
         sessions.end_all(user, utcnow())
-    db.session.commit()
     return user, created
 
 
+@transactional
 def terminate_account(user: User, reason: str) -> None:
     """Terminate an account for a terms violation; it keeps read access to its history."""
     user.status = AccountStatus.TERMINATED
     user.termination_reason = reason
     user.terminated_at = utcnow()
-    db.session.commit()
 
 
+@transactional
 def update_timezone(user: User, timezone: str) -> None:
     """Store the timezone the customer's pages show times in.
 
@@ -227,4 +228,3 @@ def update_timezone(user: User, timezone: str) -> None:
     if timezone not in available_timezones():
         raise ValidationError("Choose a timezone from the list.", field="timezone")
     user.timezone = timezone
-    db.session.commit()
