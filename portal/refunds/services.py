@@ -381,6 +381,47 @@ def file_request(
     :raises Conflict: a request for this purchase is already open.
     """
     checked = _check_uploads(uploads)
+    check, done = _precheck_and_settle(user, purchase, reason, job, money_back_instead, now)
+    request = _new_request(user, purchase, job, reason, details, transaction_ids, check, done, now)
+    db.session.add(request)
+    stored_files: list[Path] = []
+    try:
+        db.session.flush()
+        add_event(request, "filed", f"Request filed: {REASON_WORDS[reason]}.", now=now)
+        add_event(request, "precheck", check.summary, now=now)
+        for line in done:
+            add_event(request, "auto_resolved", line, now=now)
+        _store_attachments(request, checked, stored_files)
+        audit.record(
+            "refund_request.filed",
+            "refund_request",
+            request.id,
+            actor_id=user.id,
+            after={"verdict": check.verdict.value, "recommended_cents": check.recommended_cents},
+        )
+        _confirm_by_email(user, request, purchase, done)
+        db.session.commit()
+    except IntegrityError:
+        _forget(stored_files)
+        existing = open_request_for(purchase.id)
+        raise Conflict(
+            "A request for this purchase is already open.", existing.id if existing else None
+        ) from None
+    except Exception:
+        _forget(stored_files)
+        raise
+    return request
+
+
+def _precheck_and_settle(
+    user: User,
+    purchase: Purchase,
+    reason: RequestReason,
+    job: Job | None,
+    money_back_instead: bool,
+    now: datetime,
+) -> tuple[Precheck, list[str]]:
+    """The pre-check, after the portal settled what it can by itself; and what it did."""
     check = preview(user, purchase, reason, job, money_back_instead, now)
     done = _settle_automatically(purchase, job, check.actions) if check.actions else []
     if check.actions and not done:
@@ -394,8 +435,22 @@ def file_request(
             (),
             "The portal could not settle this by itself; staff will look at it.",
         )
+    return check, done
+
+
+def _new_request(
+    user: User,
+    purchase: Purchase,
+    job: Job | None,
+    reason: RequestReason,
+    details: str,
+    transaction_ids: str,
+    check: Precheck,
+    done: list[str],
+    now: datetime,
+) -> RefundRequest:
     resolved = bool(done)
-    request = RefundRequest(
+    return RefundRequest(
         user_id=user.id,
         purchase_id=purchase.id,
         job_id=job.id if job else None,
@@ -411,51 +466,34 @@ def file_request(
         decided_at=now if resolved else None,
         created_at=now,
     )
-    db.session.add(request)
-    stored_files: list[Path] = []
-    try:
-        db.session.flush()
-        add_event(request, "filed", f"Request filed: {REASON_WORDS[reason]}.", now=now)
-        add_event(request, "precheck", check.summary, now=now)
-        for line in done:
-            add_event(request, "auto_resolved", line, now=now)
-        for upload, content_type, extension in checked:
-            key = f"{secrets.token_hex(16)}.{extension}"
-            path = attachment_folder() / key
-            path.write_bytes(upload.content)
-            stored_files.append(path)
-            db.session.add(
-                Attachment(
-                    request_id=request.id,
-                    filename=upload.filename[:255] or f"screenshot.{extension}",
-                    content_type=content_type,
-                    size_bytes=len(upload.content),
-                    storage_key=key,
-                )
+
+
+def _store_attachments(
+    request: RefundRequest, checked: list[tuple[Upload, str, str]], stored: list[Path]
+) -> None:
+    """Write the screenshots under unguessable names, adding each file to `stored` as it
+    is written (so that a failure halfway can remove them)."""
+    for upload, content_type, extension in checked:
+        key = f"{secrets.token_hex(16)}.{extension}"
+        path = attachment_folder() / key
+        path.write_bytes(upload.content)
+        stored.append(path)
+        db.session.add(
+            Attachment(
+                request_id=request.id,
+                filename=upload.filename[:255] or f"screenshot.{extension}",
+                content_type=content_type,
+                size_bytes=len(upload.content),
+                storage_key=key,
             )
-        audit.record(
-            "refund_request.filed",
-            "refund_request",
-            request.id,
-            actor_id=user.id,
-            after={"verdict": check.verdict.value, "recommended_cents": check.recommended_cents},
         )
-        _confirm_by_email(user, request, purchase, done)
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        for path in stored_files:
-            path.unlink(missing_ok=True)
-        existing = open_request_for(purchase.id)
-        raise Conflict(
-            "A request for this purchase is already open.", existing.id if existing else None
-        ) from None
-    except Exception:
-        db.session.rollback()
-        for path in stored_files:
-            path.unlink(missing_ok=True)
-        raise
-    return request
+
+
+def _forget(stored_files: list[Path]) -> None:
+    """Undo a filing that failed: nothing stays in the database or on disk."""
+    db.session.rollback()
+    for path in stored_files:
+        path.unlink(missing_ok=True)
 
 
 def _confirm_by_email(user: User, request: RefundRequest, purchase: Purchase, done: list[str]):
