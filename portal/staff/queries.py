@@ -257,7 +257,54 @@ def request_detail(request_id: int, now: datetime) -> RequestDetail | None:
     lot and refunds, the job, the timeline, the attachments); the lists around the
     purchase follow, one query each. The pre-check is run again from the same rows.
     """
-    found = (
+    found = _request_with_what_hangs_on_it(request_id)
+    if found is None:
+        return None
+    request, customer, purchase, unused, used_up_at, job, job_restored_at = found
+    around = purchase.created_at - timedelta(days=1)
+    # One read serves the page's list and the pre-check, whose period may reach further.
+    incidents = _incidents_between(
+        min(around, purchase.credited_at or around), max(request.created_at, used_up_at or now)
+    )
+    snapshot = refunds.snapshot_of(
+        customer,
+        purchase,
+        request.reason,
+        unused=unused or 0,
+        used_up_at=used_up_at,
+        other_purchases=refunds.purchases_paid_near(purchase),
+        incidents=[
+            incident
+            for incident in incidents
+            if refunds.held_credits_during(incident, purchase, used_up_at, now)
+        ],
+        job=job,
+        job_restored_at=job_restored_at,
+        money_back_instead=asked_for_money_back(request),
+    )
+    return RequestDetail(
+        request=request,
+        customer=customer,
+        purchase=purchase,
+        unused=unused or 0,
+        refunds=sorted(purchase.refunds, key=lambda refund: refund.id),
+        entries=_entries_since(customer.id, around),
+        jobs=_jobs_since(customer.id, around),
+        other_requests=_other_requests(customer.id, request.id),
+        incidents=[
+            incident
+            for incident in incidents
+            if incident.started_at < request.created_at
+            and (incident.ended_at is None or incident.ended_at > around)
+        ],
+        timeline=request.events,
+        staff=staff_members(),
+        current=precheck(snapshot, now),
+    )
+
+
+def _request_with_what_hangs_on_it(request_id: int):
+    return (
         db.session.execute(
             select(
                 RefundRequest,
@@ -282,11 +329,10 @@ def request_detail(request_id: int, now: datetime) -> RequestDetail | None:
         .unique()
         .one_or_none()
     )
-    if found is None:
-        return None
-    request, customer, purchase, unused, used_up_at, job, job_restored_at = found
-    around = purchase.created_at - timedelta(days=1)
-    entries = db.session.execute(
+
+
+def _entries_since(customer_id: int, since: datetime) -> list:
+    return db.session.execute(
         select(
             LedgerEntry.id,
             LedgerEntry.created_at,
@@ -297,32 +343,26 @@ def request_detail(request_id: int, now: datetime) -> RequestDetail | None:
             LedgerEntry.purchase_id,
             LedgerEntry.job_id,
         )
-        .where(LedgerEntry.user_id == customer.id, LedgerEntry.created_at >= around)
+        .where(LedgerEntry.user_id == customer_id, LedgerEntry.created_at >= since)
         .order_by(LedgerEntry.created_at, LedgerEntry.id)
         .limit(30)
     ).all()
-    jobs = list(
+
+
+def _jobs_since(customer_id: int, since: datetime) -> list[Job]:
+    return list(
         db.session.scalars(
             select(Job)
-            .where(Job.user_id == customer.id, Job.created_at >= around)
+            .where(Job.user_id == customer_id, Job.created_at >= since)
             # In creation order, which the (user, created) index hands over ready-sorted.
             .order_by(Job.created_at, Job.id)
             .limit(20)
         )
     )
 
-    def shown_on_page(incident: Incident) -> bool:
-        return incident.started_at < request.created_at and (
-            incident.ended_at is None or incident.ended_at > around
-        )
 
-    def held_credits(incident: Incident) -> bool:
-        return refunds.held_credits_during(incident, purchase, used_up_at, now)
-
-    # One read serves the page's list and the pre-check, whose period may reach further.
-    start = min(around, purchase.credited_at or around)
-    end = max(request.created_at, used_up_at or now)
-    incidents = list(
+def _incidents_between(start: datetime, end: datetime) -> list[Incident]:
+    return list(
         db.session.scalars(
             select(Incident)
             .where(
@@ -332,39 +372,16 @@ def request_detail(request_id: int, now: datetime) -> RequestDetail | None:
             .order_by(Incident.started_at)
         )
     )
-    other_requests = list(
+
+
+def _other_requests(customer_id: int, request_id: int) -> list[RefundRequest]:
+    return list(
         db.session.scalars(
             select(RefundRequest)
-            .where(RefundRequest.user_id == customer.id, RefundRequest.id != request.id)
+            .where(RefundRequest.user_id == customer_id, RefundRequest.id != request_id)
             .order_by(RefundRequest.id.desc())
             .limit(10)
         )
-    )
-    snapshot = refunds.snapshot_of(
-        customer,
-        purchase,
-        request.reason,
-        unused=unused or 0,
-        used_up_at=used_up_at,
-        other_purchases=refunds.purchases_paid_near(purchase),
-        incidents=[incident for incident in incidents if held_credits(incident)],
-        job=job,
-        job_restored_at=job_restored_at,
-        money_back_instead=asked_for_money_back(request),
-    )
-    return RequestDetail(
-        request=request,
-        customer=customer,
-        purchase=purchase,
-        unused=unused or 0,
-        refunds=sorted(purchase.refunds, key=lambda refund: refund.id),
-        entries=entries,
-        jobs=jobs,
-        other_requests=other_requests,
-        incidents=[incident for incident in incidents if shown_on_page(incident)],
-        timeline=request.events,
-        staff=staff_members(),
-        current=precheck(snapshot, now),
     )
 
 
