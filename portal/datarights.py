@@ -19,7 +19,7 @@ from portal.accounts import sessions
 from portal.accounts.models import AccountStatus, PasswordResetToken, User
 from portal.accounts.passwords import hash_password
 from portal.billing.models import Purchase
-from portal.db import db
+from portal.db import db, transactional
 from portal.jobs.models import Job
 from portal.ledger.models import LedgerEntry
 from portal.notifications.models import OutboxEmail
@@ -35,11 +35,11 @@ def _csv(archive: zipfile.ZipFile, name: str, header: list[str], rows) -> None:
         writer.writerows(rows)
 
 
+@transactional
 def export_for(user: User, actor_id: int, ip_address: str | None) -> SpooledTemporaryFile:
     """Build `user`'s archive and record in the audit log who took it."""
     archive = export_archive(user)
     audit.record("account.exported", "user", user.id, actor_id=actor_id, ip_address=ip_address)
-    db.session.commit()
     return archive
 
 
@@ -251,6 +251,7 @@ def close_account(
         ip_address=ip_address,
         after={"personal_data": "erased", "financial_records": "kept"},
     )
+    # Committed by hand: the screenshots are deleted only once the erasure is committed.
     db.session.commit()
     for key in files:
         (upload_folder / key).unlink(missing_ok=True)

@@ -6,11 +6,12 @@ from sqlalchemy import or_, select
 
 from portal import audit
 from portal.audit import Actor
-from portal.db import db
+from portal.db import db, transactional
 from portal.errors import NotFound, ValidationError
 from portal.incidents.models import Incident
 
 
+@transactional
 def record_incident(
     actor: Actor, title: str, started_at: datetime, ended_at: datetime | None, note: str
 ) -> Incident:
@@ -41,10 +42,10 @@ def record_incident(
         },
         ip_address=actor.ip_address,
     )
-    db.session.commit()
     return incident
 
 
+@transactional
 def end_incident(incident_id: int, actor: Actor, ended_at: datetime) -> Incident:
     """Close an ongoing incident.
 
@@ -67,7 +68,6 @@ def end_incident(incident_id: int, actor: Actor, ended_at: datetime) -> Incident
         after={"ended_at": ended_at.isoformat()},
         ip_address=actor.ip_address,
     )
-    db.session.commit()
     return incident
 
 

@@ -18,7 +18,7 @@ from portal import audit, policy
 from portal.accounts.models import User
 from portal.billing import fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
-from portal.db import db, locked
+from portal.db import db, locked, transactional
 from portal.errors import Conflict, NotFound, PaymentProviderError, ValidationError
 from portal.incidents.models import Incident
 from portal.jobs import services as jobs
@@ -553,6 +553,7 @@ def customer_timeline(request: RefundRequest) -> list[RefundRequestEvent]:
     )
 
 
+@transactional
 def customer_reply(user: User, request: RefundRequest, body: str, now: datetime) -> None:
     """Record the customer's answer to a question from staff and restart the clock.
 
@@ -560,7 +561,6 @@ def customer_reply(user: User, request: RefundRequest, body: str, now: datetime)
     """
     request = locked(RefundRequest, RefundRequest.id == request.id)
     if request.status != RequestStatus.WAITING_ON_CUSTOMER:
-        db.session.rollback()
         raise Conflict("This request is not waiting for your answer.")
     if request.clock_paused_at is not None:
         # The response clock stood still while staff waited for the customer.
@@ -569,7 +569,6 @@ def customer_reply(user: User, request: RefundRequest, body: str, now: datetime)
     request.transition(RequestStatus.IN_REVIEW)
     add_event(request, "customer_message", body, actor_id=user.id, now=now)
     audit.record("refund_request.customer_replied", "refund_request", request.id, actor_id=user.id)
-    db.session.commit()
 
 
 def attachment_for(user: User, attachment_id: int) -> tuple[Attachment, Path]:
