@@ -61,7 +61,11 @@ class Problem:
 
 def problems() -> list[Problem]:
     """Check the invariants of money going back for every purchase; return what is wrong."""
-    found: list[Problem] = []
+    return _more_back_than_paid() + _spendable_credits_whose_money_went() + _sent_in_a_dispute()
+
+
+def _more_back_than_paid() -> list[Problem]:
+    """Refunds succeeded plus disputes lost, against what was paid."""
     succeeded = (
         select(Refund.purchase_id, func.sum(Refund.amount_cents).label("cents"))
         .where(Refund.status == RefundStatus.SUCCEEDED)
@@ -74,24 +78,28 @@ def problems() -> list[Problem]:
         .group_by(Dispute.purchase_id)
         .subquery()
     )
-    # Stripe's own count of refunds (pending ones too) never above the payment either.
     returned = func.coalesce(succeeded.c.cents, 0) + func.coalesce(lost.c.cents, 0)
-    for purchase_id, user_id, email, cents, paid in db.session.execute(
+    rows = db.session.execute(
         select(Purchase.id, Purchase.user_id, User.email, returned, Purchase.amount_cents)
         .join(User, User.id == Purchase.user_id)
         .outerjoin(succeeded, succeeded.c.purchase_id == Purchase.id)
         .outerjoin(lost, lost.c.purchase_id == Purchase.id)
         .where(returned > Purchase.amount_cents)
-    ):
-        found.append(
-            Problem(
-                user_id,
-                email,
-                f"purchase {purchase_id}: {format_cents(cents)} went back, "
-                f"more than the {format_cents(paid)} paid",
-            )
+    )
+    return [
+        Problem(
+            user_id,
+            email,
+            f"purchase {purchase_id}: {format_cents(cents)} went back, "
+            f"more than the {format_cents(paid)} paid",
         )
+        for purchase_id, user_id, email, cents, paid in rows
+    ]
 
+
+def _spendable_credits_whose_money_went() -> list[Problem]:
+    """Credits still spendable of a purchase under an open or lost dispute, or refunded
+    in full."""
     money_gone = or_(
         exists().where(
             Dispute.purchase_id == Purchase.id,
@@ -99,29 +107,33 @@ def problems() -> list[Problem]:
         ),
         Purchase.refunded_cents >= Purchase.amount_cents,
     )
-    for purchase_id, user_id, email, spendable in db.session.execute(
+    rows = db.session.execute(
         select(Purchase.id, Purchase.user_id, User.email, CreditLot.credits_remaining)
         .join(User, User.id == Purchase.user_id)
         .join(CreditLot, CreditLot.purchase_id == Purchase.id)
         .where(money_gone, CreditLot.credits_remaining > 0)
-    ):
-        found.append(
-            Problem(
-                user_id,
-                email,
-                f"purchase {purchase_id}: {spendable} credits spendable though its money is "
-                "disputed or back with the customer",
-            )
+    )
+    return [
+        Problem(
+            user_id,
+            email,
+            f"purchase {purchase_id}: {spendable} credits spendable though its money is "
+            "disputed or back with the customer",
         )
+        for purchase_id, user_id, email, spendable in rows
+    ]
 
-    # Inquiries (warning_*) leave the payment refundable; a chargeback does not.
+
+def _sent_in_a_dispute() -> list[Problem]:
+    """Refunds of ours sent while a chargeback on their payment was open (inquiries leave
+    the payment refundable)."""
     chargeback_open_at_send = and_(
         Dispute.purchase_id == Refund.purchase_id,
         Dispute.status.not_in(INQUIRY_STATUSES),
         Dispute.opened_at <= Refund.sent_at,
         or_(Dispute.closed_at.is_(None), Dispute.closed_at > Refund.sent_at),
     )
-    for refund_id, user_id, email in db.session.execute(
+    rows = db.session.execute(
         select(Refund.id, Purchase.user_id, User.email)
         .join(Purchase, Purchase.id == Refund.purchase_id)
         .join(User, User.id == Purchase.user_id)
@@ -130,6 +142,8 @@ def problems() -> list[Problem]:
             Refund.sent_at.is_not(None),
             exists().where(chargeback_open_at_send),
         )
-    ):
-        found.append(Problem(user_id, email, f"refund {refund_id} was sent during a dispute"))
-    return found
+    )
+    return [
+        Problem(user_id, email, f"refund {refund_id} was sent during a dispute")
+        for refund_id, user_id, email in rows
+    ]
