@@ -44,6 +44,17 @@ def start_checkout(user: User, package_code: str, success_url: str, cancel_url: 
         raise ValidationError("Choose one of the packages.", field="package")
     if user.is_terminated:
         raise AccountTerminated("terminated accounts cannot buy credits")
+    purchase = _pending_purchase(user, package)
+    params = _session_params(user, purchase, package, success_url, cancel_url)
+    session = gateway().create_checkout_session(params, _checkout_key(purchase))
+    purchase.stripe_checkout_session_id = session.id
+    db.session.commit()
+    return session.url
+
+
+def _pending_purchase(user: User, package: policy.Package) -> Purchase:
+    """The customer's recent pending purchase of `package`, or a new one (committed, so
+    that Stripe can be called without a transaction open)."""
     purchase = db.session.scalar(
         select(Purchase)
         .where(
@@ -65,6 +76,12 @@ def start_checkout(user: User, package_code: str, success_url: str, cancel_url: 
         )
         db.session.add(purchase)
         db.session.commit()
+    return purchase
+
+
+def _session_params(
+    user: User, purchase: Purchase, package: policy.Package, success_url: str, cancel_url: str
+) -> dict:
     references = {"purchase_id": str(purchase.id), "user_id": str(user.id)}
     params = {
         "mode": "payment",
@@ -90,10 +107,7 @@ def start_checkout(user: User, package_code: str, success_url: str, cancel_url: 
         params["customer"] = user.stripe_customer_id
     else:
         params["customer_email"] = user.email
-    session = gateway().create_checkout_session(params, _checkout_key(purchase))
-    purchase.stripe_checkout_session_id = session.id
-    db.session.commit()
-    return session.url
+    return params
 
 
 def purchase_by_session(user_id: int, session_id: str) -> Purchase:

@@ -237,12 +237,27 @@ def approve(
         f"refund of {request.reference}",
         now,
     )
+    _record_approval(request, actor, refund, credits, unused, justification, now)
+    return refund
+
+
+def _record_approval(
+    request: RefundRequest,
+    actor: Actor,
+    refund: Refund,
+    credits: int,
+    unused: int,
+    justification: str,
+    now: datetime,
+) -> None:
+    """The approval on the request, its timeline and the audit log (the customer hears
+    of it when the money leaves)."""
     request.transition(RequestStatus.APPROVED)
     request.decided_at = now
     request.decided_by_id = actor.user.id
     request.decision_reason = justification.strip() or None
     request.clock_paused_at = None
-    amount = format_cents(amount_cents, purchase.currency)
+    amount = format_cents(refund.amount_cents, refund.currency)
     add_event(
         request,
         "decision",
@@ -263,9 +278,12 @@ def approve(
         "refund_request.approved",
         request,
         before={"unused_credits": unused, "recommended_cents": request.recommended_cents},
-        after={"amount_cents": amount_cents, "credits_removed": credits, "refund_id": refund.id},
+        after={
+            "amount_cents": refund.amount_cents,
+            "credits_removed": credits,
+            "refund_id": refund.id,
+        },
     )
-    return refund
 
 
 @transactional
