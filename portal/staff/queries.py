@@ -1,13 +1,10 @@
 """What the staff pages read: the queue, its counts, and everything about one request."""
 
-import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from flask import current_app, has_app_context
-from sqlalchemy import bindparam, event, func, inspect, or_, select, tuple_, union_all
-from sqlalchemy.orm import Session, aliased, joinedload, load_only
+from sqlalchemy import bindparam, func, or_, select, tuple_, union_all
+from sqlalchemy.orm import aliased, joinedload, load_only
 
 from portal.accounts.models import Role, User
 from portal.audit import AuditLogEntry
@@ -169,68 +166,19 @@ def status_counts(now: datetime) -> dict[RequestStatus, int]:
     return dict(db.session.execute(union_all(still_open, decided)).all())
 
 
-class _StaffList:
-    """The staff members, kept for a minute: they change by hand and rarely.
-
-    A change committed by this process is seen at once (see `_forget_staff_after_commit`).
-    `flask create-staff` runs in a process of its own, so the web workers list a new
-    member within `FRESH_FOR` seconds. Hand-overs re-check the role, so a stale list can
-    never hand a request to someone who is no longer staff.
-    """
-
-    FRESH_FOR = 60.0
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._members: list[tuple[int, str]] | None = None
-        self._loaded_at = 0.0
-
-    def get(self) -> list[tuple[int, str]]:
-        with self._lock:
-            if self._members is None or time.monotonic() - self._loaded_at > self.FRESH_FOR:
-                rows = db.session.execute(
-                    select(User.id, User.email).where(User.role == Role.STAFF).order_by(User.email)
-                )
-                self._members = [(member_id, email) for member_id, email in rows]
-                self._loaded_at = time.monotonic()
-            return self._members
-
-    def forget(self) -> None:
-        with self._lock:
-            self._members = None
-
-
-def _staff_list() -> _StaffList:
-    # One per app, so that apps on different databases (tests) never share a list.
-    return current_app.extensions.setdefault("portal.staff_list", _StaffList())
-
-
-def _touches_staff(session) -> bool:
-    added_or_removed = (*session.new, *session.deleted)
-    if any(isinstance(user, User) and user.role == Role.STAFF for user in added_or_removed):
-        return True
-    return any(
-        isinstance(user, User) and inspect(user).attrs.role.history.has_changes()
-        for user in session.dirty
-    )
-
-
-@event.listens_for(Session, "after_flush")
-def _note_staff_changes(session, flush_context) -> None:
-    if _touches_staff(session):
-        session.info["staff_changed"] = True
-
-
-@event.listens_for(Session, "after_commit")
-def _forget_staff_after_commit(session) -> None:
-    # Outside an app there is no list to forget (and no current_app to find it on).
-    if session.info.pop("staff_changed", False) and has_app_context():
-        _staff_list().forget()
-
-
 def staff_members() -> list[tuple[int, str]]:
-    """(id, e-mail) of every staff member, by e-mail."""
-    return _staff_list().get()
+    """(id, e-mail) of every staff member, by e-mail.
+
+    Read on every page that lists them: a process-wide cache of this list was measured
+    with `make bench` (staff queue and request detail, cache on and off) and made no
+    difference beyond run-to-run noise, so the list is simply read.
+    """
+    return [
+        (member_id, email)
+        for member_id, email in db.session.execute(
+            select(User.id, User.email).where(User.role == Role.STAFF).order_by(User.email)
+        )
+    ]
 
 
 @dataclass
