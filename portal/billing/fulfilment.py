@@ -9,15 +9,12 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import select
-
 from portal import audit
-from portal.accounts.models import User
-from portal.billing.gateway import gateway
+from portal.billing.gateway import gateway, purchase_id_of
 from portal.billing.models import Purchase, PurchaseStatus
 from portal.billing.money_back import disputes, state
 from portal.billing.money_back.state import lock_purchase
-from portal.db import db, transactional
+from portal.db import transactional
 from portal.ledger import services as ledger
 from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
@@ -42,15 +39,6 @@ class Fulfilment(StrEnum):
     AMOUNT_MISMATCH = "amount_mismatch"
     REFUSED = "refused"
     UNKNOWN = "unknown"
-
-
-def purchase_id_of(stripe_object: dict) -> int | None:
-    """Read our purchase id from a session's reference or any object's metadata."""
-    metadata = stripe_object.get("metadata") or {}
-    for candidate in (stripe_object.get("client_reference_id"), metadata.get("purchase_id")):
-        if isinstance(candidate, str) and candidate.isdigit():
-            return int(candidate)
-    return None
 
 
 # -- fulfilment -------------------------------------------------------------------------
@@ -129,10 +117,10 @@ def _fulfil(session_id: str) -> Fulfilment:
     ledger.credit_purchase(purchase, purchase.credit_key)
     if purchase.refunded_cents:
         # Refunded through Stripe before its credits were added: that share goes again.
-        state.settle_after_crediting(purchase)
+        state.settle(purchase, refunded_is_fresh=True)
     audit.record("purchase.credited", "purchase", purchase.id, after={"credits": purchase.credits})
     queue_email(
-        _customer_email(purchase),
+        purchase.user.email,
         f"{purchase.credits:,} credits added to your account",
         f"Thank you for your purchase. {purchase.credits:,} credits "
         f"({format_cents(purchase.amount_cents, purchase.currency)}) are now in your balance.",
@@ -170,10 +158,6 @@ def _hold_mismatch(purchase: Purchase, session: dict) -> Fulfilment:
     return Fulfilment.AMOUNT_MISMATCH
 
 
-def _customer_email(purchase: Purchase) -> str:
-    return db.session.scalar(select(User.email).where(User.id == purchase.user_id))
-
-
 # -- payments that did not happen -----------------------------------------------------
 
 
@@ -186,7 +170,7 @@ def mark_unpaid(purchase_id: int, status: PurchaseStatus, tell_customer: bool) -
     if tell_customer:
         what = "could not be completed" if status == PurchaseStatus.FAILED else "expired"
         queue_email(
-            _customer_email(purchase),
+            purchase.user.email,
             f"Your {purchase.package_code.capitalize()} purchase {what}",
             f"Your payment of {format_cents(purchase.amount_cents, purchase.currency)} {what}, "
             "so no credits were added and nothing was charged. You can buy again at any time.",

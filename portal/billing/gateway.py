@@ -204,6 +204,19 @@ class StripeGateway:
         raise InvalidWebhook("signature does not match")
 
 
+def purchase_id_of(stripe_object: dict) -> int | None:
+    """Our purchase id as we sent it to Stripe: a session's `client_reference_id`, or the
+    `purchase_id` in any object's metadata (sessions and PaymentIntents carry both)."""
+    metadata = stripe_object.get("metadata")
+    candidates = [stripe_object.get("client_reference_id")]
+    if isinstance(metadata, dict):
+        candidates.append(metadata.get("purchase_id"))
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.isdigit():
+            return int(candidate)
+    return None
+
+
 def gateway() -> StripeGateway:
     """The app's gateway, built once at start-up."""
     return current_app.extensions["stripe_gateway"]

@@ -8,8 +8,8 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from portal.billing.fulfilment import Fulfilment, dispute_changed, fulfil_checkout, purchase_id_of
-from portal.billing.gateway import gateway
+from portal.billing.fulfilment import Fulfilment, dispute_changed, fulfil_checkout
+from portal.billing.gateway import gateway, purchase_id_of
 from portal.billing.money_back import checks, reported
 from portal.db import db
 from portal.errors import PaymentProviderError

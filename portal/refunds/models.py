@@ -8,6 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.db import UTCDateTime, db, enum_type
 from portal.errors import Conflict
+from portal.notifications.services import queue_email
 from portal.refunds.eligibility import RequestReason, Verdict
 from portal.timeutil import utcnow
 
@@ -228,3 +229,13 @@ def add_event(
         event.created_at = now
     db.session.add(event)
     return event
+
+
+def email_customer(request: RefundRequest, address: str, subject: str, body: str) -> None:
+    """E-mail the customer about their request, in the caller's transaction: the request's
+    reference in the subject and a pointer to its page at the end."""
+    queue_email(
+        address,
+        f"{request.reference}: {subject}",
+        f"{body}\n\nOpen {request.reference} in the portal under Refunds to see the details.",
+    )

@@ -15,8 +15,8 @@ from portal.jobs.models import Job
 from portal.ledger import services as ledger
 from portal.ledger.services import unused_credits
 from portal.money import format_cents
-from portal.notifications.services import notify_staff, queue_email
-from portal.refunds.models import RefundRequest, RequestStatus, add_event
+from portal.notifications.services import notify_staff
+from portal.refunds.models import RefundRequest, RequestStatus, add_event, email_customer
 from portal.refunds.services import preview
 
 # -- refund request decisions ------------------------------------------------------------
@@ -26,7 +26,6 @@ from portal.refunds.services import preview
 # event, the audit line and the customer's e-mail together; a refusal rolls it all back.
 # Money leaves later, through the worker, after the undo window.
 
-UNDO_WINDOW = state.UNDO_WINDOW
 
 DENIAL_REASONS = {
     "credits_used": "The credits of this purchase have already been used for processing jobs.",
@@ -72,10 +71,7 @@ def _log(actor: Actor, action: str, request: RefundRequest, before=None, after=N
 
 
 def _email_customer(request: RefundRequest, subject: str, body: str) -> None:
-    link_hint = f"Open {request.reference} in the portal under Refunds to see the details."
-    queue_email(
-        _customer(request).email, f"{request.reference}: {subject}", f"{body}\n\n{link_hint}"
-    )
+    email_customer(request, _customer(request).email, subject, body)
 
 
 def take(request_id: int, actor: Actor) -> RefundRequest:

@@ -26,6 +26,7 @@ from flask_login import current_user
 
 from portal import datarights
 from portal.accounts.models import User
+from portal.billing.money_back.state import UNDO_WINDOW
 from portal.db import db, parse_id
 from portal.errors import Conflict, NotFound, ValidationError
 from portal.forms import EmptyForm
@@ -242,7 +243,7 @@ def approve(request_id: int):
             request_id, _actor(), form.amount_cents, form.justification.data or "", utcnow()
         ),
         f"Approved. The refund is scheduled and can be undone for "
-        f"{int(services.UNDO_WINDOW.total_seconds() // 60)} minutes.",
+        f"{int(UNDO_WINDOW.total_seconds() // 60)} minutes.",
     )
 
 

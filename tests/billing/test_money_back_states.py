@@ -211,25 +211,10 @@ class MoneyBack(RuleBasedStateMachine):
 
     # -- staff decide ----------------------------------------------------------------------
 
+    @precondition(lambda self: self._open_requests())
     @rule(data=st.data(), share=st.integers(1, 100), backdated=st.booleans())
     def approve(self, data, share, backdated):
-        open_requests = list(
-            db.session.scalars(
-                select(RefundRequest).where(
-                    RefundRequest.user_id == self.customer_id,
-                    RefundRequest.status.in_(
-                        [
-                            RequestStatus.OPEN,
-                            RequestStatus.IN_REVIEW,
-                            RequestStatus.WAITING_ON_CUSTOMER,
-                        ]
-                    ),
-                )
-            )
-        )
-        if not open_requests:
-            return
-        request = data.draw(st.sampled_from(open_requests))
+        request = data.draw(st.sampled_from(self._open_requests()))
         purchase = db.session.get(Purchase, request.purchase_id)
         amount = max(purchase.amount_cents * share // 100, 1)
         # A backdated approval is due at once; a fresh one can still be undone.

@@ -18,6 +18,7 @@ from portal.accounts.models import User
 from portal.audit import AuditLogEntry
 from portal.billing import fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund
+from portal.billing.money_back.state import UNDO_WINDOW
 from portal.db import db
 from portal.incidents.models import Incident
 from portal.ledger.models import EntryKind, LedgerEntry
@@ -32,7 +33,7 @@ from tests.billing.helpers import open_checkout, pay_in_store, payment_intent_of
 from tests.factories import csrf_token, login_as
 
 DETAILS = "I bought the Pro package but no longer need most of the credits."
-UNDO = staff_services.UNDO_WINDOW
+UNDO = UNDO_WINDOW
 AFTER_UNDO_WINDOW = UNDO + timedelta(minutes=1)
 
 

@@ -1,12 +1,10 @@
 """Refunds Stripe reports, the portal's and those made in Stripe's dashboard: each is
 looked up at Stripe, and the charge's refunded amount is re-read."""
 
-import logging
-
 from sqlalchemy import select
 
 from portal import audit
-from portal.billing.gateway import gateway
+from portal.billing.gateway import gateway, purchase_id_of
 from portal.billing.models import (
     Purchase,
     Refund,
@@ -17,18 +15,7 @@ from portal.billing.money_back.state import lock_purchase, lock_refund, settle
 from portal.db import db, locked, transactional
 from portal.timeutil import utcnow
 
-log = logging.getLogger(__name__)
-
-
 # -- refunds reported by Stripe (also those made in Stripe's dashboard) ------------------
-
-
-def _purchase_id_of(stripe_object: dict) -> int | None:
-    metadata = stripe_object.get("metadata") or {}
-    candidate = metadata.get("purchase_id") if isinstance(metadata, dict) else None
-    if isinstance(candidate, str) and candidate.isdigit():
-        return int(candidate)
-    return None
 
 
 def purchase_for_payment(payment_intent: str | None) -> Purchase | None:
@@ -40,18 +27,14 @@ def purchase_for_payment(payment_intent: str | None) -> Purchase | None:
     )
     if found is None:
         found = _unrecorded_purchase_of(payment_intent)
-    purchase = lock_purchase(found) if found is not None else None
-    if purchase is not None and purchase.stripe_payment_intent_id not in (None, payment_intent):
-        log.warning("payment %s names purchase %s, paid by another", payment_intent, found)
-        return None
-    return purchase
+    return lock_purchase(found) if found is not None else None
 
 
 def _unrecorded_purchase_of(payment_intent: str) -> int | None:
     """News about a payment before its fulfilment recorded it: the intent's metadata names
     the purchase, and that purchase's Checkout Session must confirm it was paid with this
     very intent (Stripe is asked before any lock is taken)."""
-    named = _purchase_id_of(gateway().retrieve_payment_intent(payment_intent))
+    named = purchase_id_of(gateway().retrieve_payment_intent(payment_intent))
     session_id = (
         db.session.scalar(select(Purchase.stripe_checkout_session_id).where(Purchase.id == named))
         if named is not None

@@ -17,7 +17,6 @@ from portal.billing.models import (
 )
 from portal.billing.money_back.state import (
     REFUND_TRANSITIONS,
-    customer_email,
     lock_purchase_and_refund,
     money_state,
     move,
@@ -30,7 +29,7 @@ from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
 from portal.ops.counters import REFUNDS
 from portal.refunds.models import OPEN_STATUSES as OPEN_REQUEST_STATUSES
-from portal.refunds.models import RefundRequest, RequestStatus, add_event
+from portal.refunds.models import RefundRequest, RequestStatus, add_event, email_customer
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +147,7 @@ def _tell_customer_refund_sent(purchase: Purchase, refund: Refund) -> None:
             f"We are sending your refund of {amount} to your original payment method "
             f"again. It reaches you within {days} business days."
         )
-    queue_email(
-        customer_email(purchase),
-        f"{request.reference}: {subject}",
-        f"{body}\n\nOpen {request.reference} in the portal under Refunds to see the details.",
-    )
+    email_customer(request, purchase.user.email, subject, body)
 
 
 def refund_answered(refund_id: int, answer: dict) -> Refund | None:
@@ -200,7 +195,7 @@ def refund_succeeded(refund_id: int) -> Refund | None:
         "refund.succeeded", "refund", refund.id, after={"amount_cents": refund.amount_cents}
     )
     queue_email(
-        customer_email(purchase),
+        purchase.user.email,
         f"Your refund of {amount} was sent",
         f"We refunded {amount} to the card or account you paid with. It usually shows "
         f"within {days} business days.",
@@ -237,7 +232,7 @@ def refund_failed(refund_id: int, why: str) -> Refund | None:
     )
     audit.record("refund.failed", "refund", refund.id, after={"reason": why[:200]})
     queue_email(
-        customer_email(purchase),
+        purchase.user.email,
         f"Your refund of {amount} did not go through",
         f"The refund could not be completed. {credits_word}. Our team will contact you "
         "about another way.",

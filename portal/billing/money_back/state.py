@@ -6,7 +6,6 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from portal.accounts.models import User
 from portal.billing.models import (
     Dispute,
     DisputeStatus,
@@ -87,10 +86,6 @@ def lock_purchase_and_refund(
         return None, None
     purchase = lock_purchase(purchase_id)
     return purchase, lock_refund(refund_id, skip_locked=skip_locked)
-
-
-def customer_email(purchase: Purchase) -> str:
-    return db.session.scalar(select(User.email).where(User.id == purchase.user_id))
 
 
 # -- the state of a purchase's money -----------------------------------------------------
@@ -272,11 +267,6 @@ def _match_outside_refunds(purchase: Purchase) -> None:
             ledger.claw_back(purchase, credits, key, memo="refunded through Stripe")
     elif due < removed:
         ledger.give_back(purchase, removed - due, key, memo="refund through Stripe failed")
-
-
-def settle_after_crediting(purchase: Purchase) -> None:
-    """Bring a purchase credited late (after a refund or a dispute) into line at once."""
-    settle(purchase, refunded_is_fresh=True)
 
 
 def release(
