@@ -38,15 +38,20 @@ def threaded_app(make_app):
     )
 
 
-def test_two_staff_approving_at_once_make_one_refund_and_one_stripe_refund(threaded_app):
-    customer_id = make_user().id
-    first_id, second_id = make_staff().id, make_staff().id
+def paid_and_filed(threaded_app, customer_id: int) -> tuple[int, int, str]:
+    """A Pro purchase paid at `threaded_app`'s sandbox and a request for it; return
+    (purchase id, request id, PaymentIntent id)."""
     with threaded_app.app_context():
         customer = db.session.get(User, customer_id)
         purchase = paid_purchase(customer)
         request = file(customer, purchase)
-        request_id, purchase_id = request.id, purchase.id
-        intent = purchase.stripe_payment_intent_id
+        return purchase.id, request.id, purchase.stripe_payment_intent_id
+
+
+def test_two_staff_approving_at_once_make_one_refund_and_one_stripe_refund(threaded_app):
+    customer_id = make_user().id
+    first_id, second_id = make_staff().id, make_staff().id
+    purchase_id, request_id, intent = paid_and_filed(threaded_app, customer_id)
     now = utcnow()
 
     deciders = [first_id, second_id]
@@ -83,11 +88,8 @@ def test_two_staff_approving_at_once_make_one_refund_and_one_stripe_refund(threa
 
 def test_an_approval_racing_a_dispute_webhook_sends_no_refund_while_it_is_open(threaded_app):
     customer_id, staff_id = make_user().id, make_staff().id
+    purchase_id, request_id, intent = paid_and_filed(threaded_app, customer_id)
     with threaded_app.app_context():
-        customer = db.session.get(User, customer_id)
-        purchase = paid_purchase(customer)
-        request = file(customer, purchase)
-        request_id, intent = request.id, purchase.stripe_payment_intent_id
         store = threaded_app.extensions["stripe_sandbox"]
         with store.lock:
             dispute_id = store.open_dispute(store.payment_intents[intent]["latest_charge"])["id"]
@@ -108,20 +110,17 @@ def test_an_approval_racing_a_dispute_webhook_sends_no_refund_while_it_is_open(t
         assert balance(customer_id) == 0
         assert sending.send_due_refunds(now + AFTER_UNDO_WINDOW) == 0
         assert refunds_at_stripe(intent) == []
-        assert db.session.get(Purchase, purchase.id).status == PurchaseStatus.DISPUTED
+        assert db.session.get(Purchase, purchase_id).status == PurchaseStatus.DISPUTED
         assert ledger_check_passes(threaded_app)
 
 
 def test_the_worker_sending_while_staff_press_undo_does_exactly_one(threaded_app):
     customer_id, staff_id = make_user().id, make_staff().id
+    _, request_id, intent = paid_and_filed(threaded_app, customer_id)
     with threaded_app.app_context():
-        customer = db.session.get(User, customer_id)
-        purchase = paid_purchase(customer)
-        request = file(customer, purchase)
         actor = staff_services.Actor(db.session.get(User, staff_id), "127.0.0.1")
-        refund_id = staff_services.approve(request.id, actor, 2000, "", utcnow()).id
+        refund_id = staff_services.approve(request_id, actor, 2000, "", utcnow()).id
         due = db.session.get(Refund, refund_id).scheduled_for
-        request_id, intent = request.id, purchase.stripe_payment_intent_id
 
     def undo_or_send(index: int):
         if index == 0:
