@@ -1,10 +1,11 @@
 """Sign-up, log-in and password forms."""
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField
+from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import Email, EqualTo, InputRequired, Length, ValidationError
 
 from portal.accounts.passwords import MAX_LENGTH, password_problems
+from portal.forms import SelectField
 
 
 def normalise_email(value: str | None) -> str:

@@ -1,11 +1,11 @@
 """The history page's filter form (a GET form: it changes nothing, so no CSRF token)."""
 
 from flask_wtf import FlaskForm
-from wtforms import DateField, SelectField
+from wtforms import DateField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Optional, ValidationError
 
-from portal.forms import reasonable_date
+from portal.forms import SelectField, reasonable_date
 from portal.ledger.queries import KIND_LABELS
 
 

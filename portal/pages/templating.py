@@ -12,7 +12,6 @@ from markupsafe import Markup, escape
 
 from portal import policy
 from portal.db import MAX_ID
-from portal.forms import use_html_attributes
 from portal.money import format_cents, format_credits
 
 
@@ -100,7 +99,6 @@ def csrf_field() -> Markup:
 
 
 def register(app: Flask) -> None:
-    use_html_attributes()
     app.add_template_filter(format_cents, "usd")
     app.add_template_filter(format_credits, "credits")
     app.add_template_filter(localtime, "localtime")

@@ -1,11 +1,11 @@
 """Forms of the staff pages: queue filters, decisions, notes, incidents, audit filters."""
 
 from flask_wtf import FlaskForm
-from wtforms import DateField, DateTimeLocalField, SelectField, StringField, TextAreaField
+from wtforms import DateField, DateTimeLocalField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, Optional, ValidationError
 
-from portal.forms import reasonable_date
+from portal.forms import SelectField, reasonable_date
 from portal.money import parse_dollars
 from portal.refunds.eligibility import Verdict
 from portal.refunds.forms import REASON_LABELS

@@ -1,14 +1,15 @@
-"""Form widgets render attributes with the portal's `html_attributes`, as WTForms would."""
+"""The portal's select renders its options with `html_attributes`, exactly as WTForms would."""
 
-import wtforms.widgets
 from hypothesis import given
 from hypothesis import strategies as st
 from markupsafe import Markup
-from wtforms import BooleanField, Form, SelectField, StringField, TextAreaField
+from wtforms import Form
 from wtforms.fields.choices import SelectChoice
 from wtforms.widgets import core
 
-from portal.forms import WTFORMS_HTML_PARAMS, html_attributes
+from portal.forms import Select, SelectField, html_attributes
+
+WTFORMS_HTML_PARAMS = core.html_params
 
 
 def test_attributes_read_exactly_as_wtforms_writes_them():
@@ -42,29 +43,36 @@ def test_any_attributes_read_as_wtforms_writes_them(attributes):
 
 class Sample(Form):
     kind = SelectField(
-        "Kind", choices=[SelectChoice("", "Any"), SelectChoice("a&b", 'A "and" B')], default="a&b"
+        "Kind",
+        choices=[
+            SelectChoice("", "Any"),
+            SelectChoice("a&b", 'A "and" B'),
+            SelectChoice(True, "Yes", render_kw={"data_hint": "<on>"}),
+            SelectChoice("off", "", render_kw={"disabled": True}),
+        ],
+        default="a&b",
     )
-    memo = StringField("Memo", default='<quoted "memo">')
-    note = TextAreaField("Note", default="line & line")
-    keep = BooleanField("Keep", default=True)
+    grouped = SelectField(
+        "Grouped",
+        choices=[
+            SelectChoice("1", "One", optgroup="First"),
+            SelectChoice("2", "<Two>", optgroup="Second & last"),
+        ],
+        default="2",
+    )
 
 
-def _rendered() -> str:
+def test_the_portal_select_renders_as_wtforms_own():
     form = Sample()
-    return "".join(
-        str(part)
-        for field in form
-        for part in (field.label, field(aria_invalid="true", class_="wide"))
-    )
+    for field in form:
+        assert isinstance(field.widget, Select)
+        ours = str(field(aria_invalid="true", class_="wide"))
+        theirs = str(core.Select()(field, aria_invalid="true", class_="wide"))
+        assert ours == theirs
+    assert '<option selected value="a&amp;b">A &#34;and&#34; B</option>' in str(form.kind())
+    assert '<optgroup label="Second &amp; last">' in str(form.grouped())
 
 
-def test_every_widget_the_portal_uses_renders_as_with_wtforms_own(app, monkeypatch):
-    assert core.html_params is html_attributes  # installed by create_app
-    assert core.Input.html_params is html_attributes
-    ours = _rendered()
-    for owner in (core, wtforms.widgets):
-        monkeypatch.setattr(owner, "html_params", WTFORMS_HTML_PARAMS)
-    for widget in (core.Input, core.Button):
-        monkeypatch.setattr(widget, "html_params", staticmethod(WTFORMS_HTML_PARAMS))
-    assert ours == _rendered()
-    assert 'value="&lt;quoted &#34;memo&#34;&gt;"' in ours
+def test_wtforms_itself_is_left_as_it_is(app):
+    assert core.html_params is WTFORMS_HTML_PARAMS
+    assert core.Input.html_params is not html_attributes
