@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from portal import audit, policy
@@ -20,7 +20,6 @@ from portal.billing import fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
 from portal.db import db, locked, transactional
 from portal.errors import Conflict, NotFound, PaymentProviderError, ValidationError
-from portal.incidents.models import Incident
 from portal.jobs import services as jobs
 from portal.jobs.models import Job, JobStatus
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry, LotAllocation
@@ -35,6 +34,7 @@ from portal.refunds.models import (
     RequestStatus,
     add_event,
 )
+from portal.refunds.snapshot import snapshot_for
 from portal.timeutil import add_business_days
 
 MAX_ATTACHMENTS = 3
@@ -58,160 +58,6 @@ IMAGE_SIGNATURES = {
 class Upload:
     filename: str
     content: bytes
-
-
-def _purchase_facts(purchase: Purchase) -> eligibility.PurchaseFacts:
-    return eligibility.PurchaseFacts(
-        id=purchase.id,
-        package_code=purchase.package_code,
-        credits=purchase.credits,
-        amount_cents=purchase.amount_cents,
-        currency=purchase.currency,
-        paid_at=purchase.paid_at,
-        credited_at=purchase.credited_at,
-        refunded_cents=purchase.refunded_cents,
-    )
-
-
-def used_up_at_column():
-    """When the lot's last credit was spent: its latest charge, once nothing is left.
-
-    A column expression on `CreditLot`, so that a page can read it with the lot.
-    """
-    last_charge = (
-        select(func.max(LedgerEntry.created_at))
-        .join(LotAllocation, LotAllocation.ledger_entry_id == LedgerEntry.id)
-        .where(LotAllocation.lot_id == CreditLot.id, LotAllocation.credits < 0)
-        .correlate(CreditLot)
-        .scalar_subquery()
-    )
-    # The charges are only looked at for a lot that is empty.
-    return case((CreditLot.credits_remaining == 0, last_charge))
-
-
-def job_restored_at_column():
-    """When a job's credits were given back; a column expression on `Job`."""
-    return (
-        select(func.min(LedgerEntry.created_at))
-        .where(LedgerEntry.job_id == Job.id, LedgerEntry.kind == EntryKind.JOB_REFUND)
-        .correlate(Job)
-        .scalar_subquery()
-    )
-
-
-def _job_facts(job: Job, restored_at: datetime | None) -> eligibility.JobFacts:
-    return eligibility.JobFacts(
-        id=job.id,
-        operation=job.operation,
-        credits=job.credits,
-        status=job.status.value,
-        failure_reason=job.failure_reason.value if job.failure_reason else None,
-        credits_restored=job.credits_restored,
-        restored_at=restored_at,
-    )
-
-
-def purchases_paid_near(purchase: Purchase) -> tuple[eligibility.PurchaseFacts, ...]:
-    """The customer's other purchases paid within the duplicate window of this one."""
-    if purchase.paid_at is None:
-        return ()
-    window = eligibility.duplicate_window()
-    return tuple(
-        _purchase_facts(other)
-        for other in db.session.scalars(
-            select(Purchase)
-            .where(
-                Purchase.user_id == purchase.user_id,
-                Purchase.id != purchase.id,
-                Purchase.paid_at.between(purchase.paid_at - window, purchase.paid_at + window),
-            )
-            .order_by(Purchase.paid_at, Purchase.id)
-        )
-    )
-
-
-def held_credits_during(
-    incident: Incident, purchase: Purchase, used_up_at: datetime | None, now: datetime | None
-) -> bool:
-    """Whether the incident overlaps the time the customer held this purchase's credits."""
-    if purchase.credited_at is None:
-        return False
-    end = used_up_at or now
-    return (incident.ended_at is None or incident.ended_at > purchase.credited_at) and (
-        end is None or incident.started_at < end
-    )
-
-
-def snapshot_of(
-    user: User,
-    purchase: Purchase,
-    reason: RequestReason,
-    *,
-    unused: int,
-    used_up_at: datetime | None,
-    other_purchases: tuple[eligibility.PurchaseFacts, ...],
-    incidents: list[Incident],
-    job: Job | None = None,
-    job_restored_at: datetime | None = None,
-    money_back_instead: bool = False,
-) -> eligibility.Snapshot:
-    """The pre-check's snapshot from facts already read; `incidents` already filtered."""
-    return eligibility.Snapshot(
-        reason=reason,
-        purchase=_purchase_facts(purchase),
-        unused_credits=unused,
-        used_up_at=used_up_at,
-        other_purchases=other_purchases,
-        job=_job_facts(job, job_restored_at) if job is not None else None,
-        incidents=tuple(
-            eligibility.IncidentFacts(incident.title, incident.started_at, incident.ended_at)
-            for incident in incidents
-        ),
-        account_terminated=user.is_terminated,
-        money_back_instead=money_back_instead,
-    )
-
-
-def snapshot_for(
-    user: User,
-    purchase: Purchase,
-    reason: RequestReason,
-    job: Job | None = None,
-    money_back_instead: bool = False,
-    now: datetime | None = None,
-) -> eligibility.Snapshot:
-    """Gather everything the pre-check needs about this customer and purchase."""
-    unused, used_up_at = db.session.execute(
-        select(CreditLot.credits_remaining, used_up_at_column()).where(
-            CreditLot.purchase_id == purchase.id
-        )
-    ).one_or_none() or (0, None)
-    incidents = []
-    if purchase.credited_at is not None:
-        end = used_up_at or now
-        query = select(Incident).where(
-            (Incident.ended_at.is_(None)) | (Incident.ended_at > purchase.credited_at)
-        )
-        if end is not None:
-            query = query.where(Incident.started_at < end)
-        incidents = list(db.session.scalars(query.order_by(Incident.started_at)))
-    restored_at = None
-    if job is not None:
-        restored_at = db.session.scalar(
-            select(job_restored_at_column()).select_from(Job).where(Job.id == job.id)
-        )
-    return snapshot_of(
-        user,
-        purchase,
-        reason,
-        unused=unused,
-        used_up_at=used_up_at,
-        other_purchases=purchases_paid_near(purchase),
-        incidents=incidents,
-        job=job,
-        job_restored_at=restored_at,
-        money_back_instead=money_back_instead,
-    )
 
 
 def requestable_purchase(user: User, purchase_id: int | None) -> Purchase:

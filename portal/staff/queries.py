@@ -13,9 +13,9 @@ from portal.db import MAX_ID, db
 from portal.incidents.models import Incident
 from portal.jobs.models import Job
 from portal.ledger.models import CreditLot, LedgerEntry
-from portal.refunds import services as refunds
 from portal.refunds.eligibility import Precheck, RequestReason, Verdict, precheck
 from portal.refunds.models import OPEN_STATUSES, RefundRequest, RefundRequestEvent, RequestStatus
+from portal.refunds.snapshot import job_restored_at_column, snapshot_of, used_up_at_column
 from portal.staff.services import asked_for_money_back
 
 QUEUE_PAGE_SIZE = 50
@@ -214,18 +214,14 @@ def request_detail(request_id: int, now: datetime) -> RequestDetail | None:
     incidents = _incidents_between(
         min(around, purchase.credited_at or around), max(request.created_at, used_up_at or now)
     )
-    snapshot = refunds.snapshot_of(
+    snapshot = snapshot_of(
         customer,
         purchase,
         request.reason,
         unused=unused or 0,
         used_up_at=used_up_at,
-        other_purchases=refunds.purchases_paid_near(purchase),
-        incidents=[
-            incident
-            for incident in incidents
-            if refunds.held_credits_during(incident, purchase, used_up_at, now)
-        ],
+        incidents=incidents,
+        now=now,
         job=job,
         job_restored_at=job_restored_at,
         money_back_instead=asked_for_money_back(request),
@@ -259,9 +255,9 @@ def _request_with_what_hangs_on_it(request_id: int):
                 User,
                 Purchase,
                 CreditLot.credits_remaining,
-                refunds.used_up_at_column(),
+                used_up_at_column(),
                 Job,
-                refunds.job_restored_at_column(),
+                job_restored_at_column(),
             )
             .join(User, User.id == RefundRequest.user_id)
             .join(Purchase, Purchase.id == RefundRequest.purchase_id)
