@@ -22,6 +22,7 @@ from portal.billing.models import Purchase
 from portal.db import db, transactional
 from portal.jobs.models import Job
 from portal.ledger.models import LedgerEntry
+from portal.ledger.queries import ENTRY_COLUMNS
 from portal.notifications.models import OutboxEmail
 from portal.refunds.models import Attachment, RefundRequest, RefundRequestEvent
 
@@ -99,45 +100,26 @@ def _purchases(archive: zipfile.ZipFile, user: User) -> None:
 
 
 def _ledger(archive: zipfile.ZipFile, user: User) -> None:
-    columns = [
-        "id",
-        "created_at",
-        "kind",
-        "credits",
-        "balance_after",
-        "purchase_id",
-        "job_id",
-        "memo",
-    ]
     entries = db.session.execute(
-        select(
-            LedgerEntry.id,
-            LedgerEntry.created_at,
-            LedgerEntry.kind,
-            LedgerEntry.credits,
-            LedgerEntry.balance_after,
-            LedgerEntry.purchase_id,
-            LedgerEntry.job_id,
-            LedgerEntry.memo,
-        )
+        select(*ENTRY_COLUMNS)
         .where(LedgerEntry.user_id == user.id)
         .order_by(LedgerEntry.id)
         .execution_options(stream_results=True, yield_per=2000)
     )
     rows = (
         [
-            e.id,
-            e.created_at.isoformat(),
-            e.kind.value,
-            e.credits,
-            e.balance_after,
-            e.purchase_id or "",
-            e.job_id or "",
-            e.memo,
+            entry_id,
+            created_at.isoformat(),
+            kind.value,
+            credits,
+            balance_after,
+            purchase_id or "",
+            job_id or "",
+            memo,
         ]
-        for e in entries
+        for entry_id, created_at, kind, credits, balance_after, purchase_id, job_id, memo in entries
     )
-    _csv(archive, "ledger.csv", columns, rows)
+    _csv(archive, "ledger.csv", [column.key for column in ENTRY_COLUMNS], rows)
 
 
 def _jobs(archive: zipfile.ZipFile, user: User) -> None:

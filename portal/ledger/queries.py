@@ -27,6 +27,19 @@ KIND_LABELS = {
     EntryKind.DISPUTE_RELEASE: "Dispute closed: credits released",
 }
 
+# An entry as every history of it shows it: the customer's page and CSV, the data export,
+# the staff request page. Plain columns, in this order, for readers that unpack rows.
+ENTRY_COLUMNS = (
+    LedgerEntry.id,
+    LedgerEntry.created_at,
+    LedgerEntry.kind,
+    LedgerEntry.credits,
+    LedgerEntry.balance_after,
+    LedgerEntry.purchase_id,
+    LedgerEntry.job_id,
+    LedgerEntry.memo,
+)
+
 
 @dataclass(frozen=True)
 class Totals:
@@ -120,22 +133,13 @@ def history_page(
 def history_for_export(user_id: int, filters: HistoryFilter, batch: int = 1000) -> Iterator[list]:
     """Yield every matching entry, newest first, in lists of up to `batch` rows.
 
-    Each row is (created_at, kind, credits, balance_after, purchase_id, job_id, memo), in
-    that order, for callers that unpack rows rather than pay for attribute access on
-    hundreds of thousands of them. Each list is one fetch from a server-side cursor, so
-    memory stays flat whatever the size of the history.
+    Each row holds `ENTRY_COLUMNS`, for callers that unpack rows rather than pay for
+    attribute access on hundreds of thousands of them. Each list is one fetch from a
+    server-side cursor, so memory stays flat whatever the size of the history.
     """
     query = (
         _history_query(user_id, filters)
-        .with_only_columns(
-            LedgerEntry.created_at,
-            LedgerEntry.kind,
-            LedgerEntry.credits,
-            LedgerEntry.balance_after,
-            LedgerEntry.purchase_id,
-            LedgerEntry.job_id,
-            LedgerEntry.memo,
-        )
+        .with_only_columns(*ENTRY_COLUMNS)
         .order_by(LedgerEntry.id.desc())
     )
     result = db.session.execute(query.execution_options(stream_results=True, yield_per=batch))

@@ -109,7 +109,7 @@ def _csv_chunks(batches, zone: ZoneInfo):
                 job_id or "",
                 _spreadsheet_safe(memo),
             )
-            for created_at, kind, credits, balance_after, purchase_id, job_id, memo in batch
+            for _id, created_at, kind, credits, balance_after, purchase_id, job_id, memo in batch
         )
         yield buffer.getvalue()
         buffer.seek(0)

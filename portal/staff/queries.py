@@ -13,6 +13,7 @@ from portal.db import MAX_ID, db
 from portal.incidents.models import Incident
 from portal.jobs.models import Job
 from portal.ledger.models import CreditLot, LedgerEntry
+from portal.ledger.queries import ENTRY_COLUMNS
 from portal.refunds.eligibility import Precheck, RequestReason, Verdict, precheck
 from portal.refunds.models import OPEN_STATUSES, RefundRequest, RefundRequestEvent, RequestStatus
 from portal.refunds.snapshot import job_restored_at_column, snapshot_of, used_up_at_column
@@ -277,16 +278,7 @@ def _request_with_what_hangs_on_it(request_id: int):
 
 def _entries_since(customer_id: int, since: datetime) -> list:
     return db.session.execute(
-        select(
-            LedgerEntry.id,
-            LedgerEntry.created_at,
-            LedgerEntry.kind,
-            LedgerEntry.credits,
-            LedgerEntry.balance_after,
-            LedgerEntry.memo,
-            LedgerEntry.purchase_id,
-            LedgerEntry.job_id,
-        )
+        select(*ENTRY_COLUMNS)
         .where(LedgerEntry.user_id == customer_id, LedgerEntry.created_at >= since)
         .order_by(LedgerEntry.created_at, LedgerEntry.id)
         .limit(30)
