@@ -66,6 +66,7 @@ def reconcile_money_back(now: datetime, since: datetime) -> MoneyBackCheck:
         try:
             step(stripe_id)
         except PaymentProviderError as error:
+            # Ends the reads the step made before Stripe failed to answer; it wrote nothing.
             db.session.rollback()
             unanswered += 1
             log.warning("reconciliation could not settle %s: %s", stripe_id, error)

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from portal.accounts.models import User
 from portal.billing.money_back import state
-from portal.db import db, locked
+from portal.db import db, locked, transactional
 from portal.errors import AccountTerminated, Conflict, NotFound
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger import services as ledger
@@ -41,45 +41,46 @@ def charge_job(
     :raises InsufficientCredits: the balance does not cover the job.
     :raises Conflict: the external id was used for a different job.
     """
+    try:
+        return _charge_once(external_id, customer_email, operation, credits, at)
+    except IntegrityError:
+        # Calls for one customer wait for each other on the customer's lock, so the
+        # job that took this external id between our look-up and insert is another
+        # customer's.
+        if _job_by_external_id(external_id) is None:
+            raise
+        raise Conflict("external_id was already used for a different job") from None
+
+
+@transactional
+def _charge_once(
+    external_id: str, customer_email: str, operation: str, credits: int, at: datetime | None
+) -> tuple[Job, bool]:
     # Locked from the start: every balance change of this customer waits for this one.
     user = ledger.lock_customer(customer_email.strip().lower())
     if user is None or user.is_staff:
-        db.session.rollback()
         raise NotFound("no customer with this e-mail")
     if user.is_terminated:
-        db.session.rollback()
         raise AccountTerminated("the customer's account is terminated")
     existing = _job_by_external_id(external_id)
-    if existing is None:
-        job = Job(
-            user_id=user.id,
-            external_id=external_id,
-            operation=operation,
-            credits=credits,
-            created_at=at or utcnow(),
-        )
-        db.session.add(job)
-        try:
-            db.session.flush()
-            # spend() reads the balance again, now after this transaction's first write:
-            # on SQLite, which ignores FOR UPDATE, only that write lock keeps a concurrent
-            # charge from slipping in between (PostgreSQL already holds the row lock).
-            ledger.spend(user.id, credits, job.charge_key, job_id=job.id, memo=operation, at=at)
-            db.session.commit()
-            return job, True
-        except IntegrityError:
-            # Another customer's job took this external id between our check and insert.
-            db.session.rollback()
-            existing = _job_by_external_id(external_id)
-            if existing is None:
-                raise
-        except Exception:
-            db.session.rollback()
-            raise
-    db.session.rollback()
-    if not _same_request(existing, user, operation, credits):
-        raise Conflict("external_id was already used for a different job")
-    return existing, False
+    if existing is not None:
+        if not _same_request(existing, user, operation, credits):
+            raise Conflict("external_id was already used for a different job")
+        return existing, False
+    job = Job(
+        user_id=user.id,
+        external_id=external_id,
+        operation=operation,
+        credits=credits,
+        created_at=at or utcnow(),
+    )
+    db.session.add(job)
+    db.session.flush()
+    # spend() reads the balance again, now after this transaction's first write: on
+    # SQLite, which ignores FOR UPDATE, only that write lock keeps a concurrent charge
+    # from slipping in between (PostgreSQL already holds the row lock).
+    ledger.spend(user.id, credits, job.charge_key, job_id=job.id, memo=operation, at=at)
+    return job, True
 
 
 def _locked_job(job_id: int) -> Job:
@@ -89,6 +90,7 @@ def _locked_job(job_id: int) -> Job:
     return job
 
 
+@transactional
 def complete_job(job_id: int, at: datetime | None = None) -> Job:
     """Mark a running job succeeded; completing it again changes nothing.
 
@@ -97,15 +99,14 @@ def complete_job(job_id: int, at: datetime | None = None) -> Job:
     """
     job = _locked_job(job_id)
     if job.status == JobStatus.FAILED:
-        db.session.rollback()
         raise Conflict("the job already failed")
     if job.status == JobStatus.RUNNING:
         job.status = JobStatus.SUCCEEDED
         job.finished_at = at or utcnow()
-    db.session.commit()
     return job
 
 
+@transactional
 def fail_job(job_id: int, reason: FailureReason, detail: str, at: datetime | None = None) -> Job:
     """Mark a running job failed; a platform error gives its credits back (once).
 
@@ -119,7 +120,6 @@ def fail_job(job_id: int, reason: FailureReason, detail: str, at: datetime | Non
     if job.status == JobStatus.SUCCEEDED or (
         job.status == JobStatus.FAILED and job.failure_reason != reason
     ):
-        db.session.rollback()
         raise Conflict(f"the job already {job.status.value}")
     if job.status == JobStatus.RUNNING:
         job.status = JobStatus.FAILED
@@ -128,7 +128,6 @@ def fail_job(job_id: int, reason: FailureReason, detail: str, at: datetime | Non
         job.finished_at = at or utcnow()
     if reason == FailureReason.PLATFORM_ERROR and not job.credits_restored:
         restore_job_credits(job, at=at)
-    db.session.commit()
     return job
 
 
@@ -170,6 +169,7 @@ def latest_jobs(user_id: int, limit: int = 5) -> list[Job]:
     return list(db.session.scalars(_jobs_query(user_id).order_by(Job.id.desc()).limit(limit)))
 
 
+@transactional
 def restore_failed_job(job_id: int) -> Job:
     """Return a platform-failed job's credits if that has not happened yet (idempotent).
 
@@ -178,9 +178,7 @@ def restore_failed_job(job_id: int) -> Job:
     """
     job = _locked_job(job_id)
     if job.status != JobStatus.FAILED or job.failure_reason != FailureReason.PLATFORM_ERROR:
-        db.session.rollback()
         raise Conflict("only a job that failed on the platform's side is refunded")
     if not job.credits_restored:
         restore_job_credits(job)
-    db.session.commit()
     return job

@@ -229,24 +229,9 @@ def file_request(
     checked = _check_uploads(uploads)
     check, done = _precheck_and_settle(user, purchase, reason, job, money_back_instead, now)
     request = _new_request(user, purchase, job, reason, details, transaction_ids, check, done, now)
-    db.session.add(request)
     stored_files: list[Path] = []
     try:
-        db.session.flush()
-        add_event(request, "filed", f"Request filed: {REASON_WORDS[reason]}.", now=now)
-        add_event(request, "precheck", check.summary, now=now)
-        for line in done:
-            add_event(request, "auto_resolved", line, now=now)
-        _store_attachments(request, checked, stored_files)
-        audit.record(
-            "refund_request.filed",
-            "refund_request",
-            request.id,
-            actor_id=user.id,
-            after={"verdict": check.verdict.value, "recommended_cents": check.recommended_cents},
-        )
-        _confirm_by_email(user, request, purchase, done)
-        db.session.commit()
+        return _store_request(request, user, purchase, check, done, checked, stored_files)
     except IntegrityError:
         _forget(stored_files)
         existing = open_request_for(purchase.id)
@@ -256,6 +241,39 @@ def file_request(
     except Exception:
         _forget(stored_files)
         raise
+
+
+@transactional
+def _store_request(
+    request: RefundRequest,
+    user: User,
+    purchase: Purchase,
+    check: Precheck,
+    done: list[str],
+    checked: list[tuple[Upload, str, str]],
+    stored_files: list[Path],
+) -> RefundRequest:
+    """The new request, its timeline, evidence, audit record and e-mail: one transaction.
+
+    The files it writes are appended to `stored_files`, for the caller to remove should
+    the transaction fail.
+    """
+    now = request.created_at
+    db.session.add(request)
+    db.session.flush()
+    add_event(request, "filed", f"Request filed: {REASON_WORDS[request.reason]}.", now=now)
+    add_event(request, "precheck", check.summary, now=now)
+    for line in done:
+        add_event(request, "auto_resolved", line, now=now)
+    _store_attachments(request, checked, stored_files)
+    audit.record(
+        "refund_request.filed",
+        "refund_request",
+        request.id,
+        actor_id=user.id,
+        after={"verdict": check.verdict.value, "recommended_cents": check.recommended_cents},
+    )
+    _confirm_by_email(user, request, purchase, done)
     return request
 
 
@@ -336,8 +354,7 @@ def _store_attachments(
 
 
 def _forget(stored_files: list[Path]) -> None:
-    """Undo a filing that failed: nothing stays in the database or on disk."""
-    db.session.rollback()
+    """Remove the evidence of a filing whose transaction failed."""
     for path in stored_files:
         path.unlink(missing_ok=True)
 
