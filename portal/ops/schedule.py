@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from portal.billing.fulfilment import Fulfilment
 from portal.billing.money_back import checks
 from portal.billing.reconcile import reconcile, reconcile_money_back
-from portal.db import db
+from portal.db import db, transactional
 from portal.ledger.services import check_books
 from portal.notifications.services import notify_staff
 from portal.ops.models import ScheduledTask
@@ -54,8 +54,8 @@ def _ledger_check(now: datetime) -> str:
             f"account {problem.user_id} <{problem.email}>: {problem.problem}"
             for problem in problems
         ]
+        # Sent with the task's outcome, which run_due_tasks commits.
         notify_staff("Ledger check found problems", "\n".join(lines))
-        db.session.commit()
         return f"{len(problems)} problem(s); staff alerted"
     return "clean"
 
@@ -67,6 +67,7 @@ TASKS = (
 )
 
 
+@transactional
 def _claim(task: Task, now: datetime) -> bool:
     """Mark `task` as run now if it is due and no other worker has it; say if we got it."""
     if db.engine.dialect.name == "postgresql":
@@ -75,7 +76,6 @@ def _claim(task: Task, now: datetime) -> bool:
             {"key": zlib.crc32(task.name.encode())},
         )
         if not got_lock:
-            db.session.rollback()
             return False
     row = db.session.scalar(
         select(ScheduledTask).where(ScheduledTask.name == task.name).with_for_update()
@@ -84,10 +84,8 @@ def _claim(task: Task, now: datetime) -> bool:
         row = ScheduledTask(name=task.name)
         db.session.add(row)
     elif row.last_run_at is not None and row.last_run_at + task.every > now:
-        db.session.rollback()
         return False
     row.last_run_at = now
-    db.session.commit()
     return True
 
 
