@@ -71,6 +71,10 @@ class Purchase(db.Model):
         """The ledger key of adding this purchase's credits: at most once, whoever does it."""
         return f"purchase:{self.id}:credit"
 
+    def outside_refund_key(self, number: int) -> str:
+        """The ledger key of the `number`th credit change for refunds made outside the portal."""
+        return f"purchase:{self.id}:outside-refund:{number}"
+
     @property
     def refund_can_be_requested(self) -> bool:
         """Paid, not disputed with the bank, and not already refunded in full."""

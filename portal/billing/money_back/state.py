@@ -260,7 +260,7 @@ def _match_outside_refunds(purchase: Purchase) -> None:
         )
     ).one()
     removed = -net
-    key = f"purchase:{purchase.id}:outside-refund:{count + 1}"
+    key = purchase.outside_refund_key(count + 1)
     if due > removed:
         credits = min(due - removed, ledger.unused_credits(purchase))
         if credits > 0:
