@@ -110,6 +110,12 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         "MAIL_FROM": environ.get("MAIL_FROM", "AI Image Studio <no-reply@aiimagestudio.example>"),
         "REDIS_URL": redis_url,
         "RATELIMIT_STORAGE_URI": redis_url or "memory://",
+        # A lost Redis must not take log-in or the jobs API down: each process counts in
+        # memory until Redis answers again, and a dead Redis is given up on within a second.
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        "RATELIMIT_STORAGE_OPTIONS": (
+            {"socket_connect_timeout": 1, "socket_timeout": 1} if redis_url else {}
+        ),
         "RATELIMIT_ENABLED": _flag(environ.get("RATELIMIT_ENABLED"), default=env != "testing"),
         "RATELIMIT_HEADERS_ENABLED": True,
         # Argon2id with OWASP's minimum (19 MiB, 2 passes, 1 lane); tests use a cheap profile.

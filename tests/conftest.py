@@ -79,7 +79,9 @@ def make_app(app, test_settings):
     # give it back to the test app, where limits are off.
     if any(extra.config["RATELIMIT_ENABLED"] for extra in built):
         with built[-1].app_context():
-            limiter.reset()
+            # A test of a lost Redis leaves a store that cannot answer, and holds nothing.
+            if limiter.storage.check():
+                limiter.reset()
     limiter.enabled = app.config["RATELIMIT_ENABLED"]
 
 

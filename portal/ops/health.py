@@ -37,7 +37,12 @@ def _redis_reachable(url: str) -> bool:
 
 @bp.get("/readyz")
 def readyz():
-    """Ready for traffic: database reachable, schema migrated, Redis up when configured."""
+    """Ready for traffic: database reachable and schema migrated.
+
+    Redis is reported but does not decide: without it the rate limits fall back to each
+    process's memory, and every server would see the same Redis outage, so answering 503
+    for it would take the whole fleet out of the load balancer at once.
+    """
     checks = {}
     try:
         with db.engine.connect() as connection:
@@ -49,10 +54,14 @@ def readyz():
     redis_url = current_app.config["REDIS_URL"]
     if redis_url:
         try:
-            checks["redis"] = "ok" if _redis_reachable(redis_url) else "unreachable"
+            checks["redis"] = "ok" if _redis_reachable(redis_url) else "degraded"
         except Exception:  # same: report, do not crash
-            checks["redis"] = "unreachable"
-    ready = all(value == "ok" for value in checks.values())
-    return jsonify({"status": "ready" if ready else "not ready", "checks": checks}), (
-        200 if ready else 503
-    )
+            checks["redis"] = "degraded"
+    ready = all(value == "ok" for name, value in checks.items() if name != "redis")
+    if not ready:
+        status = "not ready"
+    elif any(value != "ok" for value in checks.values()):
+        status = "degraded"
+    else:
+        status = "ready"
+    return jsonify({"status": status, "checks": checks}), (200 if ready else 503)

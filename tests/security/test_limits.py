@@ -156,3 +156,43 @@ def test_jobs_api_is_limited_per_token_with_a_json_answer(limited):
     assert other_token.status_code == 401
     wait_out_the_window()
     assert attempt().status_code == 404
+
+
+def test_a_lost_redis_leaves_the_limits_in_memory_instead_of_failing(make_app):
+    service_token = "platform-token"
+    # Nothing listens on port 9: the limiter's Redis is "down" from the first request.
+    app = make_app(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI="redis://127.0.0.1:9/0",
+        RATELIMIT_STORAGE_OPTIONS={"socket_connect_timeout": 1, "socket_timeout": 1},
+        RATELIMIT_LOGIN_IP=WINDOW,
+        PORTAL_SERVICE_TOKEN=service_token,
+    )
+    client = app.test_client()
+    with app.app_context():
+        make_purchase(make_user(email="buyer@example.com"), package="starter")
+
+    def attempt():
+        token = csrf_token(client, "/login")
+        return client.post(
+            "/login",
+            data={
+                "email": "someone@example.com",
+                "password": "wrong password",
+                "csrf_token": token,
+            },
+        )
+
+    # Log-in answers, and its limit still holds, counted in this process's memory.
+    hit_until_limited(attempt)
+    job = client.post(
+        "/api/v1/jobs",
+        json={
+            "external_id": "while-redis-is-down",
+            "customer_email": "buyer@example.com",
+            "operation": "upscale",
+            "credits": 5,
+        },
+        headers={"Authorization": f"Bearer {service_token}"},
+    )
+    assert job.status_code == 201, job.get_data(as_text=True)
