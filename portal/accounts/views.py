@@ -76,7 +76,10 @@ def signup():
     limits.configured("RATELIMIT_LOGIN_IP"), key_func=limits.client_address, methods=["POST"]
 )
 @limiter.limit(
-    limits.configured("RATELIMIT_LOGIN_ACCOUNT"), key_func=limits.login_account, methods=["POST"]
+    limits.configured("RATELIMIT_LOGIN_FAILURES"),
+    key_func=limits.login_pair,
+    methods=["POST"],
+    deduct_when=limits.failed,
 )
 def login():
     if current_user.is_authenticated:

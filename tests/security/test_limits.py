@@ -5,7 +5,7 @@ import time
 import pytest
 
 from portal.extensions import limiter
-from tests.factories import csrf_token, login_as, make_purchase, make_user
+from tests.factories import DEFAULT_PASSWORD, csrf_token, login_as, make_purchase, make_user
 
 WINDOW = "2 per 2 seconds"
 
@@ -54,23 +54,43 @@ def test_login_is_limited_per_address_and_clears(limited):
     assert attempt().status_code == 400
 
 
-def test_login_is_limited_per_account_from_any_address(limited):
-    app = limited("RATELIMIT_LOGIN_ACCOUNT")
-    clients = [app.test_client() for _ in range(3)]
+def test_failed_log_ins_slow_the_guesser_but_never_lock_the_owner_out(limited):
+    # Two failures per 2 seconds, three per 30: the second window makes the pause grow.
+    app = limited("RATELIMIT_LOGIN_FAILURES", "2 per 2 seconds;3 per 30 seconds")
+    with app.app_context():
+        make_user(email="victim@example.com")
+    guesser, owner = app.test_client(), app.test_client()
 
-    def attempt(index, email="victim@example.com"):
-        client = clients[index]
+    def log_in(client, address, password):
         token = csrf_token(client, "/login")
         return client.post(
             "/login",
-            data={"email": email, "password": "guess guess guess", "csrf_token": token},
-            environ_base={"REMOTE_ADDR": f"10.0.0.{index + 1}"},
+            data={"email": "victim@example.com", "password": password, "csrf_token": token},
+            environ_base={"REMOTE_ADDR": address},
         )
 
-    assert attempt(0).status_code == 400
-    assert attempt(1).status_code == 400
-    assert attempt(2).status_code == 429
-    assert attempt(2, "someone.else@example.com").status_code == 400
+    def guess():
+        return log_in(guesser, "203.0.113.7", "guess guess guess")
+
+    hit_until_limited(guess)
+    # The owner, from their own address, is let in while the guesser waits...
+    assert log_in(owner, "198.51.100.2", DEFAULT_PASSWORD).status_code == 303
+    wait_out_the_window()
+    # ...and after the short pause the guesser has one try left before the longer one.
+    assert guess().status_code == 400
+    assert guess().status_code == 429
+    wait_out_the_window()
+    assert guess().status_code == 429
+
+
+def test_successful_log_ins_are_not_counted_as_failures(limited):
+    app = limited("RATELIMIT_LOGIN_FAILURES")
+    client = app.test_client()
+    with app.app_context():
+        owner = make_user(email="owner@example.com")
+        for _ in range(4):
+            assert login_as(client, owner).status_code == 303
+            client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
 
 
 def test_signup_is_limited(limited):
