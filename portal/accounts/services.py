@@ -7,7 +7,7 @@ from datetime import timedelta
 from zoneinfo import available_timezones
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal.accounts import sessions
@@ -122,12 +122,23 @@ def change_password(user: User, current_password: str, new_password: str) -> Non
 
 
 def _set_password(user: User, new_password: str) -> None:
+    """The one place a password changes: every session elsewhere and every reset link end.
+
+    A reset link proves access to the mailbox at the time it was sent; once the password
+    has moved on, by that link, another one or the account page, none may set it again.
+    """
     problems = password_problems(new_password, user.email)
     if problems:
         raise ValidationError(" ".join(problems), field="password")
+    now = utcnow()
     user.password_hash = hash_password(new_password)
     user.session_generation += 1
-    sessions.end_all(user, utcnow())
+    sessions.end_all(user, now)
+    db.session.execute(
+        update(PasswordResetToken)
+        .where(PasswordResetToken.user_id == user.id, PasswordResetToken.used_at.is_(None))
+        .values(used_at=now)
+    )
 
 
 @transactional
@@ -180,7 +191,6 @@ def reset_password(token: str, new_password: str) -> User:
     if row is None or row.used_at is not None or row.expires_at <= utcnow():
         raise ValidationError("This reset link is invalid or has expired.", field="token")
     _set_password(row.user, new_password)
-    row.used_at = utcnow()
     return row.user
 
 

@@ -24,8 +24,8 @@ def reset_link_for(email) -> str:
     return re.search(r"http://portal\.test(/reset/\S+)", message.body_text).group(1)
 
 
-def choose_password(client, link, password=NEW_PASSWORD):
-    token = csrf_token(client, link)
+def choose_password(client, link, password=NEW_PASSWORD, form_page=None):
+    token = csrf_token(client, form_page or link)
     return client.post(link, data={"password": password, "confirm": password, "csrf_token": token})
 
 
@@ -42,6 +42,33 @@ def test_reset_flow_sets_new_password_and_link_works_once(client):
     reused = client.get(link)
     assert reused.status_code == 303
     assert reused.headers["Location"].endswith("/reset")
+
+
+def test_using_one_reset_link_retires_the_others(client):
+    user = make_user()
+    request_reset(client, user.email)
+    first = reset_link_for(user.email)
+    request_reset(client, user.email)
+    second = reset_link_for(user.email)
+    assert first != second
+    assert choose_password(client, second).headers["Location"].endswith("/login")
+    assert client.get(first).headers["Location"].endswith("/reset")
+    refused = choose_password(client, first, "yet another passphrase, longer", "/reset")
+    assert refused.headers["Location"].endswith("/reset")
+    login_as(client, user, NEW_PASSWORD)
+
+
+def test_changing_the_password_retires_reset_links(client):
+    user = make_user()
+    request_reset(client, user.email)
+    link = reset_link_for(user.email)
+    login_as(client, user)
+    assert change_password(client, DEFAULT_PASSWORD, NEW_PASSWORD).status_code == 303
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/dashboard")})
+    assert client.get(link).headers["Location"].endswith("/reset")
+    refused = choose_password(client, link, "yet another passphrase, longer", "/reset")
+    assert refused.headers["Location"].endswith("/reset")
+    login_as(client, user, NEW_PASSWORD)
 
 
 def test_reset_tokens_are_stored_hashed(client):
