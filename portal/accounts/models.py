@@ -71,6 +71,15 @@ class User(UserMixin, db.Model):
     def is_terminated(self) -> bool:
         return self.status == AccountStatus.TERMINATED
 
+    @property
+    def known_to_the_platform(self) -> bool:
+        """A customer the processing platform may name: not staff, not a closed account.
+
+        A closed account's data is erased; its placeholder address must not become a
+        way to spend the credits it still holds.
+        """
+        return self.role == Role.CUSTOMER and self.status != AccountStatus.CLOSED
+
     # The server-side session this request belongs to (set at log-in and by the loader).
     session_token = None
 

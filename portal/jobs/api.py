@@ -194,7 +194,7 @@ def customer_balance(email: str):
     if not _storable(email) or len(email) > 254:
         raise NotFound("no customer with this e-mail")
     user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
-    if user is None or user.is_staff:
+    if user is None or not user.known_to_the_platform:
         raise NotFound("no customer with this e-mail")
     return jsonify({"customer_email": user.email, "balance": user.credits_balance})
 

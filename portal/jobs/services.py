@@ -36,7 +36,7 @@ def charge_job(
     Repeating a call with the same `external_id` returns the job it created, charging
     nothing more.
 
-    :raises NotFound: no customer has this e-mail.
+    :raises NotFound: no customer has this e-mail (staff and closed accounts are none).
     :raises AccountTerminated: the customer's account is terminated.
     :raises InsufficientCredits: the balance does not cover the job.
     :raises Conflict: the external id was used for a different job.
@@ -58,7 +58,7 @@ def _charge_once(
 ) -> tuple[Job, bool]:
     # Locked from the start: every balance change of this customer waits for this one.
     user = ledger.lock_customer(customer_email.strip().lower())
-    if user is None or user.is_staff:
+    if user is None or not user.known_to_the_platform:
         raise NotFound("no customer with this e-mail")
     if user.is_terminated:
         raise AccountTerminated("the customer's account is terminated")

@@ -157,6 +157,7 @@ def test_credit_limits_of_a_job(client, customer, credits, status):
         ("nobody", 404, "not_found"),
         ("staff", 404, "not_found"),
         ("terminated", 403, "account_terminated"),
+        ("closed", 404, "not_found"),
     ],
 )
 def test_job_for_someone_who_is_not_an_active_customer_is_refused(client, who, status, error):
@@ -164,9 +165,15 @@ def test_job_for_someone_who_is_not_an_active_customer_is_refused(client, who, s
         make_purchase(make_staff(email="ops@example.com"), package="starter")
     elif who == "terminated":
         make_purchase(make_user(email="gone@example.com", status="terminated"), package="starter")
-    email = {"nobody": "nobody@example.com", "staff": "ops@example.com"}.get(
-        who, "gone@example.com"
-    )
+    elif who == "closed":
+        # Closing keeps the credits on the books under a placeholder address.
+        closed = make_user(email="closed-1@closed.invalid", status="closed")
+        make_purchase(closed, package="starter")
+    email = {
+        "nobody": "nobody@example.com",
+        "staff": "ops@example.com",
+        "closed": "closed-1@closed.invalid",
+    }.get(who, "gone@example.com")
 
     response = post_job(client, customer_email=email)
 
@@ -530,10 +537,13 @@ def test_reading_a_balance(client, customer):
 
 
 @pytest.mark.parametrize(
-    "email", ["nobody@example.com", "ops@example.com"], ids=["unknown", "staff"]
+    "email",
+    ["nobody@example.com", "ops@example.com", "closed-1@closed.invalid"],
+    ids=["unknown", "staff", "closed"],
 )
 def test_balance_of_someone_who_is_not_a_customer_is_404(client, email):
     make_staff(email="ops@example.com")
+    make_purchase(make_user(email="closed-1@closed.invalid", status="closed"), package="starter")
 
     response = client.get(f"/api/v1/customers/{email}/balance", headers=AUTH)
 
