@@ -13,6 +13,11 @@ class EmptyForm(FlaskForm):
     """A one-button action (log out, buy, approve): only the CSRF token."""
 
 
+def strip_whitespace(value):
+    """A filter for free text: what is only spaces is empty, so `DataRequired` refuses it."""
+    return value.strip() if isinstance(value, str) else value
+
+
 EARLIEST = date(2000, 1, 1)
 LATEST = date(2100, 12, 31)
 

@@ -6,13 +6,8 @@ from wtforms import BooleanField, HiddenField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import AnyOf, DataRequired, InputRequired, Length, Optional, Regexp
 
-from portal.forms import SelectField
+from portal.forms import SelectField, strip_whitespace
 from portal.refunds.eligibility import RequestReason
-
-
-def _strip(value):
-    return value.strip() if isinstance(value, str) else value
-
 
 REASON_LABELS = {
     RequestReason.CREDITS_NOT_ADDED: "I paid but my credits were not added",
@@ -36,7 +31,7 @@ class RefundRequestForm(FlaskForm):
     )
     details = TextAreaField(
         "Tell us what happened",
-        filters=[_strip],
+        filters=[strip_whitespace],
         validators=[
             DataRequired(message="Tell us in a few words what happened."),
             Length(min=10, max=5000, message="Write between 10 and 5,000 characters."),
@@ -44,7 +39,7 @@ class RefundRequestForm(FlaskForm):
     )
     transaction_ids = StringField(
         "Transaction or receipt ids (optional)",
-        filters=[_strip],
+        filters=[strip_whitespace],
         validators=[Optional(), Length(max=500)],
         description="From your bank statement or Stripe receipt, if you have them.",
     )
@@ -61,7 +56,7 @@ class RefundRequestForm(FlaskForm):
 class ReplyForm(FlaskForm):
     body = TextAreaField(
         "Your answer",
-        filters=[_strip],
+        filters=[strip_whitespace],
         validators=[
             DataRequired(message="Write your answer."),
             Length(max=5000, message="Write at most 5,000 characters."),

@@ -3,9 +3,9 @@
 from flask_wtf import FlaskForm
 from wtforms import DateField, DateTimeLocalField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import InputRequired, Length, Optional, ValidationError
+from wtforms.validators import DataRequired, InputRequired, Length, Optional, ValidationError
 
-from portal.forms import SelectField, reasonable_date
+from portal.forms import SelectField, reasonable_date, strip_whitespace
 from portal.money import parse_dollars
 from portal.refunds.eligibility import Verdict
 from portal.refunds.forms import REASON_LABELS
@@ -71,7 +71,11 @@ class QueueFilterForm(FlaskForm):
 
 
 class TextForm(FlaskForm):
-    body = TextAreaField("Text", validators=[InputRequired(), Length(max=5000)])
+    body = TextAreaField(
+        "Text",
+        filters=[strip_whitespace],
+        validators=[DataRequired(message="Write something first."), Length(max=5000)],
+    )
 
 
 class AssignForm(FlaskForm):
@@ -87,7 +91,9 @@ class DenyForm(FlaskForm):
         ],
         validators=[InputRequired()],
     )
-    message = TextAreaField("Message to the customer", validators=[Length(max=5000)])
+    message = TextAreaField(
+        "Message to the customer", filters=[strip_whitespace], validators=[Length(max=5000)]
+    )
 
 
 class ApproveForm(FlaskForm):
@@ -98,6 +104,7 @@ class ApproveForm(FlaskForm):
     )
     justification = TextAreaField(
         "Justification (needed above the unused credits' value)",
+        filters=[strip_whitespace],
         validators=[Length(max=2000)],
     )
 
@@ -111,7 +118,11 @@ class ApproveForm(FlaskForm):
 
 
 class IncidentForm(FlaskForm):
-    title = StringField("What happened", validators=[InputRequired(), Length(max=200)])
+    title = StringField(
+        "What happened",
+        filters=[strip_whitespace],
+        validators=[DataRequired(message="Say what happened."), Length(max=200)],
+    )
     started_at = DateTimeLocalField(
         "Started (your time)",
         validators=[InputRequired(), reasonable_date],
@@ -122,7 +133,7 @@ class IncidentForm(FlaskForm):
         validators=[Optional(), reasonable_date],
         format="%Y-%m-%dT%H:%M",
     )
-    note = TextAreaField("Note", validators=[Length(max=5000)])
+    note = TextAreaField("Note", filters=[strip_whitespace], validators=[Length(max=5000)])
 
 
 class EndIncidentForm(FlaskForm):

@@ -149,7 +149,7 @@ def _text_or_back(request_id: int):
     if not form.validate_on_submit():
         flash("Write something first (at most 5,000 characters).", "error")
         return None
-    return form.body.data.strip()
+    return form.body.data
 
 
 @bp.post("/requests/<id:request_id>/take")

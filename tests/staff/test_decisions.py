@@ -871,10 +871,12 @@ def test_notes_are_internal_and_messages_reach_the_customer(
     assert len(audit_rows("refund_request.messaged", request.id)) == 1
 
 
-def test_an_empty_note_is_refused(app, staff_client, customer):
+@pytest.mark.parametrize("body", ["", "   ", "\n\t \r\n"], ids=["empty", "spaces", "blank lines"])
+@pytest.mark.parametrize("action", ["note", "message"])
+def test_an_empty_note_or_message_is_refused(app, staff_client, customer, action, body):
     _, request = refundable_request(customer)
     before = state_snapshot()
-    act(staff_client, request.id, "note", body="")
+    act(staff_client, request.id, action, body=body)
     assert "Write something first" in flashes(staff_client, request.id)
     assert state_snapshot() == before
 
