@@ -10,6 +10,7 @@ from typing import ParamSpec, TypeVar
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Enum, MetaData, Select, TypeDecorator, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 from werkzeug.routing import IntegerConverter
 
@@ -91,6 +92,20 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def roll_back() -> None:
+    """Undo the session's work after a failure, even one that took the connection with it.
+
+    A connection the database has dropped (restart, failover, a killed backend) can fail
+    its own ROLLBACK. There is nothing left to undo on it then: the session is closed and
+    the connection thrown away, so that the original error, not this one, is what the
+    caller sees and the next request starts on a fresh connection.
+    """
+    try:
+        db.session.rollback()
+    except DBAPIError:
+        db.session().invalidate()
+
+
 def transactional(service: Callable[P, R]) -> Callable[P, R]:
     """Make `service` one transaction: commit when it returns, roll back when it raises.
 
@@ -105,7 +120,7 @@ def transactional(service: Callable[P, R]) -> Callable[P, R]:
         try:
             result = service(*args, **kwargs)
         except BaseException:
-            db.session.rollback()
+            roll_back()
             raise
         db.session.commit()
         return result

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from portal.billing.fulfilment import Fulfilment
 from portal.billing.money_back import checks
 from portal.billing.reconcile import reconcile, reconcile_money_back
-from portal.db import db, transactional
+from portal.db import db, roll_back, transactional
 from portal.ledger.services import check_books
 from portal.notifications.services import notify_staff
 from portal.ops.models import ScheduledTask
@@ -98,7 +98,7 @@ def run_due_tasks(now: datetime, tasks: tuple[Task, ...] = TASKS) -> list[str]:
         try:
             outcome = task.run(now)
         except Exception as error:  # a failing task must not stop the others
-            db.session.rollback()
+            roll_back()
             log.exception("periodic task %s failed", task.name)
             outcome = f"failed: {error}"[:255]
         row = db.session.get(ScheduledTask, task.name)

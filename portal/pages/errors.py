@@ -7,7 +7,7 @@ from flask import Flask, g, jsonify, render_template, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from portal.db import db
+from portal.db import roll_back
 from portal.extensions import login_manager
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def handle_database_unavailable(error: Exception):
     request_id = g.get("request_id") or uuid.uuid4().hex[:12]
     g.request_id = request_id
     log.error("database unavailable in request %s: %s", request_id, error)
-    db.session.rollback()
+    roll_back()
     # Render as a visitor: looking the user up would need the database that just failed.
     g._login_user = login_manager.anonymous_user()
     response = _render(503)

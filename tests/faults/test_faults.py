@@ -4,7 +4,9 @@ import re
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from portal.billing import checkout, fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund
@@ -12,6 +14,7 @@ from portal.db import db
 from portal.errors import InsufficientCredits
 from portal.jobs import services as jobs
 from portal.jobs.models import Job
+from portal.ledger import services as ledger
 from portal.ledger.models import CreditLot, LedgerEntry
 from portal.refunds.eligibility import RequestReason
 from portal.refunds.services import file_request
@@ -173,3 +176,80 @@ def test_requests_work_again_after_the_database_drops_every_connection(app, clie
     assert client.get("/dashboard").status_code == 200
     result = app.test_cli_runner().invoke(args=["ledger-check"])
     assert result.exit_code == 0, result.output
+
+
+SERVICE_TOKEN = "platform-token"
+
+
+def _charge(client, external_id: str):
+    return client.post(
+        "/api/v1/jobs",
+        json={
+            "external_id": external_id,
+            "customer_email": "buyer@example.com",
+            "operation": "upscale",
+            "credits": 5,
+        },
+        headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+    )
+
+
+def test_a_connection_that_cannot_even_roll_back_is_a_503_then_forgotten(make_app, monkeypatch):
+    # Seen under gunicorn while the database killed the portal's connections mid-charge:
+    # the ROLLBACK on the dead connection raised as well, and that escaped as a raw 500.
+    app = make_app(PORTAL_SERVICE_TOKEN=SERVICE_TOKEN)
+    with app.app_context():
+        make_purchase(make_user(email="buyer@example.com"), package="starter")
+    lost = OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    real_rollback = Session.rollback
+    rollbacks = []
+
+    def rollback_on_a_dead_connection(session):
+        rollbacks.append(session)
+        if len(rollbacks) <= 2:
+            raise lost
+        return real_rollback(session)
+
+    def spend_on_a_dead_connection(*args, **kwargs):
+        raise lost
+
+    client = app.test_client()
+    with monkeypatch.context() as patch:
+        patch.setattr(Session, "rollback", rollback_on_a_dead_connection)
+        patch.setattr(ledger, "spend", spend_on_a_dead_connection)
+        answer = _charge(client, "during-the-outage")
+    assert answer.status_code == 503
+    assert answer.get_json()["error"] == "unavailable"
+    assert len(rollbacks) >= 2
+    # The next request starts on a fresh connection, and nothing was charged.
+    assert _charge(client, "after-the-outage").status_code == 201
+    with app.app_context():
+        assert count(Job) == 1
+        assert books_are_clean(app)
+
+
+@pytest.mark.postgres
+def test_a_connection_killed_in_the_middle_of_a_charge_is_a_503(make_app, monkeypatch):
+    app = make_app(PORTAL_SERVICE_TOKEN=SERVICE_TOKEN)
+    with app.app_context():
+        make_purchase(make_user(email="buyer@example.com"), package="starter")
+    killer = create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+    real_spend = ledger.spend
+
+    def spend_then_lose_the_connection(*args, **kwargs):
+        entry = real_spend(*args, **kwargs)
+        pid = db.session.scalar(text("SELECT pg_backend_pid()"))
+        with killer.begin() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return entry
+
+    client = app.test_client()
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger, "spend", spend_then_lose_the_connection)
+        answer = _charge(client, "killed")
+    killer.dispose()
+    assert answer.status_code == 503
+    assert _charge(client, "after-the-kill").status_code == 201
+    with app.app_context():
+        assert count(Job) == 1
+        assert books_are_clean(app)
