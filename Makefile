@@ -21,11 +21,12 @@ ifeq ($(STRIPE_SECRET_KEY),)
 run: export STRIPE_API_BASE ?= http://127.0.0.1:5000/sandbox
 endif
 
+# The worker writes links into e-mails outside any request: it is told the portal's address.
 run: venv
 	$(FLASK) db upgrade
 	$(FLASK) seed-demo
 	@echo "Portal on http://127.0.0.1:5000 (a background worker sends refunds and e-mails)."
-	$(FLASK) worker & worker=$$!; \
+	PORTAL_BASE_URL=$${PORTAL_BASE_URL:-http://127.0.0.1:5000} $(FLASK) worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(FLASK) run --host 127.0.0.1 --port 5000
 

@@ -2,7 +2,7 @@
 
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, current_app, request, url_for
+from flask import Flask, abort, current_app, has_request_context, request, url_for
 from flask_login import current_user
 
 from portal.extensions import login_manager
@@ -43,6 +43,12 @@ def external_url(endpoint: str, **values) -> str:
     put an attacker's domain into a password-reset e-mail.
     """
     base = current_app.config["PORTAL_BASE_URL"]
+    if not has_request_context() and not current_app.config["SERVER_NAME"]:
+        # The worker writes e-mails outside any request: the path comes from the routes,
+        # the address from the settings alone.
+        if not base:
+            raise RuntimeError("PORTAL_BASE_URL is needed to write links outside a request")
+        return base + current_app.url_map.bind("portal").build(endpoint, values)
     if base:
         return base + url_for(endpoint, **values)
     return url_for(endpoint, _external=True, **values)

@@ -1,4 +1,5 @@
-"""The background worker: sends due refunds and outbox e-mails, runs periodic tasks.
+"""The background worker: answers sign-ups and resets, sends due refunds and outbox
+e-mails, runs periodic tasks.
 
 Run with `flask --app portal worker`. On SIGTERM or SIGINT it finishes the item in hand
 and stops claiming more.
@@ -10,6 +11,8 @@ import threading
 
 from flask import Flask
 
+from portal.accounts.services import answer_account_requests
+from portal.accounts.views import account_links
 from portal.billing.money_back.sending import send_due_refunds
 from portal.notifications.services import deliver_pending
 from portal.ops.schedule import run_due_tasks
@@ -28,7 +31,10 @@ class Worker:
         """Do one round of every kind of work; return how much of each was done."""
         with self.app.app_context():
             now = utcnow()
-            done = {"refunds": send_due_refunds(now)}
+            done = {
+                "refunds": send_due_refunds(now),
+                "account_requests": answer_account_requests(now, account_links()),
+            }
             if self.app.config["MAIL_BACKEND"] == "smtp":
                 done["emails"] = deliver_pending()
             done["periodic"] = len(run_due_tasks(now))

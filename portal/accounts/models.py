@@ -92,6 +92,33 @@ class User(UserMixin, db.Model):
         return f"<User {self.id} {self.role}>"
 
 
+class AccountRequestKind(StrEnum):
+    SIGN_UP = "sign_up"
+    PASSWORD_RESET = "password_reset"  # noqa: S105  (a kind of request, not a secret)
+
+
+class AccountRequest(db.Model):
+    """A sign-up or reset asked for by whoever holds an e-mail address, answered by mail.
+
+    The web answer only writes this row: the same work whether or not the address has an
+    account, so neither the answer nor how long it takes says which. The worker then looks
+    the address up and writes the e-mail that fits. A sign-up keeps its password's hash
+    and, once e-mailed, the digest of the link that finishes it.
+    """
+
+    __tablename__ = "account_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[AccountRequestKind] = mapped_column(enum_type(AccountRequestKind))
+    email: Mapped[str] = mapped_column(String(254))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class PasswordResetToken(db.Model):
     """A single-use, expiring password reset token; only its SHA-256 digest is stored."""
 

@@ -3,27 +3,48 @@
 import hashlib
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from zoneinfo import available_timezones
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal.accounts import sessions
-from portal.accounts.models import AccountStatus, PasswordResetToken, Role, User
+from portal.accounts.models import (
+    AccountRequest,
+    AccountRequestKind,
+    AccountStatus,
+    PasswordResetToken,
+    Role,
+    User,
+)
 from portal.accounts.passwords import (
     hash_password,
     needs_rehash,
     password_problems,
     verify_password,
 )
-from portal.db import MAX_ID, db, transactional
-from portal.errors import ValidationError
+from portal.db import MAX_ID, db, locked, transactional
+from portal.errors import Conflict, ValidationError
 from portal.notifications.services import queue_email
 from portal.timeutil import utcnow
 
 RESET_TOKEN_LIFETIME = timedelta(hours=1)
+SIGN_UP_LINK_LIFETIME = timedelta(days=1)
+# Answered requests are deleted after this, with the password hash of a sign-up never
+# finished: long enough for the link to expire, no longer.
+ACCOUNT_REQUESTS_KEPT = timedelta(days=2)
+
+
+@dataclass(frozen=True)
+class AccountLinks:
+    """The links account e-mails carry. Routes belong to the web layer, which builds them."""
+
+    log_in: str
+    finish_sign_up: Callable[[str], str]  # from the link's raw token
+    reset_password: Callable[[str], str]
 
 
 def _token_digest(token: str) -> str:
@@ -142,13 +163,89 @@ def _set_password(user: User, new_password: str) -> None:
 
 
 @transactional
-def request_password_reset(email: str, link_for: Callable[[str], str]) -> None:
-    """E-mail a single-use reset link if the account exists; silently do nothing otherwise."""
-    user = user_by_email(email)
-    if user is None:
+def ask_to_sign_up(email: str, password: str) -> None:
+    """Record a sign-up; the worker e-mails the address a link to finish it.
+
+    The answer is the same whether the address is free or already has an account
+    (then the e-mail says so instead): sign-up reveals no one.
+
+    :raises ValidationError: the password is unacceptable.
+    """
+    email = email.strip().lower()
+    problems = password_problems(password, email)
+    if problems:
+        raise ValidationError(" ".join(problems), field="password")
+    db.session.add(
+        AccountRequest(
+            kind=AccountRequestKind.SIGN_UP, email=email, password_hash=hash_password(password)
+        )
+    )
+
+
+@transactional
+def ask_for_password_reset(email: str) -> None:
+    """Record a reset request; the worker e-mails a link if the address has an account."""
+    db.session.add(
+        AccountRequest(kind=AccountRequestKind.PASSWORD_RESET, email=email.strip().lower())
+    )
+
+
+@transactional
+def answer_account_requests(now: datetime, links: AccountLinks, limit: int = 100) -> int:
+    """E-mail what fits each unanswered request; forget old ones. Return how many answered.
+
+    Several workers may run: each claims rows no other holds.
+    """
+    requests = db.session.scalars(
+        select(AccountRequest)
+        .where(AccountRequest.answered_at.is_(None))
+        .order_by(AccountRequest.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for request in requests:
+        user = user_by_email(request.email)
+        if request.kind == AccountRequestKind.SIGN_UP:
+            _answer_sign_up(request, user, now, links)
+        elif user is not None:
+            _send_reset_link(user, now, links)
+        request.answered_at = now
+    db.session.execute(
+        delete(AccountRequest).where(AccountRequest.created_at < now - ACCOUNT_REQUESTS_KEPT)
+    )
+    return len(requests)
+
+
+def _answer_sign_up(
+    request: AccountRequest, user: User | None, now: datetime, links: AccountLinks
+) -> None:
+    if user is not None:
+        request.password_hash = None
+        queue_email(
+            request.email,
+            "You already have an account",
+            "Someone (hopefully you) tried to sign up for AI Image Studio with this e-mail, "
+            "but it already has an account.\n\n"
+            f"Log in: {links.log_in}\n\n"
+            "If you forgot the password, ask for a reset link there. "
+            "If it was not you, you can ignore this e-mail: nothing has changed.",
+        )
         return
     token = secrets.token_urlsafe(32)
-    now = utcnow()
+    request.token_hash = _token_digest(token)
+    request.expires_at = now + SIGN_UP_LINK_LIFETIME
+    queue_email(
+        request.email,
+        "Finish creating your account",
+        "Someone (hopefully you) asked to create an AI Image Studio account with this "
+        "e-mail.\n\n"
+        f"Open this link within a day to finish:\n{links.finish_sign_up(token)}"
+        "\n\nIf it was not you, ignore this e-mail and no account will be created.",
+    )
+
+
+def _send_reset_link(user: User, now: datetime, links: AccountLinks) -> None:
+    token = secrets.token_urlsafe(32)
     db.session.add(
         PasswordResetToken(
             user=user,
@@ -158,13 +255,56 @@ def request_password_reset(email: str, link_for: Callable[[str], str]) -> None:
         )
     )
     minutes = int(RESET_TOKEN_LIFETIME.total_seconds() // 60)
+    link = links.reset_password(token)
     queue_email(
         user.email,
         "Reset your password",
         "Someone (hopefully you) asked to reset the password of your AI Image Studio account.\n\n"
-        f"Open this link within {minutes} minutes to choose a new password:\n{link_for(token)}\n\n"
+        f"Open this link within {minutes} minutes to choose a new password:\n{link}\n\n"
         "The link works once. If you did not ask for it, you can ignore this e-mail.",
     )
+
+
+def pending_sign_up(token: str, now: datetime) -> AccountRequest | None:
+    """The sign-up a link finishes, if the link is live."""
+    request = db.session.scalar(
+        select(AccountRequest).where(
+            AccountRequest.token_hash == _token_digest(token),
+            AccountRequest.kind == AccountRequestKind.SIGN_UP,
+        )
+    )
+    if request is None or request.used_at is not None or request.expires_at <= now:
+        return None
+    return request
+
+
+@transactional
+def finish_sign_up(token: str, now: datetime) -> User:
+    """Create the account a sign-up link stands for; the link then works no more.
+
+    :raises ValidationError: the link is invalid, used or expired.
+    :raises Conflict: the address got an account in the meantime.
+    """
+    request = locked(AccountRequest, AccountRequest.token_hash == _token_digest(token))
+    if (
+        request is None
+        or request.kind != AccountRequestKind.SIGN_UP
+        or request.used_at is not None
+        or request.expires_at <= now
+    ):
+        raise ValidationError("This link is invalid or has expired.", field="token")
+    if user_by_email(request.email) is not None:
+        raise Conflict("You already have an account with this e-mail: log in.")
+    user = User(email=request.email, password_hash=request.password_hash, role=Role.CUSTOMER)
+    db.session.add(user)
+    try:
+        db.session.flush()
+    except IntegrityError:
+        # Another link for the same address was used at the same moment.
+        raise Conflict("You already have an account with this e-mail: log in.") from None
+    request.used_at = now
+    request.password_hash = None
+    return user
 
 
 def reset_token_user(token: str) -> User | None:

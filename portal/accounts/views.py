@@ -27,7 +27,7 @@ from portal.accounts.forms import (
     SignupForm,
 )
 from portal.accounts.passwords import verify_password
-from portal.errors import ValidationError
+from portal.errors import Conflict, ValidationError
 from portal.extensions import limiter
 from portal.forms import EmptyForm
 from portal.refunds.services import attachment_folder
@@ -61,14 +61,49 @@ def signup():
     form = SignupForm()
     if form.validate_on_submit():
         try:
-            user = services.register_user(form.email.data, form.password.data)
+            services.ask_to_sign_up(form.email.data, form.password.data)
         except ValidationError as error:
             getattr(form, error.field or "email").errors.append(str(error))
         else:
-            _start_session(user)
-            flash("Welcome! Your account is ready.", "success")
-            return redirect(url_for("ledger.dashboard"), 303)
+            # The same answer whether or not the address has an account: the e-mail says.
+            flash(
+                "Check your inbox: we sent a link to finish creating your account. "
+                "It works once, within a day.",
+                "info",
+            )
+            return redirect(url_for("accounts.login"), 303)
     return render_template("accounts/signup.html", form=form), 400 if form.errors else 200
+
+
+@bp.route("/signup/finish/<token>", methods=["GET", "POST"])
+def finish_sign_up(token: str):
+    if services.pending_sign_up(token, utcnow()) is None:
+        flash("This link is invalid, used or expired. Sign up again for a new one.", "error")
+        return redirect(url_for("accounts.signup"), 303)
+    form = EmptyForm()
+    if form.validate_on_submit():
+        try:
+            user = services.finish_sign_up(token, utcnow())
+        except ValidationError:
+            flash("This link is invalid, used or expired. Sign up again for a new one.", "error")
+            return redirect(url_for("accounts.signup"), 303)
+        except Conflict as refusal:
+            flash(str(refusal), "info")
+            return redirect(url_for("accounts.login"), 303)
+        session.clear()
+        _start_session(user)
+        flash("Welcome! Your account is ready.", "success")
+        return redirect(url_for("ledger.dashboard"), 303)
+    return render_template("accounts/finish_sign_up.html", form=form)
+
+
+def account_links() -> services.AccountLinks:
+    """The links account e-mails carry, for the worker that writes them."""
+    return services.AccountLinks(
+        log_in=external_url("accounts.login"),
+        finish_sign_up=lambda token: external_url("accounts.finish_sign_up", token=token),
+        reset_password=lambda token: external_url("accounts.reset_password", token=token),
+    )
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -197,10 +232,7 @@ def browser_timezone():
 def reset_request():
     form = ResetRequestForm()
     if form.validate_on_submit():
-        services.request_password_reset(
-            form.email.data,
-            link_for=lambda token: external_url("accounts.reset_password", token=token),
-        )
+        services.ask_for_password_reset(form.email.data)
         # The same answer whether or not the account exists.
         flash(
             "If an account exists for that e-mail, a reset link is on its way. "

@@ -1,10 +1,17 @@
+import re
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import func, select
 
-from portal.accounts.models import User
+from portal.accounts.models import AccountRequest, User
 from portal.accounts.passwords import verify_password
+from portal.accounts.services import answer_account_requests
+from portal.accounts.views import account_links
 from portal.db import db
-from tests.factories import DEFAULT_PASSWORD, csrf_token, login_as, make_user
+from portal.notifications.models import OutboxEmail
+from portal.timeutil import utcnow
+from tests.factories import DEFAULT_PASSWORD, QueryCounter, csrf_token, login_as, make_user
 
 STRONG = "a long and unusual passphrase"
 
@@ -22,23 +29,106 @@ def signup(client, email, password=STRONG, confirm=None):
     )
 
 
-def test_signup_creates_customer_and_logs_in(client):
+def answer_as_the_worker() -> None:
+    answer_account_requests(utcnow(), account_links())
+
+
+def last_email_to(address: str) -> OutboxEmail:
+    return db.session.scalars(
+        select(OutboxEmail).where(OutboxEmail.to_address == address).order_by(OutboxEmail.id.desc())
+    ).first()
+
+
+def finish_link(address: str) -> str:
+    body = last_email_to(address).body_text
+    return re.search(r"http://portal\.test(/signup/finish/\S+)", body)[1]
+
+
+def test_signup_sends_a_link_that_creates_the_customer_and_logs_in(client):
     response = signup(client, "  New.Person@Example.COM ")
     assert response.status_code == 303
-    assert response.headers["Location"].endswith("/dashboard")
+    assert response.headers["Location"].endswith("/login")
+    # Nothing exists until the mailbox's owner follows the link.
+    assert db.session.scalar(select(func.count()).select_from(User)) == 0
+    answer_as_the_worker()
+    link = finish_link("new.person@example.com")
+
+    page = client.get(link)
+    assert page.status_code == 200 and b"Create my account" in page.data
+    finished = client.post(link, data={"csrf_token": csrf_token(client, link)})
+    assert finished.status_code == 303 and finished.headers["Location"].endswith("/dashboard")
     user = db.session.scalar(select(User).where(User.email == "new.person@example.com"))
     assert user is not None and user.role == "customer"
     assert user.password_hash.startswith("$argon2id$")
     assert verify_password(user.password_hash, STRONG)
     assert client.get("/dashboard").status_code == 200
+    # The link works once, and the request no longer holds the password's hash.
+    assert client.get(link).headers["Location"].endswith("/signup")
+    assert db.session.scalars(select(AccountRequest.password_hash)).all() == [None]
 
 
-def test_signup_with_taken_email_shows_field_error(client):
+def test_signup_with_a_taken_email_answers_the_same_and_tells_only_the_owner(client):
     make_user(email="taken@example.com")
-    response = signup(client, "TAKEN@example.com")
-    assert response.status_code == 400
-    assert b"already exists" in response.data
+    taken = signup(client, "TAKEN@example.com")
+    free = signup(client, "free@example.com")
+    assert taken.status_code == free.status_code == 303
+    assert taken.headers["Location"] == free.headers["Location"]
+    answer_as_the_worker()
+    to_owner = last_email_to("taken@example.com")
+    assert to_owner.subject == "You already have an account"
+    assert "/signup/finish/" not in to_owner.body_text
+    assert "http://portal.test/login" in to_owner.body_text
     assert db.session.scalar(select(func.count()).select_from(User)) == 1
+
+
+def test_the_web_answer_does_the_same_work_whether_or_not_an_account_exists(client, app):
+    # Timing cannot tell what the statements do not: both answers write one request row.
+    make_user(email="known@example.com")
+
+    def statements(path, form):
+        token = csrf_token(client, path)
+        with QueryCounter(db.engine) as counter:
+            client.post(path, data={**form, "csrf_token": token})
+        return [re.sub(r"\s+", " ", statement) for statement in counter.statements]
+
+    for path, form in [
+        ("/reset", {}),
+        ("/signup", {"password": STRONG, "confirm": STRONG}),
+    ]:
+        known = statements(path, {**form, "email": "known@example.com"})
+        unknown = statements(path, {**form, "email": "unknown@example.com"})
+        assert known == unknown, path
+        assert any("INSERT INTO account_requests" in statement for statement in known)
+        assert not any("users" in statement for statement in known if "INSERT" in statement)
+
+
+def test_a_sign_up_link_for_an_address_that_got_an_account_meanwhile_sends_to_log_in(client):
+    signup(client, "twice@example.com")
+    answer_as_the_worker()
+    link = finish_link("twice@example.com")
+    make_user(email="twice@example.com")
+    answer = client.post(link, data={"csrf_token": csrf_token(client, link)})
+    assert answer.headers["Location"].endswith("/login")
+    assert db.session.scalar(select(func.count()).select_from(User)) == 1
+
+
+def test_an_expired_sign_up_link_is_refused(client):
+    signup(client, "late@example.com")
+    answer_as_the_worker()
+    link = finish_link("late@example.com")
+    request = db.session.scalars(select(AccountRequest)).one()
+    request.expires_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    assert client.get(link).headers["Location"].endswith("/signup")
+    assert db.session.scalar(select(func.count()).select_from(User)) == 0
+
+
+def test_unanswered_and_old_requests_are_forgotten(client):
+    signup(client, "forgetful@example.com")
+    answer_as_the_worker()
+    later = utcnow() + timedelta(days=3)
+    answer_account_requests(later, account_links())
+    assert db.session.scalar(select(func.count()).select_from(AccountRequest)) == 0
 
 
 @pytest.mark.parametrize(

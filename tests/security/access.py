@@ -113,7 +113,8 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "ops.readyz": {"GET": everyone(OK)},
     "metrics.metrics": {"GET": everyone(MISSING)},
     # accounts
-    "accounts.signup": {"GET": guests_only(OK), "POST": guests_only(to("/dashboard"))},
+    "accounts.signup": {"GET": guests_only(OK), "POST": guests_only(to("/login"))},
+    "accounts.finish_sign_up": {"GET": everyone(OK), "POST": everyone(to("/dashboard"))},
     "accounts.login": {"GET": guests_only(OK), "POST": guests_only(to("/dashboard"))},
     "accounts.logout": {"POST": everyone(to("/"))},
     "accounts.settings": {"GET": members(OK), "POST": members(to("/account"))},
@@ -199,6 +200,7 @@ FRESH_BROWSER = {
     ("accounts.login", "POST"),
     ("accounts.logout", "POST"),
     ("accounts.reset_password", "POST"),
+    ("accounts.finish_sign_up", "POST"),
 }
 
 # Public sandbox pages list the sandbox's sessions, customer e-mails included (by design).
@@ -253,6 +255,10 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call(
                 "/signup", {"email": email, "password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
             )
+        case ("accounts.finish_sign_up", "GET"):
+            return Call(f"/signup/finish/{world.fresh_sign_up_token()}")
+        case ("accounts.finish_sign_up", "POST"):
+            return Call(f"/signup/finish/{world.fresh_sign_up_token()}", {})
         case ("accounts.login", "GET"):
             return Call("/login")
         case ("accounts.login", "POST"):

@@ -207,6 +207,9 @@ class World(Record):
     def fresh_reset_token(self) -> str:
         return reset_token_for(self.reset_user)
 
+    def fresh_sign_up_token(self) -> str:
+        return sign_up_token()
+
     def users(self) -> dict[str, User | None]:
         return {
             "anonymous": None,
@@ -226,10 +229,30 @@ def unique_email(prefix: str = "someone") -> str:
     return f"{prefix}{next(_numbers)}@example.com"
 
 
+def _answer_account_requests() -> dict[str, list[str]]:
+    """Answer every waiting sign-up and reset as the worker would; the raw tokens, by kind.
+
+    Requests are answered oldest first, so the last token of a kind is the newest's.
+    """
+    tokens: dict[str, list[str]] = {"sign_up": [], "reset": []}
+    links = accounts.AccountLinks(
+        log_in="http://portal.test/login",
+        finish_sign_up=lambda token: tokens["sign_up"].append(token) or "",
+        reset_password=lambda token: tokens["reset"].append(token) or "",
+    )
+    accounts.answer_account_requests(utcnow(), links)
+    return tokens
+
+
 def reset_token_for(user: User) -> str:
-    tokens: list[str] = []
-    accounts.request_password_reset(user.email, link_for=lambda token: tokens.append(token) or "")
-    return tokens[0]
+    accounts.ask_for_password_reset(user.email)
+    return _answer_account_requests()["reset"][-1]
+
+
+def sign_up_token() -> str:
+    """The raw token of a link that finishes a new sign-up."""
+    accounts.ask_to_sign_up(unique_email("joining"), "a long and unusual passphrase")
+    return _answer_account_requests()["sign_up"][-1]
 
 
 def _customer_objects(user: User) -> Objects:
