@@ -7,7 +7,7 @@ shares them; in memory otherwise.
 
 import hashlib
 
-from flask import current_app, request
+from flask import current_app, request, session
 from flask_login import current_user
 
 DEFAULT_LIMITS = {
@@ -15,6 +15,8 @@ DEFAULT_LIMITS = {
     # Failed log-ins from one address to one account: the pauses grow with the failures
     # (a minute after 5, the rest of the hour after 10, the day after 20).
     "RATELIMIT_LOGIN_FAILURES": "5 per minute;10 per hour;20 per day",
+    # Wrong authenticator codes for one staff member from one address.
+    "RATELIMIT_SECOND_FACTOR": "5 per minute;20 per hour",
     "RATELIMIT_SIGNUP": "10 per hour",
     "RATELIMIT_PASSWORD_RESET": "5 per hour",
     "RATELIMIT_REFUND_REQUESTS": "5 per day",
@@ -40,6 +42,13 @@ def login_pair() -> str:
     """
     email = (request.form.get("email") or "").strip().lower()
     return f"login:{client_address()}:{hashlib.sha256(email.encode()).hexdigest()[:32]}"
+
+
+def second_factor_attempt() -> str:
+    """The staff member awaiting a second factor in this browser, and the address."""
+    pending = session.get("second_factor")
+    user_id = pending.get("user_id") if isinstance(pending, dict) else None
+    return f"second-factor:{client_address()}:{user_id}"
 
 
 def failed(response) -> bool:

@@ -2,10 +2,10 @@
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, PasswordField, StringField
-from wtforms.validators import Email, EqualTo, InputRequired, Length, ValidationError
+from wtforms.validators import DataRequired, Email, EqualTo, InputRequired, Length, ValidationError
 
 from portal.accounts.passwords import MAX_LENGTH, password_problems
-from portal.forms import SelectField
+from portal.forms import SelectField, strip_whitespace
 
 
 def normalise_email(value: str | None) -> str:
@@ -41,6 +41,18 @@ class LoginForm(FlaskForm):
     )
     password = PasswordField("Password", validators=[InputRequired(), Length(max=MAX_LENGTH)])
     remember = BooleanField("Keep me logged in on this device")
+
+
+class SecondFactorForm(FlaskForm):
+    code = StringField(
+        "Code",
+        filters=[strip_whitespace],
+        validators=[
+            DataRequired(message="Type the code your authenticator app shows."),
+            Length(max=20, message="Type the 6-digit code or a recovery code."),
+        ],
+        render_kw={"autocapitalize": "off", "spellcheck": "false"},
+    )
 
 
 class ChangePasswordForm(_NewPasswordMixin, FlaskForm):

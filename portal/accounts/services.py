@@ -56,6 +56,13 @@ def user_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email == email.strip().lower()))
 
 
+def user_by_id(user_id) -> User | None:
+    """The user with this id, for ids the portal itself stored (a session's, say)."""
+    if not isinstance(user_id, int) or not 0 < user_id <= MAX_ID:
+        return None
+    return db.session.get(User, user_id)
+
+
 def load_user_from_session(session_id: str) -> User | None:
     """Resolve Flask-Login's `id:generation:token` value to a user with a live session.
 

@@ -4,6 +4,8 @@ from zoneinfo import available_timezones
 
 from flask import (
     Blueprint,
+    Response,
+    abort,
     flash,
     redirect,
     render_template,
@@ -15,6 +17,7 @@ from flask import (
 from flask_login import current_user, login_required, login_user, logout_user
 
 from portal import datarights, limits
+from portal.accounts import second_factor as second_factor_service
 from portal.accounts import services
 from portal.accounts.forms import (
     BrowserTimezoneForm,
@@ -23,6 +26,7 @@ from portal.accounts.forms import (
     LoginForm,
     ResetPasswordForm,
     ResetRequestForm,
+    SecondFactorForm,
     SettingsForm,
     SignupForm,
 )
@@ -125,12 +129,90 @@ def login():
         if user is None:
             form.form_errors.append(INVALID_LOGIN)
         else:
-            _start_session(user, remember=form.remember.data)
             target = request.args.get("next")
-            return redirect(target if is_safe_next(target) else _home_for(user), 303)
+            target = target if is_safe_next(target) else _home_for(user)
+            if user.is_staff:
+                _await_second_factor(user, form.remember.data, target)
+                return redirect(url_for("accounts.second_factor"), 303)
+            _start_session(user, remember=form.remember.data)
+            return redirect(target, 303)
     return render_template(
         "accounts/login.html", form=form
     ), 400 if form.errors or form.form_errors else 200
+
+
+# How long the password stays good for while a staff member finds their phone.
+SECOND_FACTOR_WAIT = 600
+
+
+def _await_second_factor(user, remember: bool, target: str) -> None:
+    """Remember, in a fresh session, who gave the right password; no one is logged in yet."""
+    session.clear()
+    session["second_factor"] = {
+        "user_id": user.id,
+        "generation": user.session_generation,
+        "since": utcnow().timestamp(),
+        "remember": bool(remember),
+        "next": target,
+    }
+
+
+def _awaiting_second_factor():
+    """The staff member who gave the right password in this browser, if still in time."""
+    pending = session.get("second_factor")
+    if not isinstance(pending, dict):
+        return None, None
+    user = services.user_by_id(pending.get("user_id"))
+    if (
+        user is None
+        or not user.is_staff
+        or user.session_generation != pending.get("generation")
+        or utcnow().timestamp() - pending.get("since", 0) > SECOND_FACTOR_WAIT
+    ):
+        return None, None
+    return user, pending
+
+
+@bp.route("/login/second-factor", methods=["GET", "POST"])
+@limiter.limit(
+    limits.configured("RATELIMIT_SECOND_FACTOR"),
+    key_func=limits.second_factor_attempt,
+    methods=["POST"],
+    deduct_when=limits.failed,
+)
+def second_factor():
+    user, pending = _awaiting_second_factor()
+    if user is None:
+        flash("Log in again: the page waited too long.", "info")
+        return redirect(url_for("accounts.login"), 303)
+    enrolled = user.totp_enrolled_at is not None
+    secret = None if enrolled else second_factor_service.offer_secret(user.id)
+    form = SecondFactorForm()
+    if form.validate_on_submit():
+        try:
+            if enrolled:
+                second_factor_service.verify(user.id, form.code.data, utcnow())
+            else:
+                codes = second_factor_service.enrol(user.id, form.code.data, utcnow())
+        except ValidationError as error:
+            form.code.errors.append(str(error))
+        else:
+            _start_session(user, remember=pending["remember"])
+            if enrolled:
+                return redirect(pending["next"], 303)
+            return render_template("accounts/recovery_codes.html", codes=codes)
+    return render_template(
+        "accounts/second_factor.html", form=form, enrolled=enrolled, secret=secret
+    ), 400 if form.errors else 200
+
+
+@bp.get("/login/second-factor/qr.svg")
+def second_factor_qr_code():
+    user, _ = _awaiting_second_factor()
+    if user is None or user.totp_enrolled_at is not None:
+        abort(404)
+    svg = second_factor_service.qr_code_svg(second_factor_service.offer_secret(user.id), user.email)
+    return Response(svg, mimetype="image/svg+xml", headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/logout")

@@ -23,9 +23,11 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
+from sqlalchemy import select
 
 from portal import datarights
-from portal.accounts.models import User
+from portal.accounts import second_factor
+from portal.accounts.models import Role, User
 from portal.billing.money_back.state import UNDO_WINDOW
 from portal.db import db, parse_id
 from portal.errors import Conflict, NotFound, ValidationError
@@ -428,3 +430,31 @@ def close_customer(user_id: int):
     if back:
         return _back(back)
     return redirect(url_for("staff.queue"), 303)
+
+
+# -- the staff team and their authenticators ---------------------------------------------
+
+
+@bp.get("/team")
+def team():
+    members = db.session.scalars(select(User).where(User.role == Role.STAFF).order_by(User.email))
+    return render_template("staff/team.html", members=list(members))
+
+
+@bp.post("/team/<id:member_id>/reset-second-factor")
+def reset_second_factor(member_id: int):
+    if not _confirmed():
+        abort(400)
+    try:
+        member = second_factor.reset(member_id, current_user.id, utcnow(), request.remote_addr)
+    except NotFound:
+        abort(404)
+    except Conflict as refusal:
+        flash(str(refusal), "error")
+    else:
+        flash(
+            f"{member.email}'s authenticator is reset and their sessions ended. "
+            "They set up a new one at their next log-in.",
+            "success",
+        )
+    return redirect(url_for("staff.team"), 303)

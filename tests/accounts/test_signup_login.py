@@ -11,7 +11,14 @@ from portal.accounts.views import account_links
 from portal.db import db
 from portal.notifications.models import OutboxEmail
 from portal.timeutil import utcnow
-from tests.factories import DEFAULT_PASSWORD, QueryCounter, csrf_token, login_as, make_user
+from tests.factories import (
+    DEFAULT_PASSWORD,
+    QueryCounter,
+    csrf_token,
+    login_as,
+    make_staff,
+    make_user,
+)
 
 STRONG = "a long and unusual passphrase"
 
@@ -243,7 +250,7 @@ def test_remember_me_sets_a_persistent_cookie(client):
 
 
 def test_staff_login_lands_on_the_queue(client):
-    staff = make_user(role="staff")
+    staff = make_staff()
     response = login_as(client, staff)
     assert response.headers["Location"] == "/staff/"
 

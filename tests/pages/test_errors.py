@@ -1,7 +1,7 @@
 import pytest
 from flask import abort
 
-from tests.factories import login_as, make_user
+from tests.factories import login_as, make_staff, make_user
 
 
 def test_unknown_page_is_a_friendly_404(client):
@@ -47,7 +47,7 @@ def test_staff_pages_send_anonymous_users_to_log_in(client):
 
 
 def test_staff_pages_open_for_staff(client):
-    login_as(client, make_user(role="staff"))
+    login_as(client, make_staff())
     assert client.get("/staff/").status_code == 200
 
 

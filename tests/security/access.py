@@ -124,6 +124,9 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "accounts.close_account": {"POST": members(to("/account"))},
     "accounts.reset_request": {"GET": everyone(OK), "POST": everyone(to("/login"))},
     "accounts.reset_password": {"GET": everyone(OK), "POST": everyone(to("/login"))},
+    # (no one in the matrix has just given a password: the code page sends them back)
+    "accounts.second_factor": {"GET": everyone(to("/login")), "POST": everyone(to("/login"))},
+    "accounts.second_factor_qr_code": {"GET": everyone(MISSING)},
     # buying
     "billing.buy": {"GET": members(OK), "POST": members(REDIRECT, terminated=FORBIDDEN)},
     "billing.checkout_success": {"GET": owner_only(OK)},
@@ -192,6 +195,8 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "staff.audit_csv": {"GET": staff_only(OK)},
     "staff.export_customer": {"GET": staff_only(OK)},
     "staff.close_customer": {"POST": staff_only(to("/staff/"))},
+    "staff.team": {"GET": staff_only(OK)},
+    "staff.reset_second_factor": {"POST": staff_only(to("/staff/team"))},
 }
 
 # Calls that change the browser's own session (log in, log out, reset) get a new browser.
@@ -448,6 +453,16 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call("/staff/audit.csv")
         case ("staff.export_customer", _):
             return Call(f"/staff/customers/{world.customer_a.id}/export")
+        case ("staff.team", _):
+            return Call("/staff/team")
+        case ("staff.reset_second_factor", _):
+            return Call(f"/staff/team/{world.lost_phone.id}/reset-second-factor", {})
+        case ("accounts.second_factor", "GET"):
+            return Call("/login/second-factor")
+        case ("accounts.second_factor", "POST"):
+            return Call("/login/second-factor", {"code": "123456"})
+        case ("accounts.second_factor_qr_code", _):
+            return Call("/login/second-factor/qr.svg")
         case ("staff.close_customer", _):
             return Call(f"/staff/customers/{world.closable.id}/close", {})
     raise AssertionError(f"no request written for {endpoint} {method}")

@@ -30,7 +30,13 @@ from portal.refunds.models import Attachment, RefundRequest
 from portal.sandbox.store import CARD_SUCCEEDS, DELAYED_METHOD
 from portal.staff import services as staff_services
 from portal.timeutil import utcnow
-from tests.factories import DEFAULT_PASSWORD, make_purchase, make_staff, make_user
+from tests.factories import (
+    DEFAULT_PASSWORD,
+    authenticator_code,
+    make_purchase,
+    make_staff,
+    make_user,
+)
 
 # What a reflected or stored cross-site script would look like if it came back unescaped.
 XSS = "<script>alert(1)</script>"
@@ -84,6 +90,11 @@ class Actor:
         response = self.post("/login", data={"email": user.email, "password": password})
         assert response.status_code == 303, response.get_data(as_text=True)[:2000]
         self.forget_csrf()  # log-in starts a fresh session, with a fresh token
+        if response.headers["Location"].endswith("/login/second-factor"):
+            code = authenticator_code(user.email)
+            response = self.post("/login/second-factor", data={"code": code})
+            assert response.status_code == 303, response.get_data(as_text=True)[:2000]
+            self.forget_csrf()
 
     def __repr__(self) -> str:
         return f"<Actor {self.role}>"
@@ -188,6 +199,7 @@ class World(Record):
     spare: User  # logs in through the anonymous log-in form
     reset_user: User  # changes password through reset links
     closable: User  # a customer staff may close in the matrix
+    lost_phone: User  # a staff member whose authenticator staff may reset in the matrix
     a: Objects
     t: Objects
     running_job_ids: list[int]  # A's jobs for the API's complete and fail calls
@@ -346,6 +358,7 @@ def build_world() -> World:
     spare = make_user(email=unique_email("spare"))
     reset_user = make_user(email=unique_email("forgetful"))
     closable = make_user(email=unique_email("leaving"))
+    lost_phone = make_staff(email=unique_email("lost-phone"))
     a = _customer_objects(customer_a)
     t = _customer_objects(terminated)
     accounts.terminate_account(terminated, "terms violation")
@@ -378,6 +391,7 @@ def build_world() -> World:
         spare=spare,
         reset_user=reset_user,
         closable=closable,
+        lost_phone=lost_phone,
         a=a,
         t=t,
         running_job_ids=running,

@@ -32,11 +32,12 @@ PAYLOADS = {
     },
     "staff.end_incident": {"ended_at": "2026-11-02T10:00"},
     "staff.close_customer": {},
+    "staff.reset_second_factor": {},
 }
 
 
 @pytest.fixture
-def world(app, staff, customer):
+def world(app, staff, other_staff, customer):
     """One of everything a staff URL can name: an open request, a scheduled refund that can
     still be undone, a failed refund that can be retried, an ongoing incident."""
     open_request = file(customer, make_purchase(customer))
@@ -53,6 +54,7 @@ def world(app, staff, customer):
         "refund_id": scheduled.id,
         "incident_id": incident.id,
         "user_id": customer.id,
+        "member_id": other_staff.id,
     }
     return {
         "ids": ids,
