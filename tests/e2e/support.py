@@ -113,14 +113,52 @@ def create_customer(server: LiveServer, timezone: str | None = "America/Vancouve
     return email
 
 
-def create_staff(server: LiveServer, timezone: str = "America/Vancouver") -> str:
+# The authenticator secrets of the staff members the journeys made, by e-mail: the
+# journeys' phone.
+AUTHENTICATORS: dict[str, str] = {}
+
+
+def create_staff(
+    server: LiveServer, timezone: str = "America/Vancouver", enrolled: bool = True
+) -> str:
+    """A staff member made in the database; with `enrolled`, their authenticator set up."""
+    import pyotp
+
     from portal.accounts import services
+    from portal.db import db
+    from portal.timeutil import utcnow
 
     email = unique_email("staff")
     with server.database():
         user, _ = services.create_or_promote_staff(email, STAFF_PASSWORD)
         services.update_timezone(user, timezone)
+        if enrolled:
+            user = services.user_by_email(email)
+            user.totp_secret = AUTHENTICATORS[email] = pyotp.random_base32()
+            user.totp_enrolled_at = utcnow()
+            db.session.commit()
     return email
+
+
+_USED_STEPS: dict[str, int] = {}
+
+
+def authenticator_code(email: str) -> str:
+    """A code the journeys' phone shows for `email` that the portal has not seen yet.
+
+    The portal takes each 30-second step's code once, and the next step's too (clocks
+    drift): a journey that logs in again soon uses the next step, or waits for one.
+    """
+    import pyotp
+
+    totp = pyotp.TOTP(AUTHENTICATORS[email])
+    while True:
+        current = int(time.time() // totp.interval)
+        for step in (current, current + 1):
+            if step > _USED_STEPS.get(email, -1):
+                _USED_STEPS[email] = step
+                return totp.at(step * totp.interval)
+        time.sleep(1)
 
 
 def purchase_of(server: LiveServer, email: str, package_code: str):
@@ -457,7 +495,12 @@ def log_in(browse: Browsing, page: Page, email: str, password: str = PASSWORD) -
     page.get_by_label("E-mail").fill(email)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/(dashboard|staff/)$"))
+    page.wait_for_url(re.compile(r"/(dashboard|staff/|login/second-factor)$"))
+    if page.url.endswith("/login/second-factor"):
+        browse.check(page, "second factor")
+        page.get_by_label("Code").fill(authenticator_code(email))
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(re.compile(r"/staff/$"))
 
 
 def pay_in_sandbox(browse: Browsing, page: Page, package: str, card: str, price: str) -> None:
