@@ -3,7 +3,7 @@
 import sys
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 
 from portal.errors import ValidationError
 
@@ -29,6 +29,12 @@ def create_staff(email: str, password_stdin: bool) -> None:
     except ValidationError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{'Created' if created else 'Promoted'} staff user {user.email}.")
+    if user.totp_enrolled_at is None:
+        enrolment = current_app.url_map.bind("portal").build("accounts.second_factor")
+        click.echo(
+            "At their first log-in they set up an authenticator app: after the password, "
+            f"the portal's {enrolment} page shows the QR code to scan."
+        )
 
 
 @click.command("seed-demo")

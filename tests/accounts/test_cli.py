@@ -11,6 +11,7 @@ def test_create_staff_with_password_on_stdin(app):
     )
     assert result.exit_code == 0, result.output
     assert "Created staff user ops@example.com" in result.output
+    assert "/login/second-factor page shows the QR code" in result.output
     assert user_by_email("ops@example.com").role == Role.STAFF
 
 

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 
+import pyotp
 from sqlalchemy import JSON, delete, insert, select, text
 
 from portal import policy
@@ -44,12 +45,33 @@ from portal.refunds import eligibility
 from portal.refunds.eligibility import RequestReason
 from portal.timeutil import add_business_days
 
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 MARKER_TABLE = "bench_dataset"
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 # Every bench user logs in with this password (15+ characters, not a common one).
 BENCH_PASSWORD = "bench-only-password-kettle-2026"
+# Every bench staff member's authenticator (base32), so the bench can log them in.
+BENCH_TOTP_SECRET = "BENCHSTAFFAUTHENTICATORKEY234567"
+_last_code_step = -1
+
+
+def staff_code() -> str:
+    """A code of the bench staff's authenticator that no log-in of this run used yet.
+
+    The portal takes each 30-second step's code once, and the next step's too.
+    """
+    global _last_code_step
+    totp = pyotp.TOTP(BENCH_TOTP_SECRET)
+    while True:
+        current = int(time.time() // totp.interval)
+        for step in (current, current + 1):
+            if step > _last_code_step:
+                _last_code_step = step
+                return totp.at(step * totp.interval)
+        time.sleep(1)
+
+
 HEAVY_EMAIL = "heavy@bench.test"
 OPERATIONS = ("upscale", "background-removal", "colorize", "denoise", "style-transfer")
 TIMEZONES = ("America/Vancouver", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "UTC")
@@ -897,6 +919,9 @@ def _rows(sim, params, users, staff_ids, heavy_id, purchases, incident_rows, pas
             "session_generation",
             "created_at",
             "last_login_at",
+            "totp_secret",
+            "totp_enrolled_at",
+            "totp_last_step",
         ),
         [
             (
@@ -916,6 +941,9 @@ def _rows(sim, params, users, staff_ids, heavy_id, purchases, incident_rows, pas
                 None,
                 0,
                 created,
+                None,
+                BENCH_TOTP_SECRET if role == "staff" else None,
+                created if role == "staff" else None,
                 None,
             )
             for user_id, email, role, zone, created in users

@@ -165,6 +165,29 @@ def log_in_over_http(port: int, email: str) -> dict:
     )
     if status != 303:
         raise RuntimeError(f"log-in of {email} answered {status}: {body[:300]!r}")
+    jar = _cookies(headers, jar)
+    if dict(headers).get("Location", "").endswith("/login/second-factor"):
+        jar = _second_factor_over_http(port, email, jar)
+    return jar
+
+
+def _second_factor_over_http(port: int, email: str, jar: dict) -> dict:
+    """Staff's code step, with the bench staff's authenticator."""
+    status, headers, body = http_call(
+        port, "GET", "/login/second-factor", {"Cookie": cookie_header(jar)}
+    )
+    jar = _cookies(headers, jar)
+    token = loadgen.csrf_token_in(body.decode())
+    form = urlencode({"code": dataset.staff_code(), "csrf_token": token})
+    status, headers, body = http_call(
+        port,
+        "POST",
+        "/login/second-factor",
+        {"Cookie": cookie_header(jar), "Content-Type": "application/x-www-form-urlencoded"},
+        form,
+    )
+    if status != 303:
+        raise RuntimeError(f"second factor of {email} answered {status}: {body[:300]!r}")
     return _cookies(headers, jar)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from flask import Flask
 from sqlalchemy import event
 
+from tests.bench.dataset import staff_code
 from tests.bench.loadgen import csrf_token_in
 
 
@@ -39,6 +40,15 @@ def log_in(client, email: str, password: str) -> None:
     )
     if response.status_code != 303:
         raise RuntimeError(f"log-in of {email} answered {response.status_code}")
+    if response.headers["Location"].endswith("/login/second-factor"):
+        page = client.get("/login/second-factor")
+        response = client.post(
+            "/login/second-factor",
+            data={"code": staff_code(), "csrf_token": csrf_token_in(page.get_data(as_text=True))},
+            headers={"Referer": page.request.url},
+        )
+        if response.status_code != 303:
+            raise RuntimeError(f"second factor of {email} answered {response.status_code}")
 
 
 def count_statements(
