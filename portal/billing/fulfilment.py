@@ -80,7 +80,8 @@ def _fulfil(session_id: str) -> Fulfilment:
     reconciliation alike: the purchase row lock serialises concurrent calls, and the
     unique lot per purchase and ledger key make a second crediting impossible.
 
-    :raises PaymentProviderError: Stripe could not be asked.
+    :raises PaymentProviderError: Stripe could not be asked; `NoSuchObject` when Stripe
+        has no such session (nothing is credited, and asking again will not change it).
     """
     session = gateway().retrieve_checkout_session(session_id)
     purchase_id = purchase_id_of(session)

@@ -8,24 +8,43 @@ with no base set, a transport that calls this same app in-process.
 
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import stripe
 from flask import Flask, current_app
 
+from portal.db import parse_id
 from portal.errors import PaymentProviderError
 from portal.sandbox.wsgi import call_app
 
 log = logging.getLogger(__name__)
 
 IN_PROCESS_BASE = "http://sandbox.invalid/sandbox"
-# Signatures older than this many seconds are refused (Stripe's own default).
+# Signatures older than this many seconds are refused (Stripe's own default), and so are
+# signatures dated more than this far ahead: no honest clock is that far off.
 TOLERANCE = 300
+# Stripe's events nest a dozen levels at most, expanded objects included. A body nested
+# much deeper is not an event, and would only strain whatever walks it next (the JSON
+# column, the logs).
+MAX_EVENT_DEPTH = 64
+# Stripe's ids: letters, digits and underscores. Nothing else can name a Stripe object,
+# so nothing else is put into the path of a request to Stripe.
+STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
 
 
 class InvalidWebhook(Exception):
     """A webhook whose signature, timestamp or body cannot be trusted."""
+
+
+class NoSuchObject(PaymentProviderError):
+    """Stripe has no object with that id (its 404, `resource_missing`).
+
+    Whatever named the object (an event, a link) is about nothing the portal can act on,
+    and asking again will not change Stripe's answer.
+    """
 
 
 class InProcessHttpClient(stripe.HTTPClient):
@@ -82,12 +101,25 @@ class StripeGateway:
         except stripe.StripeError as error:
             log.warning("Stripe refused or failed %s: %s", what, error.user_message or error)
             status = error.http_status or 0
+            if isinstance(error, stripe.InvalidRequestError) and status == 404:
+                raise NoSuchObject(
+                    error.user_message or str(error), retryable=False, code=error.code
+                ) from error
             retryable = (
                 isinstance(error, stripe.APIConnectionError) or status >= 500 or status == 429
             )
             raise PaymentProviderError(
                 error.user_message or str(error), retryable=retryable, code=error.code
             ) from error
+
+    @staticmethod
+    def _check_id(kind: str, object_id) -> None:
+        """Refuse, as Stripe would, an id that cannot be one of Stripe's.
+
+        :raises NoSuchObject: `object_id` is not shaped like a Stripe id.
+        """
+        if not (isinstance(object_id, str) and STRIPE_ID.fullmatch(object_id)):
+            raise NoSuchObject(f"No such {kind}: {object_id!r}", code="resource_missing")
 
     def create_checkout_session(self, params: dict, idempotency_key: str) -> CheckoutSession:
         """Create a Checkout Session; the key makes a repeated call return the same one."""
@@ -101,6 +133,7 @@ class StripeGateway:
 
     def retrieve_checkout_session(self, session_id: str) -> dict:
         """The session with its PaymentIntent and that intent's charge, in one call."""
+        self._check_id("checkout.session", session_id)
         return self._call(
             "checkout session lookup",
             lambda: self.client.v1.checkout.sessions.retrieve(
@@ -109,6 +142,7 @@ class StripeGateway:
         )
 
     def expire_checkout_session(self, session_id: str) -> dict:
+        self._check_id("checkout.session", session_id)
         return self._call(
             "checkout session expiry",
             lambda: self.client.v1.checkout.sessions.expire(session_id),
@@ -128,6 +162,7 @@ class StripeGateway:
             params = {**params, "starting_after": page["data"][-1]["id"]}
 
     def retrieve_payment_intent(self, intent_id: str) -> dict:
+        self._check_id("payment_intent", intent_id)
         return self._call(
             "payment intent lookup",
             lambda: self.client.v1.payment_intents.retrieve(
@@ -158,9 +193,11 @@ class StripeGateway:
         )
 
     def retrieve_refund(self, refund_id: str) -> dict:
+        self._check_id("refund", refund_id)
         return self._call("refund lookup", lambda: self.client.v1.refunds.retrieve(refund_id))
 
     def retrieve_dispute(self, dispute_id: str) -> dict:
+        self._check_id("dispute", dispute_id)
         return self._call("dispute lookup", lambda: self.client.v1.disputes.retrieve(dispute_id))
 
     def disputes_since(self, created_since: int) -> Iterator[dict]:
@@ -181,39 +218,81 @@ class StripeGateway:
 
         Several secrets are accepted so that the endpoint secret can be rotated.
 
-        :raises InvalidWebhook: no secret matches, the header is malformed or stale, or
-            the body is not an event.
+        :raises InvalidWebhook: no secret matches, the header is malformed, stale or dated
+            in the future, or the body is not an event.
         """
         if not signature_header or not self.webhook_secrets:
             raise InvalidWebhook("missing signature")
         text = payload.decode("utf-8", errors="replace")
         for secret in self.webhook_secrets:
             try:
+                # The library refuses only signatures older than the tolerance.
                 stripe.WebhookSignature.verify_header(text, signature_header, secret, TOLERANCE)
             except stripe.SignatureVerificationError:
                 continue
-            try:
-                document = json.loads(text)
-            except ValueError as error:
-                raise InvalidWebhook("body is not JSON") from error
-            if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
-                raise InvalidWebhook("body is not an event")
-            if "object" not in document["data"]:
-                raise InvalidWebhook("event without data.object")
-            return document
+            if _signed_at(signature_header) > time.time() + TOLERANCE:
+                raise InvalidWebhook("signature timestamp is in the future")
+            return _parse_event(text)
         raise InvalidWebhook("signature does not match")
+
+
+def _signed_at(signature_header: str) -> int:
+    """The `t=` timestamp of a Stripe-Signature header that the library has just
+    verified, read as the library reads it (the first `t` item)."""
+    items = [item.split("=", 2) for item in signature_header.split(",")]
+    return int(next(item[1] for item in items if item[0] == "t"))
+
+
+def _parse_event(text: str) -> dict:
+    """The event a verified body holds.
+
+    :raises InvalidWebhook: the body is not JSON, is nested deeper than any event, or is
+        not shaped like an event.
+    """
+    try:
+        document = json.loads(text)
+    except RecursionError as error:
+        # The parser recurses once per level: a deep enough body exhausts the stack.
+        raise InvalidWebhook("body is nested too deeply") from error
+    except ValueError as error:
+        raise InvalidWebhook("body is not JSON") from error
+    if _depth(document) > MAX_EVENT_DEPTH:
+        raise InvalidWebhook("body is nested too deeply")
+    if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
+        raise InvalidWebhook("body is not an event")
+    if "object" not in document["data"]:
+        raise InvalidWebhook("event without data.object")
+    return document
+
+
+def _depth(document) -> int:
+    """How deeply the objects and arrays of a parsed JSON document nest (without recursion)."""
+    deepest = 0
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            children = value.values() if isinstance(value, dict) else value
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def purchase_id_of(stripe_object: dict) -> int | None:
     """Our purchase id as we sent it to Stripe: a session's `client_reference_id`, or the
-    `purchase_id` in any object's metadata (sessions and PaymentIntents carry both)."""
+    `purchase_id` in any object's metadata (sessions and PaymentIntents carry both).
+
+    Anything but the text of a positive id that fits the purchases' id column names no
+    purchase of ours.
+    """
     metadata = stripe_object.get("metadata")
     candidates = [stripe_object.get("client_reference_id")]
     if isinstance(metadata, dict):
         candidates.append(metadata.get("purchase_id"))
     for candidate in candidates:
-        if isinstance(candidate, str) and candidate.isdigit():
-            return int(candidate)
+        purchase_id = parse_id(candidate) if isinstance(candidate, str) else None
+        if purchase_id is not None:
+            return purchase_id
     return None
 
 

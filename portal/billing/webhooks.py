@@ -3,6 +3,9 @@ money_back.
 
 Stripe may deliver an event more than once and in any order, so every handler is
 idempotent and looks the object up at Stripe rather than trusting the event's copy.
+The answer tells Stripe whether to deliver again: 400 for a body that is not an event,
+503 while Stripe cannot be asked (it retries), and 200 for everything handled, including
+events about objects Stripe does not have (retrying would not change that).
 """
 
 import logging
@@ -13,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from portal.billing import fulfilment
-from portal.billing.gateway import InvalidWebhook, gateway
+from portal.billing.gateway import STRIPE_ID, InvalidWebhook, NoSuchObject, gateway
 from portal.billing.models import StripeEvent
 from portal.billing.money_back import reported
 from portal.db import db
@@ -55,13 +58,16 @@ HANDLERS = {
 }
 
 
+# The outcome of an event whose object Stripe answers it does not have: acknowledged and
+# recorded, so that Stripe stops delivering it, and nothing else.
+NOT_AT_STRIPE = "ignored: not at Stripe"
+
 # Stripe's ids and event types; anything else in a signed body is refused, not stored.
-STRIPE_ID = re.compile(r"^[A-Za-z0-9_]{1,255}$")
-EVENT_TYPE = re.compile(r"^[a-z0-9_.]{1,100}$")
+EVENT_TYPE = re.compile(r"[a-z0-9_.]{1,100}")
 
 
 def _looks_like(value, pattern: re.Pattern) -> bool:
-    return isinstance(value, str) and pattern.match(value) is not None
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
 def _bad_request(message: str):
@@ -119,11 +125,17 @@ def stripe_webhook():
     else:
         try:
             result = handler(obj)
+            outcome = str(getattr(result, "value", result is not None and result is not False))
+        except NoSuchObject as error:
+            db.session.rollback()
+            log.warning(
+                "Stripe event %s names an object Stripe does not have: %s", event["id"], error
+            )
+            outcome = NOT_AT_STRIPE
         except PaymentProviderError:
             db.session.rollback()
             # 503 makes Stripe deliver again later, when it can be looked up.
             return jsonify({"error": "stripe_unavailable"}), 503
-        outcome = str(getattr(result, "value", result is not None and result is not False))
     row = db.session.get(StripeEvent, row.id)
     row.processed_at = utcnow()
     row.outcome = outcome[:255]

@@ -1,5 +1,6 @@
-"""The sandbox's Stripe API (/sandbox/v1/...) and its hosted Checkout page."""
+"""The sandbox's Stripe API (/sandbox/v1/...), its hosted Checkout page and its dashboard."""
 
+import hmac
 import re
 import threading
 
@@ -14,6 +15,7 @@ from flask import (
     request,
     url_for,
 )
+from flask_login import current_user
 
 from portal.extensions import csrf
 from portal.forms import EmptyForm
@@ -74,9 +76,21 @@ def _handle_stripe_error(error: StripeError):
     return _stripe_error(error)
 
 
+def _has_the_secret_key() -> bool:
+    """Whether the request carries the one secret key the portal is configured with, as
+    Stripe accepts only an account's own keys."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    expected = current_app.config["STRIPE_SECRET_KEY"]
+    return (
+        scheme == "Bearer"
+        and bool(expected)
+        and hmac.compare_digest(key.encode(), expected.encode())
+    )
+
+
 @api.before_request
 def _authenticate_and_inject_faults():
-    if not request.headers.get("Authorization", "").startswith("Bearer sk_"):
+    if not _has_the_secret_key():
         return _stripe_error(
             StripeError(401, "invalid_request_error", "You did not provide a valid API key.")
         )
@@ -290,10 +304,20 @@ def cancel(session_id: str):
     return redirect(target, 303)
 
 
+def _may_see_sessions() -> bool:
+    """Checkout Sessions name customers and open their hosted pages: only a logged-in
+    staff member sees them listed. Refunds, disputes and events show ids and amounts
+    alone, so anyone acting as the bank can still settle them."""
+    return current_user.is_authenticated and getattr(current_user, "is_staff", False)
+
+
 @pages.get("/")
 def dashboard():
+    show_sessions = _may_see_sessions()
     with store().lock:
         sessions = sorted(store().sessions.values(), key=lambda s: s["created"], reverse=True)
+        if not show_sessions:
+            sessions = []
         refunds = sorted(store().refunds.values(), key=lambda r: r["created"], reverse=True)
         disputes = sorted(store().disputes.values(), key=lambda d: d["created"], reverse=True)
         charges = {
@@ -305,6 +329,7 @@ def dashboard():
     return render_template(
         "sandbox/dashboard.html",
         sessions=sessions[:50],
+        show_sessions=show_sessions,
         charges=charges,
         refunds=refunds[:50],
         disputes=disputes[:50],

@@ -205,6 +205,8 @@ def stripe_standin_environment(scratch: Path) -> dict:
         "PORTAL_ENV": "development",
         "PAYMENTS_MODE": "sandbox",
         "SECRET_KEY": BENCH_SECRETS["SECRET_KEY"],
+        # The sandbox answers only the secret key it is configured with: the portal's.
+        "STRIPE_SECRET_KEY": BENCH_SECRETS["STRIPE_SECRET_KEY"],
         "DATABASE_URL": f"sqlite:///{scratch / 'stripe-standin.db'}",
         "STRIPE_WEBHOOK_SECRET": BENCH_SECRETS["STRIPE_WEBHOOK_SECRET"],
         "SANDBOX_WEBHOOKS": "off",

@@ -208,8 +208,9 @@ FRESH_BROWSER = {
     ("accounts.finish_sign_up", "POST"),
 }
 
-# Public sandbox pages list the sandbox's sessions, customer e-mails included (by design).
-MAY_SHOW_A_TO_ANYONE = {"sandbox.dashboard", "sandbox.checkout"}
+# The sandbox's hosted Checkout page shows its customer's e-mail to whoever has the
+# session's link, as Stripe's does. Its dashboard lists sessions to staff only.
+MAY_SHOW_A_TO_ANYONE = {"sandbox.checkout"}
 
 
 # -- the requests ---------------------------------------------------------------------------
