@@ -4,7 +4,6 @@ Financial records (purchases, ledger entries, refunds) are kept as the law requi
 to the account's number only; e-mail address, password, free text and screenshots go.
 """
 
-import csv
 import io
 import json
 import secrets
@@ -14,7 +13,7 @@ from tempfile import SpooledTemporaryFile
 
 from sqlalchemy import delete, select, update
 
-from portal import audit
+from portal import audit, csvfile
 from portal.accounts import sessions
 from portal.accounts.models import AccountStatus, PasswordResetToken, User
 from portal.accounts.passwords import hash_password
@@ -31,7 +30,7 @@ ERASED = "[erased]"
 
 def _csv(archive: zipfile.ZipFile, name: str, header: list[str], rows) -> None:
     with archive.open(name, "w") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as out:
-        writer = csv.writer(out)
+        writer = csvfile.writer(out)
         writer.writerow(header)
         writer.writerows(rows)
 

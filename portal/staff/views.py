@@ -4,7 +4,6 @@ The whole blueprint is guarded at once; each decision view validates its form, m
 service call, flashes what happened and redirects (303).
 """
 
-import csv
 import io
 import json
 from datetime import datetime, time, timedelta
@@ -24,7 +23,7 @@ from flask import (
 )
 from flask_login import current_user
 
-from portal import datarights
+from portal import csvfile, datarights
 from portal.accounts.models import User
 from portal.billing.money_back.state import UNDO_WINDOW
 from portal.db import db, parse_id
@@ -365,7 +364,7 @@ def audit_csv():
 
     def lines():
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csvfile.writer(buffer)
         writer.writerow(
             ["time (UTC)", "actor", "action", "object", "object id", "ip", "before", "after"]
         )

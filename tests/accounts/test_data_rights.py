@@ -125,3 +125,28 @@ def test_staff_can_export_and_close_a_customer_on_request(client, app):
     assert db.session.get(User, customer.id).status == AccountStatus.CLOSED
     actions = db.session.scalars(select(AuditLogEntry.action)).all()
     assert "account.exported" in actions and "account.closed" in actions
+
+
+def test_export_csvs_defuse_formulas_and_keep_numbers(client):
+    from portal.jobs import services as jobs
+
+    user = make_user(email="=1+2@example.com")
+    make_purchase(user, "pro")
+    jobs.charge_job("=cmd|' /C calc'!A0", user.email, '=HYPERLINK("http://x","y")', 5)
+    login_as(client, user)
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/account/export").data))
+
+    def rows(name: str) -> list[list[str]]:
+        return list(csv.reader(io.StringIO(archive.read(name).decode())))
+
+    [_, job] = rows("jobs.csv")
+    assert job[1] == "'=cmd|' /C calc'!A0"
+    assert job[3] == '\'=HYPERLINK("http://x","y")'
+    assert job[4] == "5"
+    ledger = rows("ledger.csv")
+    charge = next(row for row in ledger if row[2] == "job_charge")
+    # The charge's credits are a number, written as one: -5, not the text '-5.
+    assert charge[3] == "-5"
+    assert charge[4] == "295"
+    [_, purchase] = rows("purchases.csv")
+    assert purchase[4] == "2000"
