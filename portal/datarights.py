@@ -13,7 +13,7 @@ from tempfile import SpooledTemporaryFile
 
 from sqlalchemy import delete, select, update
 
-from portal import audit, csvfile
+from portal import audit, csvfile, storage
 from portal.accounts import sessions
 from portal.accounts.models import AccountStatus, PasswordResetToken, User
 from portal.accounts.passwords import hash_password
@@ -185,10 +185,16 @@ def _refund_requests(archive: zipfile.ZipFile, user: User) -> None:
     archive.writestr("refund_requests.json", json.dumps(requests, indent=2))
 
 
+@transactional
 def close_account(
-    user: User, now: datetime, actor_id: int | None, ip_address: str | None, upload_folder
+    user: User, now: datetime, actor_id: int | None, ip_address: str | None, upload_folder=None
 ) -> None:
-    """Close the account: erase personal data, keep the financial records, end sessions."""
+    """Close the account: erase personal data, keep the financial records, end sessions.
+
+    The screenshots are deleted with the rest, in the same transaction. `upload_folder`
+    is ignored (screenshots are no longer kept on disk); callers still passing it will
+    drop it.
+    """
     old_email = user.email
     anonymous = f"closed-{user.id}@closed.invalid"
     user.email = anonymous
@@ -219,6 +225,7 @@ def close_account(
         select(Attachment.storage_key).where(Attachment.request_id.in_(request_ids))
     ).all()
     db.session.execute(delete(Attachment).where(Attachment.request_id.in_(request_ids)))
+    storage.delete_files(files)
     db.session.execute(
         update(OutboxEmail)
         .where(OutboxEmail.to_address == old_email)
@@ -232,7 +239,3 @@ def close_account(
         ip_address=ip_address,
         after={"personal_data": "erased", "financial_records": "kept"},
     )
-    # Committed by hand: the screenshots are deleted only once the erasure is committed.
-    db.session.commit()
-    for key in files:
-        (upload_folder / key).unlink(missing_ok=True)

@@ -34,7 +34,6 @@ from portal.ledger.queries import KIND_LABELS
 from portal.refunds.eligibility import RequestReason, Verdict
 from portal.refunds.forms import REASON_LABELS
 from portal.refunds.models import OPEN_STATUSES, RequestStatus
-from portal.refunds.services import attachment_folder
 from portal.security import require_staff
 from portal.staff import queries, services
 from portal.staff.forms import (
@@ -419,9 +418,7 @@ def close_customer(user_id: int):
     if not _confirmed():
         abort(400)
     customer = _customer_or_404(user_id)
-    datarights.close_account(
-        customer, utcnow(), current_user.id, request.remote_addr, attachment_folder()
-    )
+    datarights.close_account(customer, utcnow(), current_user.id, request.remote_addr)
     flash(f"Customer {customer.id}'s account is closed and personal data erased.", "success")
     back = parse_id(request.form.get("request_id"))
     if back:
