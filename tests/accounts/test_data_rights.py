@@ -15,6 +15,7 @@ from portal.db import db
 from portal.ledger.models import LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.refunds.eligibility import RequestReason
+from portal.refunds.models import Attachment, RefundRequest
 from portal.refunds.services import file_request
 from portal.timeutil import utcnow
 from tests.factories import (
@@ -150,3 +151,33 @@ def test_export_csvs_defuse_formulas_and_keep_numbers(client):
     assert charge[4] == "295"
     [_, purchase] = rows("purchases.csv")
     assert purchase[4] == "2000"
+
+
+def test_closing_deletes_the_screenshots_with_the_personal_data(client):
+    from portal.refunds.services import Upload
+    from portal.storage import StoredFile
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    user = make_user()
+    other = make_user()
+    for owner in (user, other):
+        file_request(
+            owner,
+            make_purchase(owner, "basic"),
+            RequestReason.OTHER,
+            "see the screenshot",
+            "",
+            None,
+            False,
+            [Upload("mine.png", png)],
+            utcnow(),
+        )
+    [kept] = db.session.scalars(
+        select(Attachment.storage_key).join(RefundRequest).where(RefundRequest.user_id == other.id)
+    ).all()
+    login_as(client, user)
+
+    assert close(client).status_code == 303
+
+    assert db.session.scalars(select(StoredFile.key)).all() == [kept]
+    assert db.session.scalars(select(Attachment.storage_key)).all() == [kept]

@@ -14,6 +14,7 @@ from portal.ledger.models import EntryKind
 from portal.refunds import services
 from portal.refunds.eligibility import RequestReason, Verdict, refund_deadline
 from portal.refunds.models import Attachment, RefundRequest, RequestStatus
+from portal.security import CONTENT_SECURITY_POLICY
 from portal.timeutil import add_business_days, utcnow
 from tests.factories import login_as, make_purchase, make_staff, make_user
 from tests.refunds.helpers import (
@@ -638,3 +639,50 @@ def test_names_only_a_hand_made_request_can_send_are_cleaned_too(
     served = client.get(f"/refunds/attachments/{attachment.id}")
     assert served.status_code == 200
     assert served.headers["Content-Disposition"] == disposition
+
+
+def test_a_filing_whose_transaction_fails_leaves_no_screenshot_behind(
+    customer, pro_88_unused, monkeypatch
+):
+    def mail_server_refuses(*args):
+        raise RuntimeError("the outbox is full")
+
+    monkeypatch.setattr(services, "_confirm_by_email", mail_server_refuses)
+    with pytest.raises(RuntimeError):
+        services.file_request(
+            customer,
+            pro_88_unused,
+            RequestReason.OTHER,
+            DETAILS,
+            "",
+            None,
+            False,
+            [services.Upload("shot.png", PNG_BYTES), services.Upload("more.jpg", JPEG_BYTES)],
+            utcnow(),
+        )
+    assert nothing_filed()
+
+
+def test_a_screenshot_is_served_with_the_security_headers_and_never_cached(client, pro_88_unused):
+    file_through_form(client, pro_88_unused.id, files=[(PNG_BYTES, "shot.png")])
+    [attachment] = refund_requests()[0].attachments
+
+    served = client.get(f"/refunds/attachments/{attachment.id}")
+
+    assert served.status_code == 200
+    assert served.headers["Content-Type"] == "image/png"
+    assert served.headers["Content-Disposition"] == "inline; filename=shot.png"
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    assert served.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert served.headers["Cache-Control"] == "private, no-store"
+
+
+def test_an_attachment_whose_file_is_lost_is_not_found(client, pro_88_unused):
+    from portal.storage import StoredFile
+
+    file_through_form(client, pro_88_unused.id, files=[(PNG_BYTES, "shot.png")])
+    [attachment] = refund_requests()[0].attachments
+    db.session.query(StoredFile).delete()
+    db.session.commit()
+
+    assert client.get(f"/refunds/attachments/{attachment.id}").status_code == 404
