@@ -149,6 +149,9 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
             for network in environ.get("METRICS_NETWORKS", "127.0.0.1/32,::1/128").split(",")
             if network.strip()
         ],
+        # Where earlier releases kept refund screenshots on disk. Read once, by the
+        # migration that moves them into the database; nothing else uses it.
+        "UPLOAD_FOLDER": environ.get("UPLOAD_FOLDER") or str(instance_path / "uploads"),
     }
 
 

@@ -4,7 +4,6 @@ Financial records (purchases, ledger entries, refunds) are kept as the law requi
 to the account's number only; e-mail address, password, free text and screenshots go.
 """
 
-import csv
 import io
 import json
 import secrets
@@ -14,7 +13,7 @@ from tempfile import SpooledTemporaryFile
 
 from sqlalchemy import delete, select, update
 
-from portal import audit
+from portal import audit, csvfile, storage
 from portal.accounts import sessions
 from portal.accounts.models import AccountStatus, PasswordResetToken, User
 from portal.accounts.passwords import hash_password
@@ -31,7 +30,7 @@ ERASED = "[erased]"
 
 def _csv(archive: zipfile.ZipFile, name: str, header: list[str], rows) -> None:
     with archive.open(name, "w") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as out:
-        writer = csv.writer(out)
+        writer = csvfile.writer(out)
         writer.writerow(header)
         writer.writerows(rows)
 
@@ -186,10 +185,12 @@ def _refund_requests(archive: zipfile.ZipFile, user: User) -> None:
     archive.writestr("refund_requests.json", json.dumps(requests, indent=2))
 
 
-def close_account(
-    user: User, now: datetime, actor_id: int | None, ip_address: str | None, upload_folder
-) -> None:
-    """Close the account: erase personal data, keep the financial records, end sessions."""
+@transactional
+def close_account(user: User, now: datetime, actor_id: int | None, ip_address: str | None) -> None:
+    """Close the account: erase personal data, keep the financial records, end sessions.
+
+    The screenshots are deleted with the rest, in the same transaction.
+    """
     old_email = user.email
     anonymous = f"closed-{user.id}@closed.invalid"
     user.email = anonymous
@@ -220,6 +221,7 @@ def close_account(
         select(Attachment.storage_key).where(Attachment.request_id.in_(request_ids))
     ).all()
     db.session.execute(delete(Attachment).where(Attachment.request_id.in_(request_ids)))
+    storage.delete_files(files)
     db.session.execute(
         update(OutboxEmail)
         .where(OutboxEmail.to_address == old_email)
@@ -233,7 +235,3 @@ def close_account(
         ip_address=ip_address,
         after={"personal_data": "erased", "financial_records": "kept"},
     )
-    # Committed by hand: the screenshots are deleted only once the erasure is committed.
-    db.session.commit()
-    for key in files:
-        (upload_folder / key).unlink(missing_ok=True)

@@ -1,6 +1,13 @@
 """Import every feature's models so that the metadata (and Alembic) sees all tables."""
 
-from portal.accounts.models import AccountStatus, PasswordResetToken, Role, User
+from portal.accounts.models import (
+    AccountRequest,
+    AccountStatus,
+    PasswordResetToken,
+    RecoveryCode,
+    Role,
+    User,
+)
 from portal.audit import AuditLogEntry
 from portal.billing.models import (
     Dispute,
@@ -24,8 +31,10 @@ from portal.refunds.models import (
     RequestStatus,
     Verdict,
 )
+from portal.storage import StoredFile
 
 __all__ = [
+    "AccountRequest",
     "AccountStatus",
     "Attachment",
     "AuditLogEntry",
@@ -43,6 +52,7 @@ __all__ = [
     "OutboxEmail",
     "OutboxStatus",
     "PasswordResetToken",
+    "RecoveryCode",
     "Purchase",
     "PurchaseStatus",
     "Refund",
@@ -53,6 +63,7 @@ __all__ = [
     "RequestStatus",
     "Role",
     "ScheduledTask",
+    "StoredFile",
     "StripeEvent",
     "User",
     "Verdict",

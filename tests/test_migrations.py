@@ -98,3 +98,84 @@ def test_disputes_known_only_by_their_holds_become_rows(make_app, tmp_path):
         ("dp_open", 1, 1500, "needs_response", 0),
         ("dp_won", 2, 2000, "won", 1),
     ]
+
+
+def test_screenshots_on_disk_move_into_the_database(make_app, tmp_path, caplog):
+    """The stored-files migration copies each attachment's file from UPLOAD_FOLDER into
+    the database, logs and skips a missing one, and cleans names sent before names were
+    cleaned (the folder is left as it is)."""
+    import logging
+
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x01" * 40
+    jpeg = b"\xff\xd8\xff\xe0" + b"\x02" * 40
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    (folder / "aaa.png").write_bytes(png)
+    (folder / "ccc.jpg").write_bytes(jpeg)
+    older = make_app(
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}", UPLOAD_FOLDER=str(folder)
+    )
+    with older.app_context():
+        upgrade(directory=str(MIGRATIONS), revision="0cc72248f2b1")
+        with db.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, email, password_hash, role, status, "
+                    "credits_balance, created_at, session_generation) VALUES "
+                    "(1, 'a@example.com', 'x', 'customer', 'active', 0, "
+                    "'2026-11-01 00:00:00', 0)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
+                    "currency, status, refunded_cents, committed_refund_cents, created_at) "
+                    "VALUES (1, 1, 'pro', 300, 2000, 'usd', 'credited', 0, 0, "
+                    "'2026-11-01 00:00:00')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO refund_requests (id, user_id, purchase_id, reason, details, "
+                    "transaction_ids, status, verdict, precheck, recommended_cents, "
+                    "recommended_credits, due_at, created_at) VALUES (1, 1, 1, 'other', '', "
+                    "'', 'open', 'needs_review', '{}', 0, 0, '2026-11-08 00:00:00', "
+                    "'2026-11-01 00:00:00')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO attachments (id, request_id, filename, content_type, "
+                    "size_bytes, storage_key, created_at) VALUES "
+                    "(1, 1, 'error.png', 'image/png', 48, 'aaa.png', '2026-11-01 00:00:00'), "
+                    "(2, 1, 'lost.png', 'image/png', 48, 'bbb.png', '2026-11-01 00:00:00'), "
+                    "(3, 1, :odd, 'image/jpeg', 44, 'ccc.jpg', '2026-11-01 00:00:00'), "
+                    "(4, 1, :empty, 'image/jpeg', 44, 'ddd.jpg', '2026-11-01 00:00:00')"
+                ),
+                {"odd": "C:\\shots\\bad\x00\r\nname.jpg", "empty": "\x01\x02"},
+            )
+        with caplog.at_level(logging.WARNING, logger="portal.migrations"):
+            upgrade(directory=str(MIGRATIONS))
+        with db.engine.connect() as connection:
+            files = connection.execute(
+                text("SELECT key, content_type, size_bytes, content FROM stored_files ORDER BY key")
+            ).all()
+            names = connection.execute(text("SELECT filename FROM attachments ORDER BY id")).all()
+    assert [tuple(row) for row in files] == [
+        ("aaa.png", "image/png", len(png), png),
+        ("ccc.jpg", "image/jpeg", len(jpeg), jpeg),
+    ]
+    assert [name for (name,) in names] == [
+        "error.png",
+        "lost.png",
+        "bad name.jpg",
+        "screenshot.jpg",
+    ]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"attachment 2: no file {folder / 'bbb.png'}, skipped",
+        f"attachment 4: no file {folder / 'ddd.jpg'}, skipped",
+    ]
+    assert sorted(path.name for path in folder.iterdir()) == ["aaa.png", "ccc.jpg"]

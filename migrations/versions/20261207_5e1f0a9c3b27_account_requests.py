@@ -1,7 +1,7 @@
 """account requests
 
 Revision ID: 5e1f0a9c3b27
-Revises: 0cc72248f2b1
+Revises: c9706572e607
 Created: 2026-12-07 01:10:00
 
 Sign-ups and password resets become rows that the worker answers by e-mail, so that the
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "5e1f0a9c3b27"
-down_revision = "0cc72248f2b1"
+down_revision = "c9706572e607"
 branch_labels = None
 depends_on = None
 

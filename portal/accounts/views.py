@@ -34,7 +34,6 @@ from portal.accounts.passwords import verify_password
 from portal.errors import Conflict, ValidationError
 from portal.extensions import limiter
 from portal.forms import EmptyForm
-from portal.refunds.services import attachment_folder
 from portal.security import external_url, is_safe_next
 from portal.timeutil import utcnow
 
@@ -285,7 +284,7 @@ def close_account():
         flash("Your password is not correct; nothing was closed.", "error")
         return redirect(url_for("accounts.settings"), 303)
     user = current_user._get_current_object()
-    datarights.close_account(user, utcnow(), user.id, request.remote_addr, attachment_folder())
+    datarights.close_account(user, utcnow(), user.id, request.remote_addr)
     session.clear()
     logout_user()
     flash("Your account is closed and your personal data erased. Thank you for using us.", "info")

@@ -1,6 +1,5 @@
 """The customer's dashboard and balance history (page and CSV export)."""
 
-import csv
 import io
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -8,6 +7,7 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, render_template, request, stream_with_context
 from flask_login import current_user, login_required
 
+from portal import csvfile
 from portal.billing.queries import latest_purchases
 from portal.jobs.services import latest_jobs
 from portal.ledger import queries
@@ -95,7 +95,7 @@ def history_csv():
 def _csv_chunks(batches, zone: ZoneInfo):
     """Yield the CSV text one batch of entries at a time, the header with the first."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csvfile.writer(buffer)
     writer.writerow(_CSV_HEADER)
     labels = queries.KIND_LABELS
     for batch in batches:
@@ -107,7 +107,7 @@ def _csv_chunks(batches, zone: ZoneInfo):
                 balance_after,
                 purchase_id or "",
                 job_id or "",
-                _spreadsheet_safe(memo),
+                memo,
             )
             for _id, created_at, kind, credits, balance_after, purchase_id, job_id, memo in batch
         )
@@ -116,8 +116,3 @@ def _csv_chunks(batches, zone: ZoneInfo):
         buffer.truncate()
     if buffer.tell():
         yield buffer.getvalue()
-
-
-def _spreadsheet_safe(text: str) -> str:
-    # A cell starting with = + - @ would run as a formula when the file is opened.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -2,19 +2,20 @@
 
 Filing runs in three steps so that nothing waits on Stripe while holding a lock: compute
 the pre-check from a snapshot, carry out what the portal can settle by itself (each its
-own idempotent transaction), then store the request with its evidence in one transaction.
+own idempotent transaction), then store the request with its evidence in one transaction
+(the screenshots are kept in the database, so they commit or vanish with the request).
 """
 
+import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from portal import audit, policy
+from portal import audit, policy, storage
 from portal.accounts.models import User
 from portal.billing import fulfilment
 from portal.billing.models import Purchase, PurchaseStatus, Refund, RefundStatus
@@ -46,17 +47,33 @@ REASON_WORDS = {
     RequestReason.NOT_HAPPY: "not happy with the results",
     RequestReason.OTHER: "something else",
 }
-MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
+MAX_ATTACHMENT_BYTES = storage.MAX_FILE_BYTES
 # Screenshots are recognised by their first bytes, not by what the browser claims.
 IMAGE_SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": ("image/png", "png"),
     b"\xff\xd8\xff": ("image/jpeg", "jpg"),
 }
+# The endings a kept file name may have for each type; any other gets the type's own.
+IMAGE_SUFFIXES = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg")}
+# Longest name a screenshot is kept and shown under, in characters, extension included.
+MAX_FILENAME_LENGTH = 100
 
 
 @dataclass(frozen=True)
 class Upload:
+    """A file as the customer's browser sent it: any name, any bytes."""
+
     filename: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Screenshot:
+    """An accepted upload: a PNG or JPEG image under a clean name."""
+
+    filename: str
+    content_type: str
+    extension: str
     content: bytes
 
 
@@ -168,16 +185,11 @@ def preview(
     return eligibility.precheck(snapshot, now)
 
 
-def _check_uploads(uploads: list[Upload]) -> list[tuple[Upload, str, str]]:
+def _check_uploads(uploads: list[Upload]) -> list[Screenshot]:
     if len(uploads) > MAX_ATTACHMENTS:
         raise ValidationError(f"Attach at most {MAX_ATTACHMENTS} screenshots.", "attachments")
     checked = []
     for upload in uploads:
-        if len(upload.content) > MAX_ATTACHMENT_BYTES:
-            raise ValidationError(
-                f"{upload.filename} is larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB.",
-                "attachments",
-            )
         kind = next(
             (
                 found
@@ -186,10 +198,42 @@ def _check_uploads(uploads: list[Upload]) -> list[tuple[Upload, str, str]]:
             ),
             None,
         )
-        if kind is None or not upload.content:
-            raise ValidationError(f"{upload.filename} is not a PNG or JPEG image.", "attachments")
-        checked.append((upload, *kind))
+        content_type, extension = kind or ("", "png")
+        name = screenshot_name(upload.filename, content_type, extension)
+        if len(upload.content) > MAX_ATTACHMENT_BYTES:
+            raise ValidationError(
+                f"{name} is larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB.",
+                "attachments",
+            )
+        if kind is None:
+            raise ValidationError(f"{name} is not a PNG or JPEG image.", "attachments")
+        checked.append(Screenshot(name, content_type, extension, upload.content))
     return checked
+
+
+def screenshot_name(sent: str, content_type: str, extension: str) -> str:
+    """The name a screenshot is kept and shown under, from the name the browser sent.
+
+    Only the last part of a path is kept, without control or invisible characters (a NUL
+    cannot be stored at all, and a line break or a right-to-left mark has no place in a
+    download's name), whitespace collapsed, ending in an extension of the image's type,
+    at most MAX_FILENAME_LENGTH characters; "screenshot.png" when nothing is left.
+    """
+    name = re.split(r"[/\\]", sent)[-1]
+    # Whitespace of any kind (tabs, line breaks) becomes one space; other control and
+    # invisible characters go.
+    name = "".join(
+        char for char in name if char.isspace() or not unicodedata.category(char).startswith("C")
+    )
+    name = " ".join(name.split()).lstrip(". ")
+    if not name:
+        return f"screenshot.{extension}"
+    if not name.lower().endswith(IMAGE_SUFFIXES.get(content_type, (f".{extension}",))):
+        name = f"{name}.{extension}"
+    if len(name) > MAX_FILENAME_LENGTH:
+        stem, _, suffix = name.rpartition(".")
+        name = f"{stem[: MAX_FILENAME_LENGTH - len(suffix) - 1].rstrip()}.{suffix}"
+    return name
 
 
 def _settle_automatically(
@@ -229,18 +273,13 @@ def file_request(
     checked = _check_uploads(uploads)
     check, done = _precheck_and_settle(user, purchase, reason, job, money_back_instead, now)
     request = _new_request(user, purchase, job, reason, details, transaction_ids, check, done, now)
-    stored_files: list[Path] = []
     try:
-        return _store_request(request, user, purchase, check, done, checked, stored_files)
+        return _store_request(request, user, purchase, check, done, checked)
     except IntegrityError:
-        _forget(stored_files)
         existing = open_request_for(purchase.id)
         raise Conflict(
             "A request for this purchase is already open.", existing.id if existing else None
         ) from None
-    except Exception:
-        _forget(stored_files)
-        raise
 
 
 @transactional
@@ -250,14 +289,9 @@ def _store_request(
     purchase: Purchase,
     check: Precheck,
     done: list[str],
-    checked: list[tuple[Upload, str, str]],
-    stored_files: list[Path],
+    screenshots: list[Screenshot],
 ) -> RefundRequest:
-    """The new request, its timeline, evidence, audit record and e-mail: one transaction.
-
-    The files it writes are appended to `stored_files`, for the caller to remove should
-    the transaction fail.
-    """
+    """The new request, its timeline, screenshots, audit record and e-mail: one transaction."""
     now = request.created_at
     db.session.add(request)
     db.session.flush()
@@ -265,7 +299,7 @@ def _store_request(
     add_event(request, "precheck", check.summary, now=now)
     for line in done:
         add_event(request, "auto_resolved", line, now=now)
-    _store_attachments(request, checked, stored_files)
+    _store_attachments(request, screenshots)
     audit.record(
         "refund_request.filed",
         "refund_request",
@@ -332,31 +366,20 @@ def _new_request(
     )
 
 
-def _store_attachments(
-    request: RefundRequest, checked: list[tuple[Upload, str, str]], stored: list[Path]
-) -> None:
-    """Write the screenshots under unguessable names, adding each file to `stored` as it
-    is written (so that a failure halfway can remove them)."""
-    for upload, content_type, extension in checked:
-        key = f"{secrets.token_hex(16)}.{extension}"
-        path = attachment_folder() / key
-        path.write_bytes(upload.content)
-        stored.append(path)
+def _store_attachments(request: RefundRequest, screenshots: list[Screenshot]) -> None:
+    """Store the screenshots under unguessable keys, in the request's transaction."""
+    for screenshot in screenshots:
+        key = f"{secrets.token_hex(16)}.{screenshot.extension}"
+        storage.put(key, screenshot.content, screenshot.content_type)
         db.session.add(
             Attachment(
                 request_id=request.id,
-                filename=upload.filename[:255] or f"screenshot.{extension}",
-                content_type=content_type,
-                size_bytes=len(upload.content),
+                filename=screenshot.filename,
+                content_type=screenshot.content_type,
+                size_bytes=len(screenshot.content),
                 storage_key=key,
             )
         )
-
-
-def _forget(stored_files: list[Path]) -> None:
-    """Remove the evidence of a filing whose transaction failed."""
-    for path in stored_files:
-        path.unlink(missing_ok=True)
 
 
 def _confirm_by_email(user: User, request: RefundRequest, purchase: Purchase, done: list[str]):
@@ -371,15 +394,6 @@ def _confirm_by_email(user: User, request: RefundRequest, purchase: Purchase, do
             f"{policy.PAYOUT_BUSINESS_DAYS_MAX} business days."
         )
     queue_email(user.email, f"Refund request {request.reference} received", body)
-
-
-def attachment_folder() -> Path:
-    """Where screenshots are kept: under instance/, never under static/."""
-    folder = Path(
-        current_app.config.get("UPLOAD_FOLDER") or Path(current_app.instance_path) / "uploads"
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def requests_for_customer(user_id: int) -> list[RefundRequest]:
@@ -434,10 +448,10 @@ def customer_reply(user: User, request: RefundRequest, body: str, now: datetime)
     audit.record("refund_request.customer_replied", "refund_request", request.id, actor_id=user.id)
 
 
-def attachment_for(user: User, attachment_id: int) -> tuple[Attachment, Path]:
-    """Return an attachment and its file for its owner or for staff.
+def attachment_for(user: User, attachment_id: int) -> tuple[Attachment, bytes]:
+    """Return an attachment and its file's bytes, for its owner or for staff.
 
-    :raises NotFound: no such attachment, or not the caller's to see.
+    :raises NotFound: no such attachment, not the caller's to see, or its file is lost.
     """
     attachment = db.session.get(Attachment, attachment_id)
     if attachment is None:
@@ -447,4 +461,7 @@ def attachment_for(user: User, attachment_id: int) -> tuple[Attachment, Path]:
     )
     if owner_id != user.id and not user.is_staff:
         raise NotFound("no such attachment")
-    return attachment, attachment_folder() / attachment.storage_key
+    stored = storage.get(attachment.storage_key)
+    if stored is None:
+        raise NotFound("the attachment's file is lost")
+    return attachment, stored.content

@@ -1,5 +1,7 @@
 """The customer's refund requests: ask (fill in, review the pre-check, submit) and follow."""
 
+import io
+
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 
@@ -172,9 +174,14 @@ def show(request_id: int):
 @login_required
 def attachment(attachment_id: int):
     try:
-        found, path = services.attachment_for(current_user, attachment_id)
+        found, content = services.attachment_for(current_user, attachment_id)
     except NotFound:
         abort(404)
-    if not path.exists():
-        abort(404)
-    return send_file(path, mimetype=found.content_type, download_name=found.filename)
+    # Werkzeug writes the name into Content-Disposition quoted, with an RFC 6266
+    # `filename*` for names that are not ASCII; the name was cleaned when it was accepted.
+    response = send_file(
+        io.BytesIO(content), mimetype=found.content_type, download_name=found.filename
+    )
+    # A customer's screenshot: no shared cache may keep it.
+    response.headers["Cache-Control"] = "private, no-store"
+    return response

@@ -4,7 +4,6 @@ The whole blueprint is guarded at once; each decision view validates its form, m
 service call, flashes what happened and redirects (303).
 """
 
-import csv
 import io
 import json
 from datetime import datetime, time, timedelta
@@ -25,7 +24,7 @@ from flask import (
 from flask_login import current_user
 from sqlalchemy import select
 
-from portal import datarights
+from portal import csvfile, datarights
 from portal.accounts import second_factor
 from portal.accounts.models import Role, User
 from portal.billing.money_back.state import UNDO_WINDOW
@@ -37,7 +36,6 @@ from portal.ledger.queries import KIND_LABELS
 from portal.refunds.eligibility import RequestReason, Verdict
 from portal.refunds.forms import REASON_LABELS
 from portal.refunds.models import OPEN_STATUSES, RequestStatus
-from portal.refunds.services import attachment_folder
 from portal.security import require_staff
 from portal.staff import queries, services
 from portal.staff.forms import (
@@ -367,7 +365,7 @@ def audit_csv():
 
     def lines():
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csvfile.writer(buffer)
         writer.writerow(
             ["time (UTC)", "actor", "action", "object", "object id", "ip", "before", "after"]
         )
@@ -422,9 +420,7 @@ def close_customer(user_id: int):
     if not _confirmed():
         abort(400)
     customer = _customer_or_404(user_id)
-    datarights.close_account(
-        customer, utcnow(), current_user.id, request.remote_addr, attachment_folder()
-    )
+    datarights.close_account(customer, utcnow(), current_user.id, request.remote_addr)
     flash(f"Customer {customer.id}'s account is closed and personal data erased.", "success")
     back = parse_id(request.form.get("request_id"))
     if back:

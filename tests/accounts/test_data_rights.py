@@ -15,6 +15,7 @@ from portal.db import db
 from portal.ledger.models import LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.refunds.eligibility import RequestReason
+from portal.refunds.models import Attachment, RefundRequest
 from portal.refunds.services import file_request
 from portal.timeutil import utcnow
 from tests.factories import (
@@ -125,3 +126,58 @@ def test_staff_can_export_and_close_a_customer_on_request(client, app):
     assert db.session.get(User, customer.id).status == AccountStatus.CLOSED
     actions = db.session.scalars(select(AuditLogEntry.action)).all()
     assert "account.exported" in actions and "account.closed" in actions
+
+
+def test_export_csvs_defuse_formulas_and_keep_numbers(client):
+    from portal.jobs import services as jobs
+
+    user = make_user(email="=1+2@example.com")
+    make_purchase(user, "pro")
+    jobs.charge_job("=cmd|' /C calc'!A0", user.email, '=HYPERLINK("http://x","y")', 5)
+    login_as(client, user)
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/account/export").data))
+
+    def rows(name: str) -> list[list[str]]:
+        return list(csv.reader(io.StringIO(archive.read(name).decode())))
+
+    [_, job] = rows("jobs.csv")
+    assert job[1] == "'=cmd|' /C calc'!A0"
+    assert job[3] == '\'=HYPERLINK("http://x","y")'
+    assert job[4] == "5"
+    ledger = rows("ledger.csv")
+    charge = next(row for row in ledger if row[2] == "job_charge")
+    # The charge's credits are a number, written as one: -5, not the text '-5.
+    assert charge[3] == "-5"
+    assert charge[4] == "295"
+    [_, purchase] = rows("purchases.csv")
+    assert purchase[4] == "2000"
+
+
+def test_closing_deletes_the_screenshots_with_the_personal_data(client):
+    from portal.refunds.services import Upload
+    from portal.storage import StoredFile
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    user = make_user()
+    other = make_user()
+    for owner in (user, other):
+        file_request(
+            owner,
+            make_purchase(owner, "basic"),
+            RequestReason.OTHER,
+            "see the screenshot",
+            "",
+            None,
+            False,
+            [Upload("mine.png", png)],
+            utcnow(),
+        )
+    [kept] = db.session.scalars(
+        select(Attachment.storage_key).join(RefundRequest).where(RefundRequest.user_id == other.id)
+    ).all()
+    login_as(client, user)
+
+    assert close(client).status_code == 303
+
+    assert db.session.scalars(select(StoredFile.key)).all() == [kept]
+    assert db.session.scalars(select(Attachment.storage_key)).all() == [kept]

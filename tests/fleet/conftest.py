@@ -266,7 +266,10 @@ def _environment(database_url: str, smtp_port: int) -> dict[str, str]:
     return environment
 
 
-def _start_server(processes: Processes, name: str, port: int, environment: dict) -> Server:
+def _start_server(
+    processes: Processes, name: str, port: int, environment: dict, instance_path: Path
+) -> Server:
+    """Start one app server; its instance folder is its own, as on a machine of its own."""
     argv = [
         sys.executable,
         "-m",
@@ -281,7 +284,7 @@ def _start_server(processes: Processes, name: str, port: int, environment: dict)
         "1",
         "--bind",
         f"127.0.0.1:{port}",
-        "portal:create_app()",
+        f"portal:create_app({{'INSTANCE_PATH': {str(instance_path)!r}}})",
     ]
     return Server(name, port, processes.start(name, argv, environment))
 
@@ -331,8 +334,12 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
         stack.callback(processes.stop_all)
         environment = _environment(database_url, smtp_port)
         environment_of_servers = {**environment, "STRIPE_API_BASE": sandbox_base}
-        a = _start_server(processes, "server-a", a_port, environment_of_servers)
-        b = _start_server(processes, "server-b", b_port, environment_of_servers)
+        a, b = (
+            _start_server(
+                processes, name, port, environment_of_servers, tmp_path_factory.mktemp(name)
+            )
+            for name, port in (("server-a", a_port), ("server-b", b_port))
+        )
         fleet = Fleet(a, b, app, redis_client, sink, processes, environment)
         for server in (a, b):
             wait_until(

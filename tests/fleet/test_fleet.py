@@ -13,6 +13,7 @@ The fleet (servers, SMTP sink, database, Redis) is set up in conftest.py.
 """
 
 import json
+import re
 import signal
 from collections import Counter
 from datetime import timedelta
@@ -28,6 +29,7 @@ from tests.fleet.support import (
     HoldFirstRefund,
     StripeGate,
     buy_and_pay_pro,
+    csrf_token,
     log_in,
     log_out,
     post_login,
@@ -401,3 +403,56 @@ def _assert_every_refund_made_once(fleet: Fleet, refund_ids: list[int], customer
         # Each approval took its purchase's 300 credits once; nothing came back.
         assert [user_by_email(email).credits_balance for email in customers] == [0, 0]
         assert check_books() == []
+
+
+# -- screenshots --------------------------------------------------------------------------
+
+FLEET_PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+def test_a_screenshot_uploaded_through_one_server_is_served_by_the_other(fleet: Fleet):
+    from portal.accounts.services import user_by_email
+    from portal.billing.models import Purchase
+    from portal.db import db
+
+    fleet.flush_rate_limits()
+    email = fleet.new_customer("screenshots")
+    with requests.Session() as browser:
+        log_in(browser, fleet.a.url, email, PASSWORD)
+        buy_and_pay_pro(browser, fleet.a.url, CARD_SUCCEEDS)
+        with fleet.database():
+            purchase_id = db.session.scalar(
+                select(Purchase.id).where(Purchase.user_id == user_by_email(email).id)
+            )
+        form = f"{fleet.a.url}/refunds/new"
+        fields = {
+            "csrf_token": csrf_token(browser, f"{form}?purchase_id={purchase_id}"),
+            "purchase_id": str(purchase_id),
+            "job_id": "",
+            "reason": "other",
+            "details": "The render never finished; the screenshot shows the error.",
+            "transaction_ids": "",
+        }
+        review = browser.post(form, data={**fields, "step": "review"}, timeout=HTTP_TIMEOUT)
+        assert review.status_code == 200, review.text[:500]
+        filed = browser.post(
+            form,
+            data={**fields, "step": "submit"},
+            files={"attachments": ("render error.png", FLEET_PNG, "image/png")},
+            timeout=HTTP_TIMEOUT,
+            allow_redirects=False,
+        )
+        assert filed.status_code == 303, f"filing on server A: {filed.status_code}"
+        request_page = filed.headers["Location"].replace(fleet.a.url, "")
+
+        page = browser.get(f"{fleet.b.url}{request_page}", timeout=HTTP_TIMEOUT)
+        assert page.status_code == 200 and "render error.png" in page.text
+        [link] = set(re.findall(r'href="(/refunds/attachments/\d+)"', page.text))
+        served = browser.get(f"{fleet.b.url}{link}", timeout=HTTP_TIMEOUT)
+
+    # Each server has an instance folder of its own (as on machines of their own): B can
+    # serve the file only because A stored it in the database they share.
+    assert served.status_code == 200, f"server B answered {served.status_code} for {link}"
+    assert served.content == FLEET_PNG
+    assert served.headers["Content-Type"] == "image/png"
+    assert served.headers["Content-Disposition"] == 'inline; filename="render error.png"'

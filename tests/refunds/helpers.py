@@ -9,7 +9,6 @@ import html
 import io
 import re
 from datetime import UTC, datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from flask import current_app
@@ -171,20 +170,24 @@ def ledger_entries(user_id: int, kind) -> list:
     )
 
 
-def stored_files(folder: Path) -> list[Path]:
-    return sorted(folder.iterdir()) if folder.exists() else []
+def stored_files() -> list:
+    """Every file in the portal's storage, by key."""
+    from portal.db import db
+    from portal.storage import StoredFile
+
+    db.session.expire_all()
+    return list(db.session.scalars(select(StoredFile).order_by(StoredFile.key)))
 
 
-def nothing_filed(folder: Path | None = None) -> bool:
+def nothing_filed() -> bool:
     """No request, event, attachment row or stored file exists."""
     from portal.refunds.models import Attachment, RefundRequest, RefundRequestEvent
 
-    files = stored_files(folder) if folder is not None else []
     return (
         count(RefundRequest) == 0
         and count(RefundRequestEvent) == 0
         and count(Attachment) == 0
-        and files == []
+        and stored_files() == []
     )
 
 

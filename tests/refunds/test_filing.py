@@ -14,6 +14,7 @@ from portal.ledger.models import EntryKind
 from portal.refunds import services
 from portal.refunds.eligibility import RequestReason, Verdict, refund_deadline
 from portal.refunds.models import Attachment, RefundRequest, RequestStatus
+from portal.security import CONTENT_SECURITY_POLICY
 from portal.timeutil import add_business_days, utcnow
 from tests.factories import login_as, make_purchase, make_staff, make_user
 from tests.refunds.helpers import (
@@ -39,8 +40,6 @@ from tests.refunds.helpers import (
     stored_files,
     text,
 )
-
-pytestmark = pytest.mark.usefixtures("upload_folder")
 
 
 @pytest.fixture
@@ -320,24 +319,22 @@ def test_a_job_that_succeeded_is_refused_with_a_clear_message(client, customer, 
     ],
 )
 @pytest.mark.parametrize("step", ["review", "submit"])
-def test_details_must_say_something_and_not_too_much(
-    client, pro_88_unused, upload_folder, details, message, step
-):
+def test_details_must_say_something_and_not_too_much(client, pro_88_unused, details, message, step):
     _, token = _open_form(client, pro_88_unused.id)
     response = post_form(client, form_data(token, pro_88_unused.id, step, details=details))
     assert response.status_code == 400, text(response)
     assert 'class="field-error" id="details-error"' in response.get_data(as_text=True)
     assert message in text(response)
-    assert nothing_filed(upload_folder)
+    assert nothing_filed()
 
 
 @pytest.mark.parametrize("step", ["review", "submit"])
-def test_a_forged_reason_is_refused(client, pro_88_unused, upload_folder, step):
+def test_a_forged_reason_is_refused(client, pro_88_unused, step):
     _, token = _open_form(client, pro_88_unused.id)
     response = post_form(client, form_data(token, pro_88_unused.id, step, reason="refund_me_now"))
     assert response.status_code == 400
     assert 'class="field-error" id="reason-error"' in response.get_data(as_text=True)
-    assert nothing_filed(upload_folder)
+    assert nothing_filed()
 
 
 @pytest.mark.parametrize(
@@ -372,7 +369,7 @@ def test_a_disputed_or_fully_refunded_purchase_explains_why_and_shows_no_form(
 
 
 def test_png_and_jpeg_screenshots_are_stored_and_shown_only_to_owner_and_staff(
-    app, client, customer, pro_88_unused, upload_folder
+    app, client, customer, pro_88_unused
 ):
     response = file_through_form(
         client,
@@ -386,9 +383,12 @@ def test_png_and_jpeg_screenshots_are_stored_and_shown_only_to_owner_and_staff(
         ("error screen.png", "image/png", len(PNG_BYTES)),
         ("receipt.jpg", "image/jpeg", len(JPEG_BYTES)),
     ]
-    files = stored_files(upload_folder)
-    assert sorted(path.name for path in files) == sorted(a.storage_key for a in attachments)
-    assert {path.read_bytes() for path in files} == {PNG_BYTES, JPEG_BYTES}
+    files = stored_files()
+    assert [file.key for file in files] == sorted(a.storage_key for a in attachments)
+    assert {(file.content, file.content_type) for file in files} == {
+        (PNG_BYTES, "image/png"),
+        (JPEG_BYTES, "image/jpeg"),
+    }
 
     shown = text(client.get(f"/refunds/{filed.id}"))
     assert "error screen.png" in shown
@@ -412,12 +412,12 @@ def test_png_and_jpeg_screenshots_are_stored_and_shown_only_to_owner_and_staff(
         assert from_staff.mimetype == attachment.content_type
 
 
-def test_a_screenshot_of_exactly_5_mb_is_accepted(client, pro_88_unused, upload_folder):
+def test_a_screenshot_of_exactly_5_mb_is_accepted(client, pro_88_unused):
     content = PNG_BYTES + b"\x00" * (5 * 1024 * 1024 - len(PNG_BYTES))
     response = file_through_form(client, pro_88_unused.id, files=[(content, "big.png")])
     assert response.status_code == 303, text(response)
     assert count(Attachment) == 1
-    assert [path.stat().st_size for path in stored_files(upload_folder)] == [5 * 1024 * 1024]
+    assert [len(file.content) for file in stored_files()] == [5 * 1024 * 1024]
 
 
 @pytest.mark.parametrize(
@@ -440,12 +440,12 @@ def test_a_screenshot_of_exactly_5_mb_is_accepted(client, pro_88_unused, upload_
         ),
     ],
 )
-def test_refused_screenshots_store_nothing(client, pro_88_unused, upload_folder, files, message):
+def test_refused_screenshots_store_nothing(client, pro_88_unused, files, message):
     _, token = _open_form(client, pro_88_unused.id)
     response = post_form(client, form_data(token, pro_88_unused.id, "submit"), files)
     assert response.status_code == 400, text(response)
     assert message in text(response)
-    assert nothing_filed(upload_folder)
+    assert nothing_filed()
     assert emails_to(pro_88_unused.user.email) == []
 
 
@@ -530,7 +530,7 @@ def test_missing_credits_the_payment_provider_cannot_confirm_go_to_staff(client,
 
 
 def test_a_second_open_request_filed_past_the_checks_is_a_conflict_and_stores_nothing(
-    customer, pro_88_unused, upload_folder
+    customer, pro_88_unused
 ):
     def file(uploads):
         return services.file_request(
@@ -551,4 +551,138 @@ def test_a_second_open_request_filed_past_the_checks_is_a_conflict_and_stores_no
     assert refused.value.existing_id == first.id
     assert [request.id for request in refund_requests()] == [first.id]
     assert count(Attachment) == 0
-    assert stored_files(upload_folder) == []
+    assert stored_files() == []
+
+
+@pytest.mark.parametrize(
+    ("sent_name", "content", "kept_name", "disposition"),
+    [
+        pytest.param("shot\x00.png", PNG_BYTES, "shot.png", "inline; filename=shot.png", id="NUL"),
+        pytest.param(
+            "a\x01b\x1bc\x7fd\x9f.jpg",
+            JPEG_BYTES,
+            "abcd.jpg",
+            "inline; filename=abcd.jpg",
+            id="control characters",
+        ),
+        pytest.param(
+            "tab\tand  spaces.png",
+            PNG_BYTES,
+            "tab and spaces.png",
+            'inline; filename="tab and spaces.png"',
+            id="whitespace",
+        ),
+        pytest.param(
+            "../../etc/passwd",
+            PNG_BYTES,
+            "passwd.png",
+            "inline; filename=passwd.png",
+            id="a path, no extension",
+        ),
+        pytest.param(
+            "évidence ✓.jpeg",
+            JPEG_BYTES,
+            "évidence ✓.jpeg",
+            "inline; filename=\"evidence .jpeg\"; filename*=UTF-8''%C3%A9vidence%20%E2%9C%93.jpeg",
+            id="not ASCII",
+        ),
+        pytest.param(
+            "report.html", PNG_BYTES, "report.html.png", None, id="another type's extension"
+        ),
+        pytest.param("\x00\x01\u202e", JPEG_BYTES, "screenshot.jpg", None, id="nothing left"),
+        pytest.param("x" * 300 + ".png", PNG_BYTES, "x" * 96 + ".png", None, id="too long"),
+    ],
+)
+def test_a_screenshots_name_is_cleaned_when_it_is_accepted(
+    client, pro_88_unused, sent_name, content, kept_name, disposition
+):
+    response = file_through_form(client, pro_88_unused.id, files=[(content, sent_name)])
+    assert response.status_code == 303, text(response)
+    [attachment] = refund_requests()[0].attachments
+    assert attachment.filename == kept_name
+
+    served = client.get(f"/refunds/attachments/{attachment.id}")
+    assert served.status_code == 200
+    assert served.data == content
+    header = served.headers["Content-Disposition"]
+    assert header.isascii() and header.isprintable()
+    if disposition is not None:
+        assert header == disposition
+
+
+@pytest.mark.parametrize(
+    ("sent_name", "kept_name", "disposition"),
+    [
+        # Names a browser cannot put into a form as they are (it escapes these characters),
+        # but a hand-made request can.
+        ("C:\\Users\\me\\shot.png", "shot.png", "inline; filename=shot.png"),
+        ("line\r\nbreak.png", "line break.png", 'inline; filename="line break.png"'),
+        ('say "cheese".png', 'say "cheese".png', 'inline; filename="say \\"cheese\\".png"'),
+    ],
+)
+def test_names_only_a_hand_made_request_can_send_are_cleaned_too(
+    client, customer, pro_88_unused, sent_name, kept_name, disposition
+):
+    filed = services.file_request(
+        customer,
+        pro_88_unused,
+        RequestReason.OTHER,
+        DETAILS,
+        "",
+        None,
+        False,
+        [services.Upload(sent_name, PNG_BYTES)],
+        utcnow(),
+    )
+    [attachment] = filed.attachments
+    assert attachment.filename == kept_name
+    served = client.get(f"/refunds/attachments/{attachment.id}")
+    assert served.status_code == 200
+    assert served.headers["Content-Disposition"] == disposition
+
+
+def test_a_filing_whose_transaction_fails_leaves_no_screenshot_behind(
+    customer, pro_88_unused, monkeypatch
+):
+    def mail_server_refuses(*args):
+        raise RuntimeError("the outbox is full")
+
+    monkeypatch.setattr(services, "_confirm_by_email", mail_server_refuses)
+    with pytest.raises(RuntimeError):
+        services.file_request(
+            customer,
+            pro_88_unused,
+            RequestReason.OTHER,
+            DETAILS,
+            "",
+            None,
+            False,
+            [services.Upload("shot.png", PNG_BYTES), services.Upload("more.jpg", JPEG_BYTES)],
+            utcnow(),
+        )
+    assert nothing_filed()
+
+
+def test_a_screenshot_is_served_with_the_security_headers_and_never_cached(client, pro_88_unused):
+    file_through_form(client, pro_88_unused.id, files=[(PNG_BYTES, "shot.png")])
+    [attachment] = refund_requests()[0].attachments
+
+    served = client.get(f"/refunds/attachments/{attachment.id}")
+
+    assert served.status_code == 200
+    assert served.headers["Content-Type"] == "image/png"
+    assert served.headers["Content-Disposition"] == "inline; filename=shot.png"
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    assert served.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert served.headers["Cache-Control"] == "private, no-store"
+
+
+def test_an_attachment_whose_file_is_lost_is_not_found(client, pro_88_unused):
+    from portal.storage import StoredFile
+
+    file_through_form(client, pro_88_unused.id, files=[(PNG_BYTES, "shot.png")])
+    [attachment] = refund_requests()[0].attachments
+    db.session.query(StoredFile).delete()
+    db.session.commit()
+
+    assert client.get(f"/refunds/attachments/{attachment.id}").status_code == 404

@@ -9,11 +9,9 @@ from tests.security.helpers import ROLES, SERVICE_TOKEN, Actor, World, actor_for
 
 
 @pytest.fixture(autouse=True)
-def _quiet_sandbox(app, monkeypatch, tmp_path):
-    """No webhook from a background thread, no retry pauses, uploads in a folder of the test,
-    and the jobs API's token known."""
+def _quiet_sandbox(app, monkeypatch):
+    """No webhook from a background thread, no retry pauses, and the jobs API's token known."""
     quiet_sandbox(app, monkeypatch, webhooks="off")
-    monkeypatch.setitem(app.config, "UPLOAD_FOLDER", str(tmp_path / "uploads"))
     monkeypatch.setitem(app.config, "PORTAL_SERVICE_TOKEN", SERVICE_TOKEN)
 
 

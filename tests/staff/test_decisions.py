@@ -84,10 +84,7 @@ def sent(request_id: int, now) -> dict:
 # -- the request page ---------------------------------------------------------------------
 
 
-def test_the_request_page_shows_everything_needed_to_decide(
-    app, staff_client, staff, customer, monkeypatch, tmp_path
-):
-    monkeypatch.setitem(app.config, "UPLOAD_FOLDER", str(tmp_path))
+def test_the_request_page_shows_everything_needed_to_decide(app, staff_client, staff, customer):
     earlier = file(customer, make_purchase(customer, "starter"))
     staff_services.deny(earlier.id, actor(staff), "window", "", utcnow())
     purchase = paid_purchase(customer)

@@ -334,3 +334,25 @@ def test_no_digest_when_nothing_is_overdue(app, staff, customer):
     assert result.exit_code == 0
     assert "0 overdue request(s)" in result.output
     assert emails_to(staff.email) == []
+
+
+def test_audit_csv_defuses_cells_a_spreadsheet_would_run_as_formulas(staff_client, staff):
+    # Anyone can sign up with this address; its log lines then reach the staff's CSV.
+    signed_up = make_user(email="=1+2@example.com")
+    db.session.add(
+        AuditLogEntry(
+            action="account.exported",
+            target_type="user",
+            target_id=signed_up.id,
+            actor_id=signed_up.id,
+            ip_address="-1",
+            created_at=utcnow(),
+        )
+    )
+    db.session.commit()
+
+    _, line = csv_rows(staff_client.get("/staff/audit.csv"))
+
+    assert line[1] == "'=1+2@example.com"
+    assert line[2:5] == ["account.exported", "user", str(signed_up.id)]
+    assert line[5] == "'-1"

@@ -1,0 +1,42 @@
+"""Every CSV file the portal writes goes through this writer, so that none can run a formula.
+
+A spreadsheet treats a cell starting with = + - @ (or a tab or carriage return before
+one) as a formula, and a formula can open links or run commands on the reader's
+computer. Text that starts that way, such as an e-mail address a customer chose or a
+job's operation, is written with a leading apostrophe: the spreadsheet then shows it as
+text. Numbers are written as they are (a charge of -5 credits stays the number -5).
+"""
+
+import csv
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import TextIO
+
+FORMULA_STARTS = frozenset("=+-@\t\r")
+NUMBER_TYPES = (int, float, Decimal)  # bool is an int too
+
+
+def spreadsheet_cell(value):
+    """The cell a spreadsheet shows as written: text that would be a formula is escaped."""
+    if value is None or isinstance(value, NUMBER_TYPES):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
+class SafeWriter:
+    """`csv.writer` whose every text cell is passed through `spreadsheet_cell`."""
+
+    def __init__(self, out: TextIO):
+        self._writer = csv.writer(out)
+
+    def writerow(self, cells: Iterable) -> None:
+        self._writer.writerow([spreadsheet_cell(cell) for cell in cells])
+
+    def writerows(self, rows: Iterable[Iterable]) -> None:
+        self._writer.writerows([spreadsheet_cell(cell) for cell in row] for row in rows)
+
+
+def writer(out: TextIO) -> SafeWriter:
+    """A CSV writer on `out` (opened with newline="") that defuses formulas."""
+    return SafeWriter(out)
