@@ -4,16 +4,36 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app portal
 
-.PHONY: run test test-e2e bench lint scan venv clean
+.PHONY: run test test-e2e bench lint scan venv lock clean
 
-# Reinstall whenever the declared dependencies change.
-$(VENV)/.installed: pyproject.toml
+# Every machine installs the same versions: requirements/dev-lock.txt pins each package,
+# runtime and tools, with its hashes (requirements/lock.txt is the runtime part alone, for
+# servers). The portal itself comes on top without dependencies, so nothing unpinned slips
+# in. Reinstall whenever the declared dependencies or the lock change.
+LOCK := requirements/lock.txt
+DEV_LOCK := requirements/dev-lock.txt
+
+$(VENV)/.installed: pyproject.toml $(LOCK) $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Refresh both locks after changing the dependencies in pyproject.toml: versions already
+# locked are kept where they still fit; add --upgrade-package NAME (UV_ARGS) to move one,
+# or --upgrade to move all. Resolved for every platform from Python 3.11 on. uv is pinned
+# here, not in the lock, so that the lock can always be rebuilt whatever it holds.
+UV_VERSION := 0.13.9
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --quiet $(UV_ARGS)
+
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
 
 # In sandbox mode the server and the worker share the server's in-memory Stripe sandbox,
 # so both reach it over HTTP.
@@ -57,10 +77,12 @@ lint: venv
 	$(BIN)/lint-imports
 
 # Security scans: bandit over the code (medium and high findings fail), pip-audit over
-# the installed dependencies (an unreachable advisory database is reported, not fatal).
+# the locked versions (the dev lock holds the runtime lock's pins and the tools'; an
+# unreachable advisory database is reported, not fatal).
 scan: venv
 	$(BIN)/bandit -q -r portal -ll
-	timeout 300 $(BIN)/pip-audit --skip-editable --progress-spinner off \
+	timeout 300 $(BIN)/pip-audit -r $(DEV_LOCK) --require-hashes --disable-pip \
+		--progress-spinner off \
 		|| { status=$$?; [ $$status -eq 124 ] && echo "pip-audit: advisory database unreachable, not audited"; [ $$status -eq 124 ]; }
 
 clean:

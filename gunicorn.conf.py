@@ -6,6 +6,7 @@ every machine size.
 
 import ctypes
 import gc
+import glob
 import multiprocessing
 import os
 
@@ -80,3 +81,48 @@ def post_worker_init(worker):
     # came every few hundred requests and made the pages' p95. Frozen, they are out of
     # the collector's sight, and a full collection takes about a millisecond (measured).
     gc.freeze()
+
+
+# Metrics: each worker is a process with counters of its own, and a scrape reaches one
+# worker. With PROMETHEUS_MULTIPROC_DIR set, each worker writes its counters to files there
+# and /metrics adds up every file (portal/ops/metrics.py). The variable must be in the
+# environment before gunicorn starts: prometheus_client reads it when a worker first
+# imports it.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def clear_metrics_dir(folder: str) -> list[str]:
+    """Create `folder` if missing and remove the counter files left in it; return them.
+
+    Left by an earlier run, they would be added to this run's totals, and a new worker
+    given a dead one's process id would carry on from its counts.
+    """
+    os.makedirs(folder, exist_ok=True)
+    stale = glob.glob(os.path.join(folder, "*.db"))  # prometheus_client's files only
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
+def on_starting(server):
+    # In the master, once, before any worker exists (not on a reload: the running
+    # workers' counts stay).
+    folder = os.environ.get(METRICS_DIR_VARIABLE)
+    if folder:
+        stale = clear_metrics_dir(folder)
+        server.log.info("metrics in %s (%d stale file(s) removed)", folder, len(stale))
+    elif server.cfg.workers > 1:
+        server.log.warning(
+            "%s is not set: /metrics will count only the worker that answers each scrape",
+            METRICS_DIR_VARIABLE,
+        )
+
+
+def child_exit(server, worker):
+    # Only live gauges are dropped: counters and histograms of a dead worker must still
+    # count, or the totals would fall back whenever a worker is replaced (max_requests).
+    if os.environ.get(METRICS_DIR_VARIABLE):
+        # Imported here, in the master, only when metrics are shared between workers.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

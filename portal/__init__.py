@@ -24,6 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(config or {})
 
     configure_logging(app)
+    refuse_unsafe_production(app)
     register_routing(app)
     register_extensions(app)
     register_blueprints(app)
@@ -42,6 +43,12 @@ def configure_logging(app: Flask) -> None:
     from portal.ops.requestlog import configure_logging as configure
 
     configure(app)
+
+
+def refuse_unsafe_production(app: Flask) -> None:
+    from portal.ops.deploycheck import refuse_unsafe_production as refuse
+
+    refuse(app)
 
 
 def register_routing(app: Flask) -> None:

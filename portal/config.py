@@ -48,29 +48,28 @@ def _development_secret_key(instance_path: Path) -> str:
 
 
 def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
-    """Build the app's settings from `environ`; raise ConfigError when unsafe."""
+    """Build the app's settings from `environ`; raise ConfigError when one is invalid.
+
+    Whether the settings are safe for production is judged on the built app, with every
+    override applied, by `portal.ops.deploycheck` (one list for `create_app` and for
+    `flask check-deploy`).
+    """
     env = environ.get("PORTAL_ENV", "development")
     if env not in ENVIRONMENTS:
         raise ConfigError(f"PORTAL_ENV must be one of {', '.join(ENVIRONMENTS)}")
     production = env == "production"
 
     secret_key = environ.get("SECRET_KEY", "")
-    if not secret_key:
-        if production:
-            raise ConfigError("SECRET_KEY must be set in production")
+    if not secret_key and not production:
+        # Production never makes one up: it refuses to start without (deploycheck).
         secret_key = _development_secret_key(instance_path)
 
     base_url = environ.get("PORTAL_BASE_URL", "").rstrip("/")
-    if production and not base_url.startswith("https://"):
-        # Links in e-mails must never be built from a request's (forgeable) Host header.
-        raise ConfigError("PORTAL_BASE_URL must be set to the portal's https:// address")
 
     stripe_key = environ.get("STRIPE_SECRET_KEY", "")
     payments_mode = environ.get("PAYMENTS_MODE") or ("stripe" if stripe_key else "sandbox")
     if payments_mode not in PAYMENTS_MODES:
         raise ConfigError(f"PAYMENTS_MODE must be one of {', '.join(PAYMENTS_MODES)}")
-    if production and payments_mode == "sandbox":
-        raise ConfigError("sandbox payments are refused in production: set STRIPE_SECRET_KEY")
 
     default_db = f"sqlite:///{instance_path / 'portal.db'}"
     redis_url = environ.get("REDIS_URL", "")
@@ -152,6 +151,9 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         # Where earlier releases kept refund screenshots on disk. Read once, by the
         # migration that moves them into the database; nothing else uses it.
         "UPLOAD_FOLDER": environ.get("UPLOAD_FOLDER") or str(instance_path / "uploads"),
+        # Where gunicorn's workers keep their counters so that /metrics adds them up
+        # (prometheus_client reads the variable itself; kept here for check-deploy).
+        "PROMETHEUS_MULTIPROC_DIR": environ.get("PROMETHEUS_MULTIPROC_DIR", ""),
     }
 
 

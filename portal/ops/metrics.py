@@ -2,8 +2,13 @@
 
 Counters and histograms are updated where things happen; the business gauges (open and
 overdue requests, outbox backlog) are read from the database when Prometheus scrapes,
-so every app server reports the same truth. With several gunicorn workers, set
-PROMETHEUS_MULTIPROC_DIR so that counters add up across processes.
+so every app server reports the same truth.
+
+gunicorn's workers are processes, each with counters of its own: a scrape reaches one of
+them. With PROMETHEUS_MULTIPROC_DIR set, prometheus_client keeps every process's counters
+in files there and /metrics adds up the files of all workers, dead ones included, so the
+totals only grow. gunicorn.conf.py empties the folder when the server starts (the files of
+an earlier run would be counted again) and marks the workers that exit.
 """
 
 import hmac
@@ -97,9 +102,14 @@ def _observe(response):
 
 
 def register(app: Flask) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # prometheus_client decides from the environment, not app.config, where counters live.
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        # A process started before gunicorn made it (`flask db upgrade`, the worker)
+        # would otherwise fail on its first count.
+        os.makedirs(folder, exist_ok=True)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry, path=folder)
     else:
         registry = CollectorRegistry()
         for collector in (REQUEST_SECONDS, WEBHOOK_EVENTS, FULFILMENTS, REFUNDS):

@@ -119,6 +119,7 @@ SAFE = {
     "REDIS_URL": "redis://cache:6379/0",
     "PORTAL_BASE_URL": "https://portal.example",
     "TRUSTED_HOSTS": ["portal.example"],
+    "PROMETHEUS_MULTIPROC_DIR": "/run/portal/metrics",
 }
 
 
@@ -149,6 +150,7 @@ def test_check_deploy_accepts_safe_settings():
         ("REDIS_URL", "", "REDIS_URL"),
         ("PORTAL_BASE_URL", "http://portal.example", "PORTAL_BASE_URL"),
         ("TRUSTED_HOSTS", None, "TRUSTED_HOSTS"),
+        ("PROMETHEUS_MULTIPROC_DIR", "", "PROMETHEUS_MULTIPROC_DIR"),
     ],
 )
 def test_check_deploy_catches_each_unsafe_setting(setting, value, words):
