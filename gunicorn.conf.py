@@ -104,9 +104,33 @@ def clear_metrics_dir(folder: str) -> list[str]:
     return stale
 
 
+def refuse_per_worker_limits(environ, workers: int) -> None:
+    """Refuse a production start with several workers and no Redis for the rate limits.
+
+    Without Redis each worker counts on its own: 30 log-in attempts allowed become 30 per
+    worker. One worker may do without (its memory is the only count), and so may a server
+    with the limits switched off; a lost Redis later falls back to memory by design, but a
+    fleet must not start that way.
+    """
+    limits_on = environ.get("RATELIMIT_ENABLED", "true").strip().lower() in {
+        "",
+        "1",
+        "true",
+        "yes",
+        "on",
+    }
+    production = environ.get("PORTAL_ENV") == "production"
+    if production and limits_on and workers > 1 and not environ.get("REDIS_URL"):
+        raise RuntimeError(
+            f"REDIS_URL is not set and {workers} workers would each count the rate limits on "
+            "their own: set REDIS_URL, or run one worker (GUNICORN_WORKERS=1)."
+        )
+
+
 def on_starting(server):
     # In the master, once, before any worker exists (not on a reload: the running
     # workers' counts stay).
+    refuse_per_worker_limits(os.environ, server.cfg.workers)
     folder = os.environ.get(METRICS_DIR_VARIABLE)
     if folder:
         stale = clear_metrics_dir(folder)

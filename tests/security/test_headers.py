@@ -110,6 +110,10 @@ def production_app(app, monkeypatch, tmp_path):
     monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_x")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_x")
     monkeypatch.setenv("PORTAL_BASE_URL", "https://portal.example")
+    monkeypatch.setenv("PORTAL_SERVICE_TOKEN", "s" * 40)
+    # The test database may be SQLite, which production refuses at start (tests/test_config.py
+    # holds that refusal); what is tested here is how production answers once started.
+    monkeypatch.setattr("portal.ops.deploycheck.refuse_unsafe_production", lambda app: None)
     for name in ("PAYMENTS_MODE", "STRIPE_API_BASE", "PROXY_FIX_COUNT", "REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
     built = create_app(
