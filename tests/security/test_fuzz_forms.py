@@ -23,7 +23,7 @@ from portal.refunds.eligibility import RequestReason
 from portal.refunds.models import RequestStatus
 from portal.staff import services as staff_services
 from portal.timeutil import utcnow
-from tests.factories import DEFAULT_PASSWORD, make_purchase
+from tests.factories import DEFAULT_PASSWORD, authenticator_code, make_purchase
 from tests.security.helpers import (
     NEW_PASSWORD,
     XSS,
@@ -144,6 +144,33 @@ def test_reset_with_token(app, world, errors, token, pairs):
     token = world.fresh_reset_token() if token == "valid" else path_part(token)
     checked("reset page", lambda: browser.get(f"/reset/{token}"), errors)
     checked("reset", lambda: browser.post_raw_form(f"/reset/{token}", pairs), errors)
+
+
+@seed(105)
+@FUZZ
+@given(token=st.one_of(st.just("valid"), TEXT, st.binary(max_size=12)))
+def test_finish_sign_up_with_token(app, world, errors, token):
+    browser = Actor(app, "anonymous")
+    token = world.fresh_sign_up_token() if token == "valid" else path_part(token)
+    checked("sign-up link", lambda: browser.get(f"/signup/finish/{token}"), errors)
+    checked("finish sign-up", lambda: browser.post(f"/signup/finish/{token}", {}), errors)
+
+
+@seed(106)
+@FUZZ
+@given(pairs=form(code=field("NOW", "000000", "abcde-01234", " 1 2 3 4 5 6 ")))
+def test_second_factor(app, world, errors, pairs):
+    browser = Actor(app, "anonymous")
+    answer = browser.post("/login", {"email": world.staff.email, "password": DEFAULT_PASSWORD})
+    assert answer.headers["Location"].endswith("/login/second-factor")
+    browser.forget_csrf()
+    code = authenticator_code(world.staff.email)
+    pairs = [(key, code if value == "NOW" else value) for key, value in pairs]
+    response = checked(
+        "second factor", lambda: browser.post_raw_form("/login/second-factor", pairs), errors
+    )
+    if response.status_code == 303:
+        assert response.headers["Location"] == "/staff/"
 
 
 # -- the customer's forms -------------------------------------------------------------------
@@ -488,3 +515,12 @@ def test_xss_marker_round_trips_escaped_through_stored_text(app, world, customer
     ):
         page = checked(path, lambda browser=browser, path=path: browser.get(path), errors)
         assert page.status_code == 200, path
+
+
+@seed(114)
+@FUZZ
+@given(member=st.one_of(st.sampled_from(["LOST", "SELF", "CUSTOMER", "0", "-1", "9" * 30]), TEXT))
+def test_reset_an_authenticator(app, world, staff, errors, member):
+    ids = {"LOST": world.lost_phone.id, "SELF": world.staff.id, "CUSTOMER": world.customer_a.id}
+    path = f"/staff/team/{path_part(str(ids.get(member, member)))}/reset-second-factor"
+    checked("reset authenticator", lambda: staff.post(path, {}), errors)
