@@ -119,6 +119,8 @@ def live_server(tmp_path_factory):
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+    # Links in e-mails (sign-up, reset) are written by the worker, outside any request.
+    app.config["PORTAL_BASE_URL"] = f"http://127.0.0.1:{server.server_port}"
     thread = threading.Thread(target=server.serve_forever, name="e2e-live-server", daemon=True)
     thread.start()
     try:

@@ -193,6 +193,27 @@ def make_overdue(server: LiveServer, request_id: int) -> None:
         db.session.commit()
 
 
+def emailed_link(server: LiveServer, email: str) -> str:
+    """What `flask worker` does next for sign-ups and resets; the link it e-mailed `email`."""
+    from sqlalchemy import select
+
+    from portal.accounts.services import answer_account_requests
+    from portal.accounts.views import account_links
+    from portal.db import db
+    from portal.notifications.models import OutboxEmail
+    from portal.timeutil import utcnow
+
+    with server.database():
+        answer_account_requests(utcnow(), account_links())
+        body = db.session.scalars(
+            select(OutboxEmail.body_text)
+            .where(OutboxEmail.to_address == email)
+            .order_by(OutboxEmail.id.desc())
+        ).first()
+    assert body is not None, f"no e-mail to {email}"
+    return re.search(r"http://\S+/(?:signup/finish|reset)/\S+", body)[0]
+
+
 def run_refund_worker(server: LiveServer) -> int:
     """What `flask worker` does, 11 minutes from now: send the refunds whose undo window passed."""
     from portal.billing.money_back.sending import send_due_refunds

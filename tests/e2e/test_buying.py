@@ -11,6 +11,7 @@ from tests.e2e.support import (
     CARD_OK,
     PASSWORD,
     create_customer,
+    emailed_link,
     log_in,
     main_nav,
     pay_in_sandbox,
@@ -43,7 +44,14 @@ def test_new_visitor_reads_the_offer_signs_up_and_buys_pro(browse, live_server):
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_label("Repeat password").fill(PASSWORD)
     page.get_by_role("button", name="Sign up").click()
+    page.wait_for_url(re.compile(r"/login$"))
+    expect(page.get_by_role("status")).to_contain_text("Check your inbox")
+    browse.check(page, "check your inbox")
 
+    page.goto(emailed_link(live_server, email))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Finish creating your account")
+    browse.check(page, "finish sign-up")
+    page.get_by_role("button", name="Create my account").click()
     page.wait_for_url(re.compile(r"/dashboard$"))
     # A new account reports the browser's timezone once, then the page reloads in it.
     page.wait_for_function("() => !document.querySelector('meta[name=\"report-timezone\"]')")
