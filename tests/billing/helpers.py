@@ -90,12 +90,16 @@ def settle_delayed(session_id: str, succeeded: bool) -> None:
     db.session.expire_all()
 
 
-def refund_in_store(payment_intent: str, amount_cents: int) -> dict:
+def refund_in_store(payment_intent: str, amount_cents: int, metadata: dict | None = None) -> dict:
     """Refund as from Stripe's dashboard (not through the portal)."""
     store = sandbox()
     with store.lock:
         refund = store.create_refund(
-            {"payment_intent": payment_intent, "amount": str(amount_cents)}
+            {
+                "payment_intent": payment_intent,
+                "amount": str(amount_cents),
+                "metadata": metadata or {},
+            }
         )
     db.session.expire_all()
     return refund

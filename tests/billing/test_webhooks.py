@@ -248,6 +248,24 @@ def test_full_refund_reported_before_completion_means_never_credited(client, use
     assert (row.amount_cents, row.stripe_refund_id) == (2_000, refund["id"])
 
 
+@pytest.mark.parametrize("ours", ["²", "٣", "2147483648", "9" * 40, "0"])
+def test_a_refund_whose_metadata_names_no_refund_of_ours_is_one_made_outside(
+    client, user, webhooks_off, ours
+):
+    # Stripe's copy of a refund made elsewhere may carry any metadata; only an id of ours
+    # (a positive id that fits the column) is looked up.
+    purchase_id, session_id, completed = paid_checkout(user)
+    deliver(client, completed)
+    intent = payment_intent_of(session_id)
+    refund = refund_in_store(intent, 500, metadata={"refund_id": ours, "attempt": "1"})
+
+    response = deliver(client, the_event("refund.created", id=refund["id"]))
+
+    assert response.status_code == 200
+    [row] = refunds_of(purchase_id)
+    assert (row.amount_cents, row.stripe_refund_id) == (500, refund["id"])
+
+
 def test_after_a_refund_before_completion_the_customer_can_buy_the_package_again(
     client, user, webhooks_off
 ):

@@ -12,7 +12,7 @@ from portal.billing.models import (
 )
 from portal.billing.money_back.sending import apply_refund_status
 from portal.billing.money_back.state import lock_purchase, lock_refund, settle
-from portal.db import db, locked, transactional
+from portal.db import db, locked, parse_id, transactional
 from portal.timeutil import utcnow
 
 # -- refunds reported by Stripe (also those made in Stripe's dashboard) ------------------
@@ -114,8 +114,9 @@ def _store_refund(refund: dict) -> tuple[Refund | None, bool]:
     metadata = refund.get("metadata") or {}
     ours, attempt = metadata.get("refund_id"), metadata.get("attempt")
     row = locked(Refund, Refund.stripe_refund_id == stripe_id)
-    if row is None and isinstance(ours, str) and ours.isdigit():
-        candidate = lock_refund(int(ours))
+    refund_id = parse_id(ours) if isinstance(ours, str) else None
+    if row is None and refund_id is not None:
+        candidate = lock_refund(refund_id)
         # Only news of the current attempt counts: a late event about an earlier,
         # failed attempt must not undo the retry.
         if (
