@@ -35,20 +35,25 @@ lock:
 	$(UV_COMPILE) -o $(LOCK)
 	$(UV_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
 
+# The port `make run` serves on: `make run PORT=5050` (macOS keeps 5000 for AirPlay).
+PORT ?= 5000
+
 # In sandbox mode the server and the worker share the server's in-memory Stripe sandbox,
 # so both reach it over HTTP.
 ifeq ($(STRIPE_SECRET_KEY),)
-run: export STRIPE_API_BASE ?= http://127.0.0.1:5000/sandbox
+run: export STRIPE_API_BASE ?= http://127.0.0.1:$(PORT)/sandbox
 endif
 
-# The worker writes links into e-mails outside any request: it is told the portal's address.
+# The worker writes links into e-mails outside any request, so it is told the portal's
+# address, and it starts once the server answers.
 run: venv
 	$(FLASK) db upgrade
 	$(FLASK) seed-demo
-	@echo "Portal on http://127.0.0.1:5000 (a background worker sends refunds and e-mails)."
-	PORTAL_BASE_URL=$${PORTAL_BASE_URL:-http://127.0.0.1:5000} $(FLASK) worker & worker=$$!; \
+	@echo "Portal on http://127.0.0.1:$(PORT) (a background worker sends refunds and e-mails)."
+	PORTAL_BASE_URL=$${PORTAL_BASE_URL:-http://127.0.0.1:$(PORT)} \
+		$(FLASK) worker --wait-for http://127.0.0.1:$(PORT)/healthz & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
-	$(FLASK) run --host 127.0.0.1 --port 5000
+	$(FLASK) run --host 127.0.0.1 --port $(PORT)
 
 # axe-core for the browser tests' accessibility checks, from the npm registry.
 E2E_AXE := tests/e2e/node_modules/axe-core/axe.min.js

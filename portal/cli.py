@@ -129,7 +129,12 @@ def reconcile(since) -> None:
 @click.command("worker")
 @click.option("--once", is_flag=True, help="Do one round of work and exit.")
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
-def worker(once: bool, interval: float) -> None:
+@click.option(
+    "--wait-for",
+    metavar="URL",
+    help="Start once this address answers (the server this worker runs beside).",
+)
+def worker(once: bool, interval: float, wait_for: str | None) -> None:
     """Send due refunds and outbox e-mails until stopped (SIGTERM finishes the round)."""
     from flask import current_app
 
@@ -139,7 +144,7 @@ def worker(once: bool, interval: float) -> None:
     if once:
         click.echo(f"Done: {runner.run_once()}")
     else:
-        runner.run()
+        runner.run(wait_for=wait_for)
 
 
 @click.command("digest")

@@ -8,6 +8,9 @@ and stops claiming more.
 import logging
 import signal
 import threading
+import time
+import urllib.error
+import urllib.request
 
 from flask import Flask
 
@@ -19,6 +22,29 @@ from portal.ops.schedule import run_due_tasks
 from portal.timeutil import utcnow
 
 log = logging.getLogger(__name__)
+
+
+def wait_for_server(url: str, timeout: float, stopping: threading.Event) -> bool:
+    """Wait until `url` answers at all (any HTTP status); False if `timeout` passes first.
+
+    A worker started beside its server (`make run`) reaches the server's Stripe sandbox
+    over HTTP: without this its first round fails with "connection refused".
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) address: {url!r}")
+    deadline = time.monotonic() + timeout
+    while not stopping.is_set():
+        try:
+            # The operator's own address, from the command line, checked to be http(s).
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310  # nosec B310
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            stopping.wait(0.25)
+    return False
 
 
 class Worker:
@@ -43,9 +69,14 @@ class Worker:
     def stop(self, *_signal_args) -> None:
         self.stopping.set()
 
-    def run(self) -> None:
+    def run(self, wait_for: str | None = None, wait_seconds: float = 60.0) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        if wait_for is not None:
+            if wait_for_server(wait_for, wait_seconds, self.stopping):
+                log.info("%s answers; starting", wait_for)
+            else:
+                log.warning("%s did not answer in %s s; starting anyway", wait_for, wait_seconds)
         log.info("worker started; polling every %s s", self.interval)
         while not self.stopping.is_set():
             try:
