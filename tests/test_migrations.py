@@ -12,6 +12,20 @@ from portal.db import db
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+def _old_customer(connection) -> None:
+    """Customer 1, as a row of the schemas the data migrations start from."""
+    from sqlalchemy import text
+
+    connection.execute(
+        text(
+            "INSERT INTO users (id, email, password_hash, role, status, "
+            "credits_balance, created_at, session_generation) VALUES "
+            "(1, 'a@example.com', 'x', 'customer', 'active', 0, "
+            "'2026-11-01 00:00:00', 0)"
+        )
+    )
+
+
 def test_migrations_have_a_single_head():
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -57,14 +71,7 @@ def test_disputes_known_only_by_their_holds_become_rows(make_app, tmp_path):
     with older.app_context():
         upgrade(directory=str(MIGRATIONS), revision="c4d2e8f1a7b3")
         with db.engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO users (id, email, password_hash, role, status, "
-                    "credits_balance, created_at, session_generation) VALUES "
-                    "(1, 'a@example.com', 'x', 'customer', 'active', 0, "
-                    "'2026-11-01 00:00:00', 0)"
-                )
-            )
+            _old_customer(connection)
             connection.execute(
                 text(
                     "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
@@ -121,14 +128,7 @@ def test_screenshots_on_disk_move_into_the_database(make_app, tmp_path, caplog):
     with older.app_context():
         upgrade(directory=str(MIGRATIONS), revision="0cc72248f2b1")
         with db.engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO users (id, email, password_hash, role, status, "
-                    "credits_balance, created_at, session_generation) VALUES "
-                    "(1, 'a@example.com', 'x', 'customer', 'active', 0, "
-                    "'2026-11-01 00:00:00', 0)"
-                )
-            )
+            _old_customer(connection)
             connection.execute(
                 text(
                     "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
