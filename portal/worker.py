@@ -11,12 +11,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from datetime import datetime
 
 from flask import Flask
 
 from portal.accounts.services import answer_account_requests
 from portal.accounts.views import account_links
 from portal.billing.money_back.sending import send_due_refunds
+from portal.db import roll_back
 from portal.notifications.services import deliver_pending
 from portal.ops.schedule import run_due_tasks
 from portal.timeutil import utcnow
@@ -54,17 +57,30 @@ class Worker:
         self.stopping = threading.Event()
 
     def run_once(self) -> dict[str, int]:
-        """Do one round of every kind of work; return how much of each was done."""
+        """Do one round of every kind of work; return how much of each was done.
+
+        Each kind runs on its own: one that fails is logged and counted as nothing done,
+        and the others still run (a worker that cannot write sign-up links still sends
+        refunds and e-mails).
+        """
+        steps: dict[str, Callable[[datetime], int]] = {
+            "refunds": send_due_refunds,
+            "account_requests": lambda now: answer_account_requests(now, account_links()),
+        }
+        if self.app.config["MAIL_BACKEND"] == "smtp":
+            steps["emails"] = lambda now: deliver_pending()
+        steps["periodic"] = lambda now: len(run_due_tasks(now))
+        done = {}
         with self.app.app_context():
             now = utcnow()
-            done = {
-                "refunds": send_due_refunds(now),
-                "account_requests": answer_account_requests(now, account_links()),
-            }
-            if self.app.config["MAIL_BACKEND"] == "smtp":
-                done["emails"] = deliver_pending()
-            done["periodic"] = len(run_due_tasks(now))
-            return done
+            for name, step in steps.items():
+                try:
+                    done[name] = step(now)
+                except Exception:  # one kind of work must not starve the others
+                    roll_back()
+                    log.exception("worker step %s failed", name)
+                    done[name] = 0
+        return done
 
     def stop(self, *_signal_args) -> None:
         self.stopping.set()

@@ -42,7 +42,7 @@ ACCOUNT_REQUESTS_KEPT = timedelta(days=2)
 class AccountLinks:
     """The links account e-mails carry. Routes belong to the web layer, which builds them."""
 
-    log_in: str
+    log_in: Callable[[], str]
     finish_sign_up: Callable[[str], str]  # from the link's raw token
     reset_password: Callable[[str], str]
 
@@ -233,7 +233,7 @@ def _answer_sign_up(
             "You already have an account",
             "Someone (hopefully you) tried to sign up for AI Image Studio with this e-mail, "
             "but it already has an account.\n\n"
-            f"Log in: {links.log_in}\n\n"
+            f"Log in: {links.log_in()}\n\n"
             "If you forgot the password, ask for a reset link there. "
             "If it was not you, you can ignore this e-mail: nothing has changed.",
         )

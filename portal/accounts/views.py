@@ -101,9 +101,13 @@ def finish_sign_up(token: str):
 
 
 def account_links() -> services.AccountLinks:
-    """The links account e-mails carry, for the worker that writes them."""
+    """The links account e-mails carry, for the worker that writes them.
+
+    Built only when an e-mail needs one: a worker that cannot know the portal's address
+    (no PORTAL_BASE_URL) fails on account requests alone, not on its other work.
+    """
     return services.AccountLinks(
-        log_in=external_url("accounts.login"),
+        log_in=lambda: external_url("accounts.login"),
         finish_sign_up=lambda token: external_url("accounts.finish_sign_up", token=token),
         reset_password=lambda token: external_url("accounts.reset_password", token=token),
     )

@@ -54,3 +54,19 @@ def test_waiting_gives_up_after_its_time_or_when_stopped():
 def test_only_http_addresses_are_waited_for():
     with pytest.raises(ValueError, match="not an http"):
         wait_for_server("file:///etc/passwd", 1, threading.Event())
+
+
+def test_a_kind_of_work_that_fails_does_not_starve_the_others(make_app, caplog):
+    # A worker that cannot know the portal's address (no PORTAL_BASE_URL, no SERVER_NAME)
+    # cannot write a sign-up link; its periodic tasks still run.
+    from portal.accounts.services import ask_to_sign_up
+    from portal.worker import Worker
+
+    app = make_app(SERVER_NAME=None, PORTAL_BASE_URL="")
+    with app.app_context():
+        ask_to_sign_up("waiting@example.com", "a long and unusual passphrase")
+    done = Worker(app).run_once()
+    assert done["account_requests"] == 0
+    assert done["periodic"] == 3
+    assert "worker step account_requests failed" in caplog.text
+    assert "PORTAL_BASE_URL is needed" in caplog.text

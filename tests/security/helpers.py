@@ -248,7 +248,7 @@ def _answer_account_requests() -> dict[str, list[str]]:
     """
     tokens: dict[str, list[str]] = {"sign_up": [], "reset": []}
     links = accounts.AccountLinks(
-        log_in="http://portal.test/login",
+        log_in=lambda: "http://portal.test/login",
         finish_sign_up=lambda token: tokens["sign_up"].append(token) or "",
         reset_password=lambda token: tokens["reset"].append(token) or "",
     )
