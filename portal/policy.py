@@ -37,10 +37,16 @@ PACKAGES_BY_CODE: dict[str, Package] = {package.code: package for package in PAC
 
 # Requests made more than this many days after the purchase are generally not refunded.
 REFUND_WINDOW_DAYS = 30
-# Downtime longer than this many consecutive hours may justify a refund.
+# "If our platform experiences extended downtime (more than 48 consecutive hours) that
+# prevents you from using purchased credits, you may be eligible for a partial or full
+# refund." Exactly 48 hours is not enough: one outage must last longer.
 DOWNTIME_THRESHOLD_HOURS = 48
-# Two paid purchases of the same package this close together count as a duplicate charge.
+# "If you were charged multiple times for the same purchase, we will refund the duplicate
+# charges in full." A second payment of the same package at most this many minutes after
+# the first, none of whose credits were used, is taken for a duplicate charge; one whose
+# credits were used is a purchase the customer meant to make.
 DUPLICATE_WINDOW_MINUTES = 10
+
 # "We aim to respond to all refund requests within 3-5 business days."
 RESPONSE_BUSINESS_DAYS_MIN = 3
 RESPONSE_BUSINESS_DAYS_MAX = 5
@@ -60,3 +66,8 @@ PRODUCT_NAME = "AI Image Studio"
 SUPPORT_PHONE = "(778) 875-8095"
 COMPANY_ADDRESS = "7790 Royal Oak Ave, Burnaby, BC V5J 4K4"
 POLICY_LAST_UPDATED = "February 13, 2026"
+
+
+def downtime_words() -> str:
+    """How long downtime must last, in the policy's words: "more than 48 consecutive hours"."""
+    return f"more than {DOWNTIME_THRESHOLD_HOURS} consecutive hours"

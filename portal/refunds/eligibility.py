@@ -53,6 +53,9 @@ class PurchaseFacts:
     paid_at: datetime | None
     credited_at: datetime | None
     refunded_cents: int = 0
+    # What is left of its credits: it tells a duplicate charge from a purchase made twice
+    # on purpose. (For the purchase asked about, the rules read `Snapshot.unused_credits`.)
+    unused_credits: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,77 +196,168 @@ def technical_failure_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
     )
 
 
+def _untouched(purchase: PurchaseFacts, unused: int) -> bool:
+    """None of the purchase's credits were spent (or they never arrived to be spent)."""
+    return purchase.credited_at is None or unused >= purchase.credits
+
+
+def _paid_again(first: PurchaseFacts, second: PurchaseFacts) -> bool:
+    """`second` pays for the same package as `first`, within the duplicate window after it.
+
+    Only charges that still stand count: one refunded in full no longer charged anyone.
+    Payments made in the same instant are told apart by id, so only one is the later.
+    """
+    return (
+        first.id != second.id
+        and first.package_code == second.package_code
+        and first.paid_at is not None
+        and second.paid_at is not None
+        and (first.paid_at, first.id) < (second.paid_at, second.id)
+        and second.paid_at - first.paid_at <= duplicate_window()
+        and first.refunded_cents < first.amount_cents
+        and second.refunded_cents < second.amount_cents
+    )
+
+
+def _later_duplicates(snapshot: Snapshot) -> tuple[PurchaseFacts, ...]:
+    """The purchases that duplicate the one asked about: paid again soon after, unused."""
+    return tuple(
+        other
+        for other in snapshot.other_purchases
+        if _paid_again(snapshot.purchase, other) and _untouched(other, other.unused_credits)
+    )
+
+
+def _minutes(first: PurchaseFacts, second: PurchaseFacts) -> str:
+    minutes = int((second.paid_at - first.paid_at).total_seconds() // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def _ids(purchases: tuple[PurchaseFacts, ...]) -> str:
+    ids = [str(purchase.id) for purchase in purchases]
+    if len(ids) == 1:
+        return f"purchase {ids[0]}"
+    return f"purchases {', '.join(ids[:-1])} and {ids[-1]}"
+
+
 def duplicate_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
     title = "Charged more than once"
     purchase = snapshot.purchase
-    window = duplicate_window()
+    package = purchase.package_code.capitalize()
     if purchase.paid_at is None:
         return RuleResult("duplicate", title, Outcome.NOT_APPLICABLE, "This purchase was not paid.")
-    # The later of two same-package payments within the window is the duplicate.
-    earlier = [
-        other
-        for other in snapshot.other_purchases
-        if other.package_code == purchase.package_code
-        and other.paid_at is not None
-        and other.paid_at <= purchase.paid_at
-        and purchase.paid_at - other.paid_at <= window
-        and other.id != purchase.id
-    ]
+    # Of two payments for the same package minutes apart, the later is the duplicate, but
+    # only while its credits are untouched: a customer who used them meant to buy twice.
+    # (The portal keeps no trace of the card paid with, so the card cannot be compared.)
+    earlier = [other for other in snapshot.other_purchases if _paid_again(other, purchase)]
     if earlier:
-        minutes = int((purchase.paid_at - earlier[-1].paid_at).total_seconds() // 60)
+        first = earlier[-1]
+        if _untouched(purchase, snapshot.unused_credits):
+            return RuleResult(
+                "duplicate",
+                title,
+                Outcome.PASS,
+                f"You paid for the same {package} package {_minutes(first, purchase)} "
+                f"earlier (purchase {first.id}) and none of this purchase's "
+                f"{purchase.credits:,} credits have been used: this payment is the "
+                "duplicate, and it is refunded in full.",
+            )
+        used = purchase.credits - snapshot.unused_credits
         return RuleResult(
             "duplicate",
             title,
-            Outcome.PASS,
-            f"You bought the same {purchase.package_code.capitalize()} package "
-            f"{minutes} minute{'s' if minutes != 1 else ''} earlier; this payment "
-            "is a duplicate and is refunded in full.",
+            Outcome.NOT_APPLICABLE,
+            f"You paid for the same {package} package {_minutes(first, purchase)} "
+            f"earlier (purchase {first.id}), but {used:,} of this purchase's "
+            f"{purchase.credits:,} credits have been used: it is a second purchase, not "
+            "a duplicate charge.",
+        )
+    duplicates = _later_duplicates(snapshot)
+    if duplicates:
+        return RuleResult(
+            "duplicate",
+            title,
+            Outcome.NOT_APPLICABLE,
+            f"The duplicate is the later payment, not this one: {_ids(duplicates)}, the "
+            f"same {package} package paid {_minutes(purchase, duplicates[0])} after this "
+            "one with none of its credits used. That payment is the one refunded in full.",
+        )
+    repeats = tuple(other for other in snapshot.other_purchases if _paid_again(purchase, other))
+    if repeats:
+        return RuleResult(
+            "duplicate",
+            title,
+            Outcome.NOT_APPLICABLE,
+            f"You paid for the same {package} package again {_minutes(purchase, repeats[0])} "
+            f"later ({_ids(repeats)}) and used its credits: a second purchase, not a "
+            "duplicate charge.",
         )
     return RuleResult(
         "duplicate",
         title,
         Outcome.NOT_APPLICABLE,
-        f"No other {purchase.package_code.capitalize()} payment within "
-        f"{policy.DUPLICATE_WINDOW_MINUTES} minutes of this one.",
+        f"No other {package} payment within {policy.DUPLICATE_WINDOW_MINUTES} minutes of this one.",
     )
 
 
-def _longest_overlap(snapshot: Snapshot, now: datetime) -> tuple[IncidentFacts, timedelta] | None:
-    start = snapshot.purchase.credited_at
-    if start is None:
-        return None
-    end = snapshot.used_up_at or now
-    threshold = timedelta(hours=policy.DOWNTIME_THRESHOLD_HOURS)
-    qualifying = [
-        (incident, (incident.ended_at or now) - incident.started_at)
-        for incident in snapshot.incidents
-        if (incident.ended_at or now) - incident.started_at >= threshold
-        and incident.started_at < end
-        and (incident.ended_at or now) > start
-    ]
-    return max(qualifying, key=lambda pair: pair[1]) if qualifying else None
+def _held_overlap(snapshot: Snapshot, incident: IncidentFacts, now: datetime) -> timedelta:
+    """How long `incident` lasted while the customer held unused credits of this purchase.
+
+    The credits are held from when they were added until the last one was spent (or until
+    `now`, while some are left); an incident still open runs until `now`.
+    """
+    held_from = snapshot.purchase.credited_at
+    if held_from is None:
+        return timedelta(0)
+    held_until = snapshot.used_up_at or now
+    overlap = min(incident.ended_at or now, held_until) - max(incident.started_at, held_from)
+    return max(overlap, timedelta(0))
+
+
+def _length(span: timedelta) -> str:
+    hours, rest = divmod(int(span.total_seconds()) // 60, 60)
+    words = f"{hours} hour{'s' if hours != 1 else ''}"
+    if rest:
+        words += f" {rest} minute{'s' if rest != 1 else ''}"
+    return words
 
 
 def outage_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
-    title = f"Downtime of {policy.DOWNTIME_THRESHOLD_HOURS} hours or more"
-    found = _longest_overlap(snapshot, now)
-    if found is None:
+    title = f"Downtime of {policy.downtime_words()}"
+    threshold = timedelta(hours=policy.DOWNTIME_THRESHOLD_HOURS)
+    overlaps = [
+        (_held_overlap(snapshot, incident, now), incident) for incident in snapshot.incidents
+    ]
+    longest = max(overlaps, key=lambda pair: pair[0], default=None)
+    # The policy counts one outage's consecutive hours, and only those that kept the
+    # customer from using this purchase's credits: time before they arrived or after the
+    # last was spent does not count, nor does a second outage added to the first.
+    if longest is not None and longest[0] > threshold:
+        overlap, incident = longest
+        return RuleResult(
+            "outage",
+            title,
+            Outcome.PASS,
+            f"\u201c{incident.title}\u201d kept the platform down for "
+            f"{policy.downtime_words()} while you held unused credits from this "
+            f"purchase: {_length(overlap)} from "
+            f"{_day(max(incident.started_at, snapshot.purchase.credited_at))}.",
+        )
+    if longest is not None and longest[0] > timedelta(0):
+        overlap, incident = longest
         return RuleResult(
             "outage",
             title,
             Outcome.NOT_APPLICABLE,
-            f"No outage of {policy.DOWNTIME_THRESHOLD_HOURS} consecutive hours or "
-            "more while you held unused credits from this purchase.",
+            f"\u201c{incident.title}\u201d overlapped the time you held unused credits "
+            f"from this purchase by {_length(overlap)}; the policy needs "
+            f"{policy.downtime_words()}.",
         )
-    incident, length = found
-    hours = int(length.total_seconds() // 3600)
     return RuleResult(
         "outage",
         title,
-        Outcome.PASS,
-        f"\u201c{incident.title}\u201d kept the platform down for {hours} hours "
-        f"from {_day(incident.started_at)}, while you held unused credits from "
-        "this purchase.",
+        Outcome.NOT_APPLICABLE,
+        f"No outage of {policy.downtime_words()} while you held unused credits from this purchase.",
     )
 
 
@@ -372,6 +466,8 @@ class _Case:
     failed: frozenset[str]
     has_job: bool
     actions: tuple[Action, ...]
+    # Asked about a duplicate charge on the first payment, while the duplicate is another.
+    duplicate_elsewhere: bool
     refundable_cents: int
     unused_value_cents: int
     unused_credits: int
@@ -449,6 +545,15 @@ LADDER = (
         "Duplicate charges are refunded in full.",
     ),
     _Step(
+        lambda case: case.duplicate_elsewhere,
+        Verdict.NEEDS_REVIEW,
+        _nothing,
+        _nothing,
+        "requested_by_customer",
+        "The duplicate charge is the later payment named below, not this one: ask for the "
+        "refund on that purchase, and it is refunded in full.",
+    ),
+    _Step(
         lambda case: case.has_job and "failed_job" in case.passed,
         Verdict.LIKELY_INELIGIBLE,
         _nothing,
@@ -470,8 +575,8 @@ LADDER = (
         _unused_share,
         _unused_credits,
         "requested_by_customer",
-        "Long downtime while you held unused credits qualifies for a refund of "
-        "their share of the price.",
+        f"Downtime of {policy.downtime_words()} while you held unused credits "
+        "qualifies for a refund of their share of the price.",
     ),
     _Step(
         lambda case: True,
@@ -518,6 +623,8 @@ def _case_of(snapshot: Snapshot, results: dict[str, RuleResult]) -> _Case:
         failed=failed,
         has_job=job is not None,
         actions=tuple(actions),
+        duplicate_elsewhere=snapshot.reason == RequestReason.CHARGED_TWICE
+        and bool(_later_duplicates(snapshot)),
         refundable_cents=purchase.amount_cents - purchase.refunded_cents,
         unused_value_cents=package.refund_for_unused(snapshot.unused_credits) if package else 0,
         unused_credits=snapshot.unused_credits,

@@ -3,7 +3,8 @@
 One builder, `snapshot_of`, serves both readers. Filing reads the facts with
 `snapshot_for`; the staff request page reads them in its own query, with the request,
 and hands them over. Either way the same rules pick the incidents and the nearby
-purchases, so the customer's pre-check and the one staff see again agree.
+purchases (with what is left of their credits), so the customer's pre-check and the one
+staff see again agree.
 """
 
 from datetime import datetime
@@ -75,14 +76,19 @@ def incidents_during(period: tuple[datetime, datetime | None]) -> list[Incident]
 
 
 def purchases_paid_near(purchase: Purchase) -> tuple[eligibility.PurchaseFacts, ...]:
-    """The customer's other purchases paid within the duplicate window of this one."""
+    """The customer's other purchases paid within the duplicate window of this one.
+
+    Each comes with what is left of its credits: a second payment whose credits were used
+    is a purchase made on purpose, not a duplicate charge.
+    """
     if purchase.paid_at is None:
         return ()
     window = eligibility.duplicate_window()
     return tuple(
-        _purchase_facts(other)
-        for other in db.session.scalars(
-            select(Purchase)
+        _purchase_facts(other, unused or 0)
+        for other, unused in db.session.execute(
+            select(Purchase, CreditLot.credits_remaining)
+            .outerjoin(CreditLot, CreditLot.purchase_id == Purchase.id)
             .where(
                 Purchase.user_id == purchase.user_id,
                 Purchase.id != purchase.id,
@@ -114,7 +120,7 @@ def snapshot_of(
     period = held_period(purchase, used_up_at, now)
     return eligibility.Snapshot(
         reason=reason,
-        purchase=_purchase_facts(purchase),
+        purchase=_purchase_facts(purchase, unused),
         unused_credits=unused,
         used_up_at=used_up_at,
         other_purchases=purchases_paid_near(purchase),
@@ -163,7 +169,7 @@ def snapshot_for(
     )
 
 
-def _purchase_facts(purchase: Purchase) -> eligibility.PurchaseFacts:
+def _purchase_facts(purchase: Purchase, unused: int) -> eligibility.PurchaseFacts:
     return eligibility.PurchaseFacts(
         id=purchase.id,
         package_code=purchase.package_code,
@@ -173,6 +179,7 @@ def _purchase_facts(purchase: Purchase) -> eligibility.PurchaseFacts:
         paid_at=purchase.paid_at,
         credited_at=purchase.credited_at,
         refunded_cents=purchase.refunded_cents,
+        unused_credits=unused,
     )
 
 

@@ -1,9 +1,13 @@
 import re
+from datetime import timedelta
 
 import pytest
 
 from portal import policy
+from portal.db import db
+from portal.incidents.models import Incident
 from portal.money import format_cents
+from portal.timeutil import utcnow
 
 
 def text_of(response) -> str:
@@ -28,6 +32,33 @@ def test_refund_policy_numbers_come_from_the_policy_module(client, monkeypatch):
     assert "more than 72 hours in a row" in page
     assert "3–6 business days" in page
     assert "5–12 business days" in page
+
+
+def _outage(title: str, hours: int, minutes: int = 0):
+    started = utcnow() - timedelta(days=3)
+    ended = started + timedelta(hours=hours, minutes=minutes)
+    db.session.add(Incident(title=title, started_at=started, ended_at=ended))
+    db.session.commit()
+
+
+def test_status_page_states_the_downtime_rule_in_the_policys_words(client, monkeypatch):
+    page = text_of(client.get("/status"))
+    assert (
+        "If our platform experiences extended downtime (more than 48 consecutive hours) that "
+        "prevents you from using purchased credits, you may be eligible for a partial or "
+        "full refund" in page
+    )
+    monkeypatch.setattr(policy, "DOWNTIME_THRESHOLD_HOURS", 72)
+    assert "(more than 72 consecutive hours)" in text_of(client.get("/status"))
+
+
+def test_status_page_shows_how_long_an_outage_lasted_to_the_minute(client):
+    # "48 h" for both would hide which of the two lasted more than 48 hours.
+    _outage("Exactly two days", 48)
+    _outage("Two days and a minute", 48, 1)
+    page = text_of(client.get("/status"))
+    assert re.search(r"Exactly two days</strong>: [^(]+ \(48 h\)", page)
+    assert re.search(r"Two days and a minute</strong>: [^(]+ \(48 h 1 min\)", page)
 
 
 def test_refund_policy_lists_packages_and_non_refundable_cases(client):

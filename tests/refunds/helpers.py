@@ -53,12 +53,16 @@ def purchase_facts(
     credited_at: datetime | None = None,
     refunded_cents: int = 0,
     purchase_id: int = 1,
+    unused: int | None = None,
 ) -> eligibility.PurchaseFacts:
-    """Facts of a paid purchase of `package`, credited when it was paid unless told."""
+    """Facts of a paid purchase of `package`, credited when it was paid unless told, and
+    none of its credits used unless told."""
     chosen = policy.PACKAGES_BY_CODE[package]
     paid_at = paid_at or vancouver(2026, 3, 1, 23, 30)
     if credited and credited_at is None:
         credited_at = paid_at
+    if unused is None:
+        unused = chosen.credits if credited else 0
     return eligibility.PurchaseFacts(
         id=purchase_id,
         package_code=chosen.code,
@@ -68,6 +72,7 @@ def purchase_facts(
         paid_at=paid_at,
         credited_at=credited_at if credited else None,
         refunded_cents=refunded_cents,
+        unused_credits=unused,
     )
 
 

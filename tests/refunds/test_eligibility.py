@@ -163,7 +163,7 @@ def test_window_day_30_passes_and_day_31_fails(paid_at, now, outcome, paid_shown
     ],
 )
 def test_terminated_account_is_likely_ineligible(others):
-    case = snapshot(unused=88, account_terminated=True, other_purchases=others)
+    case = snapshot(unused=300, account_terminated=True, other_purchases=others)
     check = precheck(case, NOW)
     account = rule(check, "account")
     assert account.outcome == Outcome.FAIL
@@ -217,6 +217,8 @@ def test_credited_purchase_is_no_technical_failure_and_says_when_credits_came():
 
 
 # -- duplicate charge ------------------------------------------------------------------------
+# The later of two payments for the same package minutes apart is the duplicate, as long as
+# none of its credits were used; the purchase asked about is the Pro one paid at PAID.
 
 
 @pytest.mark.parametrize(
@@ -228,18 +230,18 @@ def test_credited_purchase_is_no_technical_failure_and_says_when_credits_came():
             "pro", timedelta(minutes=-11), Outcome.NOT_APPLICABLE, "within 10 minutes", id="11"
         ),
         pytest.param(
+            "pro",
+            timedelta(hours=-3),
+            Outcome.NOT_APPLICABLE,
+            "No other Pro payment within 10 minutes",
+            id="same package hours apart",
+        ),
+        pytest.param(
             "basic",
             timedelta(minutes=-5),
             Outcome.NOT_APPLICABLE,
             "No other Pro payment",
             id="other package 5 min",
-        ),
-        pytest.param(
-            "pro",
-            timedelta(minutes=5),
-            Outcome.NOT_APPLICABLE,
-            "No other Pro payment",
-            id="same package 5 min LATER: that one is the duplicate",
         ),
     ],
 )
@@ -252,12 +254,132 @@ def test_duplicate_charge(other_package, offset, outcome, words):
     assert words in duplicate.explanation
     if outcome == Outcome.PASS:
         assert "same Pro package" in duplicate.explanation
+        assert "(purchase 2) and none of this purchase's 300 credits have been used" in (
+            duplicate.explanation
+        )
+        assert "this payment is the duplicate, and it is refunded in full." in (
+            duplicate.explanation
+        )
         assert check.verdict == Verdict.LIKELY_ELIGIBLE
         assert check.recommended_cents == 2000
+        assert check.recommended_credits == 300
         assert check.stripe_reason == "duplicate"
     else:
         assert check.verdict == Verdict.NEEDS_REVIEW
         assert check.stripe_reason == "requested_by_customer"
+
+
+@pytest.mark.parametrize(
+    "unused",
+    [pytest.param(299, id="one credit used"), pytest.param(0, id="all of them used")],
+)
+def test_a_second_purchase_whose_credits_were_used_is_no_duplicate(unused):
+    # FIFO spends the first purchase's credits first: using any of the second purchase's
+    # means the customer used more than one package's worth, on purpose.
+    first = purchase_facts(paid_at=PAID - timedelta(minutes=3), purchase_id=2, unused=0)
+    used_up_at = NOW - timedelta(days=1) if unused == 0 else None
+    case = snapshot(
+        unused=unused,
+        used_up_at=used_up_at,
+        reason=RequestReason.CHARGED_TWICE,
+        other_purchases=(first,),
+    )
+    check = precheck(case, NOW)
+    duplicate = rule(check, "duplicate")
+    assert duplicate.outcome == Outcome.NOT_APPLICABLE
+    assert (
+        f"You paid for the same Pro package 3 minutes earlier (purchase 2), but "
+        f"{300 - unused} of this purchase's 300 credits have been used: it is a second "
+        "purchase, not a duplicate charge." == duplicate.explanation
+    )
+    assert check.stripe_reason == "requested_by_customer"
+    if unused:
+        assert check.verdict == Verdict.NEEDS_REVIEW
+        assert check.recommended_cents == 1993  # the unused share, not the full price
+    else:
+        assert check.verdict == Verdict.LIKELY_INELIGIBLE
+        assert check.recommended_cents == 0
+
+
+def test_asked_on_the_first_payment_the_check_names_the_later_one_as_the_duplicate():
+    # The first payment's credits are the ones spent first, so they may be used already:
+    # refunding it in full would refund used credits.
+    second = purchase_facts(paid_at=PAID + timedelta(minutes=4), purchase_id=2)
+    case = snapshot(unused=100, reason=RequestReason.CHARGED_TWICE, other_purchases=(second,))
+    check = precheck(case, NOW)
+    duplicate = rule(check, "duplicate")
+    assert duplicate.outcome == Outcome.NOT_APPLICABLE
+    assert duplicate.explanation == (
+        "The duplicate is the later payment, not this one: purchase 2, the same Pro "
+        "package paid 4 minutes after this one with none of its credits used. That "
+        "payment is the one refunded in full."
+    )
+    assert check.verdict == Verdict.NEEDS_REVIEW
+    assert "ask for the refund on that purchase" in check.summary
+    assert check.recommended_cents == 0
+    assert check.recommended_credits == 0
+    assert check.stripe_reason == "requested_by_customer"
+
+
+def test_asked_on_the_first_payment_for_another_reason_the_duplicate_is_only_mentioned():
+    second = purchase_facts(paid_at=PAID + timedelta(minutes=4), purchase_id=2)
+    case = snapshot(unused=100, reason=RequestReason.OTHER, other_purchases=(second,))
+    check = precheck(case, NOW)
+    assert "purchase 2, the same Pro package" in rule(check, "duplicate").explanation
+    assert check.verdict == Verdict.NEEDS_REVIEW
+    assert check.recommended_cents == 666  # this purchase's own unused share
+
+
+def test_asked_on_the_first_payment_when_the_second_was_used_there_is_no_duplicate():
+    second = purchase_facts(paid_at=PAID + timedelta(minutes=4), purchase_id=2, unused=120)
+    case = snapshot(
+        unused=0,
+        used_up_at=NOW - timedelta(days=2),
+        reason=RequestReason.CHARGED_TWICE,
+        other_purchases=(second,),
+    )
+    check = precheck(case, NOW)
+    duplicate = rule(check, "duplicate")
+    assert duplicate.outcome == Outcome.NOT_APPLICABLE
+    assert duplicate.explanation == (
+        "You paid for the same Pro package again 4 minutes later (purchase 2) and used "
+        "its credits: a second purchase, not a duplicate charge."
+    )
+    assert check.verdict == Verdict.LIKELY_INELIGIBLE
+    assert check.recommended_cents == 0
+
+
+def test_three_payments_in_a_row_name_both_later_ones_from_the_first():
+    later = (
+        purchase_facts(paid_at=PAID + timedelta(minutes=2), purchase_id=2),
+        purchase_facts(paid_at=PAID + timedelta(minutes=5), purchase_id=3),
+    )
+    case = snapshot(unused=300, reason=RequestReason.CHARGED_TWICE, other_purchases=later)
+    duplicate = rule(precheck(case, NOW), "duplicate")
+    assert "not this one: purchases 2 and 3, the same Pro package paid 2 minutes" in (
+        duplicate.explanation
+    )
+
+
+def test_payments_at_the_same_moment_make_only_the_higher_id_the_duplicate():
+    twin = purchase_facts(paid_at=PAID, purchase_id=2)
+    asked_on_first = snapshot(unused=300, other_purchases=(twin,))
+    assert rule(precheck(asked_on_first, NOW), "duplicate").outcome == Outcome.NOT_APPLICABLE
+    asked_on_second = snapshot(
+        purchase_facts(purchase_id=2),
+        unused=300,
+        other_purchases=(purchase_facts(paid_at=PAID, purchase_id=1),),
+    )
+    assert rule(precheck(asked_on_second, NOW), "duplicate").outcome == Outcome.PASS
+
+
+def test_no_duplicate_once_the_other_payment_was_refunded_in_full():
+    refunded = purchase_facts(
+        paid_at=PAID - timedelta(minutes=3), purchase_id=2, refunded_cents=2000
+    )
+    check = precheck(snapshot(unused=300, other_purchases=(refunded,)), NOW)
+    assert rule(check, "duplicate").outcome == Outcome.NOT_APPLICABLE
+    assert check.stripe_reason == "requested_by_customer"
 
 
 def test_duplicate_refund_never_exceeds_what_is_left_to_refund():
@@ -269,97 +391,137 @@ def test_duplicate_refund_never_exceeds_what_is_left_to_refund():
 
 
 # -- service unavailability --------------------------------------------------------------
+# "more than 48 consecutive hours that prevents you from using purchased credits": one
+# outage must overlap the time the customer held unused credits of this purchase (from
+# when they were added until the last was spent, or until now) by MORE than 48 hours.
 
 
 CREDITED = PAID
 LATER = CREDITED + timedelta(days=10)
+DAY_2 = CREDITED + timedelta(days=1)
+
+
+def _down(start, hours=None, minutes=0, title="Render farm down"):
+    ended = None if hours is None else start + timedelta(hours=hours, minutes=minutes)
+    return IncidentFacts(title, start, ended)
 
 
 @pytest.mark.parametrize(
-    ("incident", "used_up_at", "unused", "outcome", "words"),
+    ("incidents", "used_up_at", "unused", "outcome", "words"),
     [
         pytest.param(
-            IncidentFacts(
-                "Render farm down",
-                CREDITED + timedelta(days=1),
-                CREDITED + timedelta(days=1, hours=47, minutes=59),
-            ),
+            (_down(DAY_2, 47, 59),),
             None,
             150,
             Outcome.NOT_APPLICABLE,
-            "No outage of 48 consecutive hours",
+            "\u201cRender farm down\u201d overlapped the time you held unused credits from "
+            "this purchase by 47 hours 59 minutes; the policy needs more than 48 "
+            "consecutive hours.",
             id="47h59m",
         ),
         pytest.param(
-            IncidentFacts(
-                "Render farm down",
-                CREDITED + timedelta(days=1),
-                CREDITED + timedelta(days=1, hours=48),
-            ),
+            (_down(DAY_2, 48),),
+            None,
+            150,
+            Outcome.NOT_APPLICABLE,
+            "by 48 hours; the policy needs more than 48 consecutive hours.",
+            id="exactly 48h is not more than 48h",
+        ),
+        pytest.param(
+            (_down(DAY_2, 48, 1),),
             None,
             150,
             Outcome.PASS,
             # Started 2026-03-03 07:30 UTC, which is still March 2 in Vancouver.
-            "\u201cRender farm down\u201d kept the platform down for 48 hours from March 2, 2026",
-            id="48h",
+            "\u201cRender farm down\u201d kept the platform down for more than 48 "
+            "consecutive hours while you held unused credits from this purchase: 48 hours "
+            "1 minute from March 2, 2026.",
+            id="48h01m while the credits were held",
         ),
         pytest.param(
-            IncidentFacts("Still down", LATER - timedelta(hours=50), None),
+            (_down(LATER - timedelta(hours=50), title="Still down"),),
             None,
             150,
             Outcome.PASS,
-            "kept the platform down for 50 hours",
+            "\u201cStill down\u201d kept the platform down for more than 48 consecutive "
+            "hours while you held unused credits from this purchase: 50 hours",
             id="ongoing for 50h",
         ),
         pytest.param(
-            IncidentFacts("Still down", LATER - timedelta(hours=47), None),
+            (_down(LATER - timedelta(hours=48), title="Still down"),),
             None,
             150,
             Outcome.NOT_APPLICABLE,
-            "No outage",
-            id="ongoing for 47h",
+            "by 48 hours",
+            id="ongoing for exactly 48h",
         ),
         pytest.param(
-            IncidentFacts("Before", CREDITED - timedelta(days=5), CREDITED - timedelta(hours=1)),
+            (_down(CREDITED - timedelta(days=5), 100),),
             None,
             150,
             Outcome.NOT_APPLICABLE,
-            "No outage",
+            "No outage of more than 48 consecutive hours while you held unused credits "
+            "from this purchase.",
             id="ended before the credits arrived",
         ),
         pytest.param(
-            IncidentFacts(
-                "Straddling", CREDITED - timedelta(hours=24), CREDITED + timedelta(hours=24)
-            ),
-            None,
-            150,
-            Outcome.PASS,
-            "for 48 hours",
-            id="began before the credits arrived, overlaps after",
-        ),
-        pytest.param(
-            IncidentFacts("After", CREDITED + timedelta(days=3), CREDITED + timedelta(days=6)),
+            (_down(CREDITED + timedelta(days=3), 72),),
             CREDITED + timedelta(days=2),
             0,
             Outcome.NOT_APPLICABLE,
-            "No outage",
+            "No outage of more than 48 consecutive hours",
             id="began after the credits were used up",
+        ),
+        pytest.param(
+            (_down(CREDITED - timedelta(hours=56), 60),),
+            None,
+            150,
+            Outcome.NOT_APPLICABLE,
+            "by 4 hours; the policy needs more than 48 consecutive hours.",
+            id="60h outage, credits added 4h before it ended",
+        ),
+        pytest.param(
+            (_down(DAY_2, 60),),
+            DAY_2 + timedelta(hours=4),
+            0,
+            Outcome.NOT_APPLICABLE,
+            "by 4 hours",
+            id="60h outage, credits used up 4h after it began",
+        ),
+        pytest.param(
+            (_down(CREDITED - timedelta(hours=24), 73),),
+            None,
+            150,
+            Outcome.PASS,
+            # Counted from when the credits arrived, not from when the outage began.
+            "this purchase: 49 hours from March 1, 2026.",
+            id="began before the credits arrived, 49h after",
+        ),
+        pytest.param(
+            (_down(DAY_2, 30, title="First"), _down(DAY_2 + timedelta(hours=31), 30)),
+            None,
+            150,
+            Outcome.NOT_APPLICABLE,
+            "by 30 hours",
+            id="two outages of 30h: not consecutive",
         ),
     ],
 )
-def test_outage(incident, used_up_at, unused, outcome, words):
+def test_outage(incidents, used_up_at, unused, outcome, words):
     case = snapshot(
         unused=unused,
         used_up_at=used_up_at,
-        incidents=(incident,),
+        incidents=incidents,
         reason=RequestReason.SERVICE_UNAVAILABLE,
     )
     check = precheck(case, LATER)
     outage = rule(check, "outage")
+    assert outage.title == "Downtime of more than 48 consecutive hours"
     assert outage.outcome == outcome
     assert words in outage.explanation
     if outcome == Outcome.PASS:
         assert check.verdict == Verdict.LIKELY_ELIGIBLE
+        assert "more than 48 consecutive hours" in check.summary
         # 150 of 300 Pro credits: half of $20.00.
         assert check.recommended_cents == 1000
         assert check.recommended_credits == 150
@@ -367,6 +529,17 @@ def test_outage(incident, used_up_at, unused, outcome, words):
         assert check.verdict == Verdict.NEEDS_REVIEW
     else:
         assert check.verdict == Verdict.LIKELY_INELIGIBLE
+
+
+def test_the_outage_rule_reads_its_threshold_from_the_policy(monkeypatch):
+    monkeypatch.setattr(policy, "DOWNTIME_THRESHOLD_HOURS", 72)
+    case = snapshot(incidents=(_down(DAY_2, 60),), reason=RequestReason.SERVICE_UNAVAILABLE)
+    outage = rule(precheck(case, LATER), "outage")
+    assert outage.title == "Downtime of more than 72 consecutive hours"
+    assert outage.outcome == Outcome.NOT_APPLICABLE
+    assert outage.explanation.endswith(
+        "by 60 hours; the policy needs more than 72 consecutive hours."
+    )
 
 
 # -- failed job -------------------------------------------------------------------------------

@@ -461,21 +461,92 @@ def _incident(started_at, ended_at):
 
 def test_the_service_sees_a_duplicate_payment_9_minutes_earlier(customer):
     paid = utcnow() - timedelta(days=2)
-    make_purchase(customer, "pro", paid_at=paid - timedelta(minutes=9))
+    first = make_purchase(customer, "pro", paid_at=paid - timedelta(minutes=9))
     make_purchase(customer, "basic", paid_at=paid - timedelta(minutes=2))
     later = make_purchase(customer, "pro", paid_at=paid)
     check = services.preview(customer, later, RequestReason.CHARGED_TWICE, None, False, utcnow())
     assert check.verdict == Verdict.LIKELY_ELIGIBLE
     assert check.stripe_reason == "duplicate"
     assert check.recommended_cents == 2000
+    assert check.recommended_credits == 300
+    assert f"(purchase {first.id}) and none of this purchase's 300 credits" in (
+        check.rules[3].explanation
+    )
+
+
+def test_asked_on_the_first_payment_the_service_names_the_untouched_later_one(customer):
+    paid = utcnow() - timedelta(days=2)
+    first = make_purchase(customer, "pro", paid_at=paid)
+    later = make_purchase(customer, "pro", paid_at=paid + timedelta(minutes=3))
+    spend(customer, 40)  # drawn from the first purchase: FIFO
+    check = services.preview(customer, first, RequestReason.CHARGED_TWICE, None, False, utcnow())
+    assert check.verdict == Verdict.NEEDS_REVIEW
+    assert check.recommended_cents == 0
+    assert f"The duplicate is the later payment, not this one: purchase {later.id}," in (
+        check.rules[3].explanation
+    )
+
+
+def test_the_review_step_tells_which_payment_is_the_duplicate(client, customer):
+    paid = utcnow() - timedelta(days=2)
+    first = make_purchase(customer, "pro", paid_at=paid)
+    later = make_purchase(customer, "pro", paid_at=paid + timedelta(minutes=3))
+    spend(customer, 40)
+    reason = RequestReason.CHARGED_TWICE.value
+
+    _, token = _open_form(client, first.id)
+    on_first = text(post_form(client, form_data(token, first.id, "review", reason=reason)))
+    assert f"The duplicate is the later payment, not this one: purchase {later.id}" in on_first
+    assert "ask for the refund on that purchase, and it is refunded in full" in on_first
+    assert "Estimated refund" not in on_first
+
+    _, token = _open_form(client, later.id)
+    on_later = text(post_form(client, form_data(token, later.id, "review", reason=reason)))
+    assert "this payment is the duplicate, and it is refunded in full" in on_later
+    assert "Estimated refund: $20.00 for 300 unused credits" in on_later
+    assert nothing_filed()
+
+
+def test_the_review_step_says_an_outage_must_last_more_than_48_hours(client, customer):
+    purchase = make_purchase(customer, "pro", paid_at=utcnow() - timedelta(days=5))
+    _incident(purchase.paid_at + timedelta(hours=5), purchase.paid_at + timedelta(hours=53))
+    _, token = _open_form(client, purchase.id)
+    reason = RequestReason.SERVICE_UNAVAILABLE.value
+    words = text(post_form(client, form_data(token, purchase.id, "review", reason=reason)))
+    assert "Downtime of more than 48 consecutive hours" in words
+    assert (
+        "\u201cRender farm down\u201d overlapped the time you held unused credits from this "
+        "purchase by 48 hours; the policy needs more than 48 consecutive hours." in words
+    )
+    assert "Needs a closer look" in words
+
+
+def test_a_second_purchase_whose_credits_were_used_is_no_duplicate_in_the_service(customer):
+    paid = utcnow() - timedelta(days=2)
+    first = make_purchase(customer, "pro", paid_at=paid)
+    later = make_purchase(customer, "pro", paid_at=paid + timedelta(minutes=3))
+    spend(customer, 350)  # all 300 of the first, then 50 of the second
+    for purchase, words in (
+        (later, "but 50 of this purchase's 300 credits have been used"),
+        (first, f"again 3 minutes later (purchase {later.id}) and used its credits"),
+    ):
+        check = services.preview(
+            customer, purchase, RequestReason.CHARGED_TWICE, None, False, utcnow()
+        )
+        assert words in check.rules[3].explanation
+        assert check.stripe_reason == "requested_by_customer"
+        assert check.verdict != Verdict.LIKELY_ELIGIBLE
 
 
 @pytest.mark.parametrize(
     ("start_hours", "length_hours", "spend_at_hours", "verdict", "cents"),
     [
-        pytest.param(5, 48, None, Verdict.LIKELY_ELIGIBLE, 586, id="48h while unused"),
+        pytest.param(5, 48 + 1 / 60, None, Verdict.LIKELY_ELIGIBLE, 586, id="48h01m while unused"),
+        pytest.param(5, 48, None, Verdict.NEEDS_REVIEW, 586, id="exactly 48h is not enough"),
         pytest.param(5, 47.99, None, Verdict.NEEDS_REVIEW, 586, id="just under 48h"),
         pytest.param(-60, 50, None, Verdict.NEEDS_REVIEW, 586, id="ended before credited"),
+        pytest.param(-56, 60, None, Verdict.NEEDS_REVIEW, 586, id="60h, only 4h after credited"),
+        pytest.param(20, 60, 24, Verdict.LIKELY_INELIGIBLE, 0, id="60h, used up 4h in"),
         pytest.param(30, 72, 24, Verdict.LIKELY_INELIGIBLE, 0, id="after all were used"),
         pytest.param(30, None, None, Verdict.LIKELY_ELIGIBLE, 586, id="ongoing since"),
     ],
@@ -489,7 +560,11 @@ def test_the_service_weighs_incidents_against_when_the_credits_were_held(
         spend(customer, 212)
     else:
         jobs.charge_job(
-            "all-of-it", customer.email, "upscale", 300, at=credited + timedelta(hours=24)
+            "all-of-it",
+            customer.email,
+            "upscale",
+            300,
+            at=credited + timedelta(hours=spend_at_hours),
         )
     started = credited + timedelta(hours=start_hours)
     ended = None if length_hours is None else started + timedelta(hours=length_hours)

@@ -122,6 +122,47 @@ def test_the_request_page_shows_everything_needed_to_decide(app, staff_client, s
     assert "When filed" in page and "Now" in page
 
 
+def test_the_request_page_says_which_payment_is_the_duplicate_then_and_now(
+    app, staff_client, customer
+):
+    paid = utcnow() - timedelta(days=1)
+    first = make_purchase(customer, "pro", paid_at=paid)
+    later = make_purchase(customer, "pro", paid_at=paid + timedelta(minutes=3))
+    request = file(customer, first, reason=RequestReason.CHARGED_TWICE)
+    named = f"The duplicate is the later payment, not this one: purchase {later.id},"
+    assert named in text(staff_client.get(detail_path(request.id)))
+
+    # Using the later payment's credits makes it a purchase the customer meant to make:
+    # the check run again today reads what is left of it.
+    spend(customer, 350, "after-filing")
+    page = text(staff_client.get(detail_path(request.id)))
+    assert named in page  # as filed
+    assert (
+        f"You paid for the same Pro package again 3 minutes later (purchase {later.id}) "
+        "and used its credits: a second purchase, not a duplicate charge." in page
+    )
+
+
+def test_the_request_page_says_an_outage_must_last_more_than_48_hours(
+    app, staff_client, staff, customer
+):
+    purchase = make_purchase(customer, "pro", paid_at=utcnow() - timedelta(days=5))
+    incidents.record_incident(
+        actor(staff),
+        "Render farm offline",
+        purchase.paid_at + timedelta(hours=2),
+        purchase.paid_at + timedelta(hours=50),
+        "",
+    )
+    request = file(customer, purchase, reason=RequestReason.SERVICE_UNAVAILABLE)
+    page = text(staff_client.get(detail_path(request.id)))
+    assert page.count("Downtime of more than 48 consecutive hours") == 2  # filed and now
+    assert (
+        "\u201cRender farm offline\u201d overlapped the time you held unused credits from "
+        "this purchase by 48 hours; the policy needs more than 48 consecutive hours." in page
+    )
+
+
 # -- approving --------------------------------------------------------------------------
 
 

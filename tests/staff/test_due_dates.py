@@ -126,6 +126,7 @@ def test_incidents_are_recorded_in_the_staff_members_timezone_and_shown_on_statu
     assert logged.actor_id == staff.id
     staff_page = text(staff_client.get("/staff/incidents"))
     assert f"Image workers down GPU pool lost. {start:%Y-%m-%d %H:%M}" in staff_page
+    assert "an outage of more than 48 consecutive hours, counted only while" in staff_page
 
     status = text(client_for(app).get("/status"))  # anonymous: times in UTC
     assert "All systems are running normally." in status
@@ -170,7 +171,8 @@ def test_an_ongoing_incident_is_ended_from_the_incidents_page(app, staff_client)
     assert incident.ended_at == end.replace(tzinfo=VANCOUVER).astimezone(UTC)
     status = text(client_for(app).get("/status"))
     assert "All systems are running normally." in status
-    assert "Uploads failing" in status and "(2 h)" in status
+    # To the minute: whole hours would hide whether an outage lasted more than 48 hours.
+    assert "Uploads failing" in status and "(2 h 30 min)" in status
 
 
 def test_an_incident_that_ends_before_it_starts_is_refused(app, staff_client):
