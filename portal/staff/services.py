@@ -171,9 +171,9 @@ def deny(request_id: int, actor: Actor, reason_code: str, message: str, now: dat
     _email_customer(
         request,
         "our decision",
-        f"We looked at your request and cannot refund it. "
-        f"{reason_text}\n\nQuestions? Reply to this e-mail or write to our support "
-        "team.",
+        # Where to write with questions is in every customer e-mail's footer (the
+        # sender is a no-reply address).
+        f"We looked at your request and cannot refund it. {reason_text}",
     )
     _log(actor, "refund_request.denied", request, after={"reason": reason_code})
 
