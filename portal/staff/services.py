@@ -424,7 +424,7 @@ def terminate_for_terms_breach(
     if user.status == AccountStatus.CLOSED:
         raise Conflict(f"Customer {user.id}'s account is closed; there is nothing to terminate.")
     before = {"status": user.status.value}
-    accounts.terminate_account(user, reason, now)
+    accounts.mark_terminated(user, reason, now)
     audit.record(
         "account.terminated",
         "user",

@@ -178,6 +178,22 @@ def test_without_a_request_to_go_back_to_staff_land_on_the_queue(staff_client, c
     assert fresh(User, customer.id).status == AccountStatus.TERMINATED
 
 
+def test_termination_is_one_transaction(monkeypatch, staff, customer):
+    """A failure at the last step (the e-mail) leaves the account as it was, unaudited."""
+    from portal.staff import services
+
+    def outbox_down(*args, **kwargs):
+        raise RuntimeError("outbox unavailable")
+
+    monkeypatch.setattr(services, "queue_email", outbox_down)
+    before = state_snapshot(), account_state(customer.id)
+
+    with pytest.raises(RuntimeError):
+        services.terminate_for_terms_breach(customer.id, REASON, staff.id, None, utcnow())
+
+    assert (state_snapshot(), account_state(customer.id)) == before
+
+
 # -- after termination ---------------------------------------------------------------------
 
 
