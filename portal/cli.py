@@ -156,6 +156,28 @@ def digest() -> None:
     click.echo(f"{send_overdue_digest(utcnow())} overdue request(s) in the digest.")
 
 
+@click.command("terminate-account")
+@click.argument("email")
+@click.option("--reason", required=True, help="Why: the customer reads it in the e-mail.")
+def terminate_account(email: str, reason: str) -> None:
+    """Terminate a customer's account for a Terms of Use breach (audited, no staff actor)."""
+    from portal.accounts.services import user_by_email
+    from portal.errors import Conflict, NotFound
+    from portal.staff.services import terminate_for_terms_breach
+    from portal.timeutil import utcnow
+
+    user = user_by_email(email)
+    if user is None:
+        raise click.ClickException(f"No account has the address {email}.")
+    try:
+        terminate_for_terms_breach(user.id, reason, None, None, utcnow())
+    except NotFound:
+        raise click.ClickException(f"No account has the address {email}.") from None
+    except (Conflict, ValidationError) as refusal:
+        raise click.ClickException(str(refusal)) from None
+    click.echo(f"Terminated the account of {user.email}; they were e-mailed the reason.")
+
+
 @click.command("check-deploy")
 def check_deploy() -> None:
     """Fail, listing each problem, when settings are unsafe for production."""
@@ -181,6 +203,7 @@ def register(app: Flask) -> None:
         reconcile,
         worker,
         digest,
+        terminate_account,
         check_deploy,
     )
     for command in commands:

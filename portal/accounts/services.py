@@ -369,11 +369,23 @@ def create_or_promote_staff(email: str, password: str | None) -> tuple[User, boo
 
 
 @transactional
-def terminate_account(user: User, reason: str) -> None:
-    """Terminate an account for a terms violation; it keeps read access to its history."""
+def terminate_account(user: User, reason: str, now: datetime | None = None) -> None:
+    """Terminate an account for a terms violation, as a transaction of its own."""
+    mark_terminated(user, reason, now or utcnow())
+
+
+def mark_terminated(user: User, reason: str, now: datetime) -> None:
+    """Terminate an account for a terms violation, in the caller's transaction.
+
+    The account keeps read access to its history, but every session it had ends: the
+    customer logs in again and meets the notice, rather than carrying on in a browser
+    that still believes it can buy.
+    """
     user.status = AccountStatus.TERMINATED
     user.termination_reason = reason
-    user.terminated_at = utcnow()
+    user.terminated_at = now
+    user.session_generation += 1
+    sessions.end_all(user, now)
 
 
 @transactional

@@ -1,7 +1,8 @@
-"""Forms of the staff pages: queue filters, decisions, notes, incidents, audit filters."""
+"""Forms of the staff pages: queue filters, decisions, notes, incidents, audit filters,
+terminating an account."""
 
 from flask_wtf import FlaskForm
-from wtforms import DateField, DateTimeLocalField, StringField, TextAreaField
+from wtforms import BooleanField, DateField, DateTimeLocalField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, Optional, ValidationError
 
@@ -10,7 +11,7 @@ from portal.money import parse_dollars
 from portal.refunds.eligibility import Verdict
 from portal.refunds.forms import REASON_LABELS
 from portal.refunds.models import RequestStatus
-from portal.staff.services import DENIAL_REASONS
+from portal.staff.services import DENIAL_REASONS, TERMINATION_REASON_MAX_LENGTH
 
 VERDICT_LABELS = {
     Verdict.LIKELY_ELIGIBLE: "Likely eligible",
@@ -115,6 +116,22 @@ class ApproveForm(FlaskForm):
     @property
     def amount_cents(self) -> int:
         return parse_dollars(self.amount.data) or 0
+
+
+class TerminateForm(FlaskForm):
+    reason = TextAreaField(
+        "Reason (the customer reads it)",
+        filters=[strip_whitespace],
+        validators=[
+            DataRequired(message="Write the reason the customer will read."),
+            Length(max=TERMINATION_REASON_MAX_LENGTH),
+        ],
+    )
+    # Termination cannot be undone from the portal, so one stray click must not do it.
+    confirm = BooleanField(
+        "I confirm this account broke our Terms of Use",
+        validators=[DataRequired(message="Tick the box to confirm.")],
+    )
 
 
 class IncidentForm(FlaskForm):

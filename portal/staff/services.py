@@ -1,11 +1,14 @@
-"""Staff-side services: refund decisions, assignment, messages, the overdue digest."""
+"""Staff-side services: refund decisions, assignment, messages, the overdue digest, and
+terminating an account for a Terms of Use breach."""
 
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import select
 
 from portal import audit, policy
-from portal.accounts.models import User
+from portal.accounts import services as accounts
+from portal.accounts.models import AccountStatus, User
 from portal.audit import Actor
 from portal.billing.models import Purchase, PurchaseStatus, Refund
 from portal.billing.money_back import approvals, state
@@ -15,7 +18,7 @@ from portal.jobs.models import Job
 from portal.ledger import services as ledger
 from portal.ledger.services import unused_credits
 from portal.money import format_cents
-from portal.notifications.services import notify_staff
+from portal.notifications.services import notify_staff, queue_email
 from portal.refunds.models import RefundRequest, RequestStatus, add_event, email_customer
 from portal.refunds.services import preview
 
@@ -168,9 +171,9 @@ def deny(request_id: int, actor: Actor, reason_code: str, message: str, now: dat
     _email_customer(
         request,
         "our decision",
-        f"We looked at your request and cannot refund it. "
-        f"{reason_text}\n\nQuestions? Reply to this e-mail or write to our support "
-        "team.",
+        # Where to write with questions is in every customer e-mail's footer (the
+        # sender is a no-reply address).
+        f"We looked at your request and cannot refund it. {reason_text}",
     )
     _log(actor, "refund_request.denied", request, after={"reason": reason_code})
 
@@ -382,3 +385,69 @@ def send_overdue_digest(now: datetime) -> int:
             "These refund requests are past their response date:\n\n" + "\n".join(lines),
         )
     return len(overdue)
+
+
+# -- terminating an account for a Terms of Use breach -----------------------------------
+
+TERMINATION_REASON_MAX_LENGTH = 1000
+
+
+@transactional
+def terminate_for_terms_breach(
+    user_id: int, reason: str, actor_id: int | None, ip_address: str | None, now: datetime
+) -> User:
+    """Terminate a customer's account for a Terms of Use breach and tell them why.
+
+    Buying and the jobs API refuse the account from now on, its sessions end, and its
+    refund requests meet the policy's termination rule in the pre-check. The customer
+    can still log in to see their history. `actor_id` None is an operator at the
+    command line.
+
+    :raises ValidationError: no reason, or one too long.
+    :raises NotFound: no such account.
+    :raises Conflict: a staff account, or one already terminated or closed.
+    """
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError("Write the reason the customer will read.", field="reason")
+    if len(reason) > TERMINATION_REASON_MAX_LENGTH:
+        raise ValidationError(
+            f"Keep the reason under {TERMINATION_REASON_MAX_LENGTH:,} characters.", field="reason"
+        )
+    user = locked(User, User.id == user_id)
+    if user is None:
+        raise NotFound("no such account")
+    if user.is_staff:
+        raise Conflict("Staff accounts are not terminated: take the staff role away instead.")
+    if user.status == AccountStatus.TERMINATED:
+        raise Conflict(f"Customer {user.id}'s account is already terminated.")
+    if user.status == AccountStatus.CLOSED:
+        raise Conflict(f"Customer {user.id}'s account is closed; there is nothing to terminate.")
+    before = {"status": user.status.value}
+    accounts.mark_terminated(user, reason, now)
+    audit.record(
+        "account.terminated",
+        "user",
+        user.id,
+        actor_id=actor_id,
+        before=before,
+        after={"status": user.status.value, "reason": reason},
+        ip_address=ip_address,
+    )
+    queue_email(user.email, "Your account has been terminated", _termination_notice(reason))
+    return user
+
+
+def _termination_notice(reason: str) -> str:
+    support = current_app.config["SUPPORT_EMAIL"]
+    return (
+        f"We have terminated your {policy.PRODUCT_NAME} account for a violation of our "
+        f"Terms of Use.\n\nThe reason: {reason}\n\n"
+        "From now on the account cannot buy credits, and its credits can no longer be "
+        "spent on processing jobs. You can still log in to see your purchases, credits "
+        "and refund requests.\n\n"
+        "Our refund policy does not generally issue refunds on account termination due to "
+        "a violation of our Terms of Use: any refund request from this account is assessed "
+        "under that rule.\n\n"
+        f"If you believe this is a mistake, write to us at {support}."
+    )

@@ -47,6 +47,7 @@ from portal.staff.forms import (
     EndIncidentForm,
     IncidentForm,
     QueueFilterForm,
+    TerminateForm,
     TextForm,
 )
 from portal.timeutil import utcnow
@@ -423,6 +424,33 @@ def close_customer(user_id: int):
     datarights.close_account(customer, utcnow(), current_user.id, request.remote_addr)
     flash(f"Customer {customer.id}'s account is closed and personal data erased.", "success")
     back = parse_id(request.form.get("request_id"))
+    if back:
+        return _back(back)
+    return redirect(url_for("staff.queue"), 303)
+
+
+@bp.post("/customers/<id:user_id>/terminate")
+def terminate_customer(user_id: int):
+    form = TerminateForm()
+    back = parse_id(request.form.get("request_id"))
+    if not form.validate_on_submit():
+        for errors in form.errors.values():
+            flash(errors[0], "error")
+    else:
+        try:
+            services.terminate_for_terms_breach(
+                user_id, form.reason.data, current_user.id, request.remote_addr, utcnow()
+            )
+        except NotFound:
+            abort(404)
+        except (Conflict, ValidationError) as refusal:
+            flash(str(refusal), "error")
+        else:
+            flash(
+                f"Customer {user_id}'s account is terminated for a Terms of Use breach; "
+                "they were told why by e-mail.",
+                "success",
+            )
     if back:
         return _back(back)
     return redirect(url_for("staff.queue"), 303)

@@ -1,3 +1,4 @@
+import html
 import re
 from datetime import timedelta
 
@@ -28,10 +29,10 @@ def test_refund_policy_numbers_come_from_the_policy_module(client, monkeypatch):
     monkeypatch.setattr(policy, "RESPONSE_BUSINESS_DAYS_MAX", 6)
     monkeypatch.setattr(policy, "PAYOUT_BUSINESS_DAYS_MAX", 12)
     page = text_of(client.get("/refund-policy"))
-    assert "more than 45 days after the purchase" in page
-    assert "more than 72 hours in a row" in page
-    assert "3–6 business days" in page
-    assert "5–12 business days" in page
+    assert "more than 45 days after the original purchase date" in page
+    assert "more than 72 consecutive hours" in page
+    assert "within 3–6 business days" in page
+    assert "within 5–12 business days" in page
 
 
 def _outage(title: str, hours: int, minutes: int = 0):
@@ -63,9 +64,59 @@ def test_status_page_shows_how_long_an_outage_lasted_to_the_minute(client):
 
 def test_refund_policy_lists_packages_and_non_refundable_cases(client):
     page = text_of(client.get("/refund-policy"))
-    assert "1,000" in page and "$50.00 USD" in page
-    assert "more than 30 days after the purchase" in page
-    assert "Terms of Use" in page
+    for package in policy.PACKAGES:
+        assert f"{package.name} {package.credits:,} credits" in visible(page)
+        assert f"{format_cents(package.price_cents)} USD" in page
+    assert "more than 30 days after the original purchase date" in page
+    assert "Account termination due to violation of our Terms of Use." in page
+
+
+# Every section of the published policy, each by a sentence of its own (the page is its
+# full text; only the numbers and contact details are filled in from settings).
+POLICY_SENTENCES = (
+    f"Last updated: {policy.POLICY_LAST_UPDATED}",
+    "At AI Image Studio, operated by Goopter Holdings Ltd (DBA: Goopter Commerce), we strive "
+    "to provide high-quality AI image processing services.",
+    "All credit purchases on AI Image Studio are considered final once the credits have been "
+    "added to your account.",
+    "we will either credit the appropriate amount or issue a full refund.",
+    "we will refund the duplicate charges in full.",
+    "you may be eligible for a partial or full refund.",
+    "the credits consumed by that job will be automatically refunded to your account balance.",
+    "Credits that have already been used for processing jobs.",
+    "Dissatisfaction with AI-generated results, as output quality can vary based on input "
+    "quality and the nature of AI processing.",
+    "Your account email address",
+    "Date and amount of the purchase",
+    "Reason for the refund request",
+    "Any relevant screenshots or transaction IDs",
+    "For any questions regarding this Refund Policy, please contact us at:",
+)
+
+
+def visible(page: str) -> str:
+    """The page's text without its tags, whitespace collapsed."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page))).strip()
+
+
+def test_refund_policy_shows_the_policys_full_text(client):
+    page = visible(client.get("/refund-policy").get_data(as_text=True))
+    missing = [sentence for sentence in POLICY_SENTENCES if sentence not in page]
+    assert missing == []
+
+
+def test_refund_policy_shows_the_contact_information(client, app, monkeypatch):
+    monkeypatch.setitem(app.config, "SUPPORT_EMAIL", "help@studio.example")
+    response = client.get("/refund-policy")
+    page = visible(response.get_data(as_text=True))
+    contact = page[page.index("Contact information") :]
+    assert f"Company {policy.COMPANY_NAME}" in contact
+    assert "E-mail help@studio.example" in contact
+    assert f"Phone {policy.SUPPORT_PHONE}" in contact
+    assert f"Address {policy.COMPANY_ADDRESS}" in contact
+    # The address to write to is the setting, wherever the page names it.
+    assert "contact our support team at help@studio.example" in page
+    assert 'href="mailto:help@studio.example"' in response.get_data(as_text=True)
 
 
 def test_contact_page_shows_company_details(client, app):

@@ -195,6 +195,8 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "staff.audit_csv": {"GET": staff_only(OK)},
     "staff.export_customer": {"GET": staff_only(OK)},
     "staff.close_customer": {"POST": staff_only(to("/staff/"))},
+    # (aimed at the already terminated account: refused with a flash, nothing changes)
+    "staff.terminate_customer": {"POST": staff_only(to("/staff/"))},
     "staff.team": {"GET": staff_only(OK)},
     "staff.reset_second_factor": {"POST": staff_only(to("/staff/team"))},
 }
@@ -466,6 +468,9 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call("/login/second-factor/qr.svg")
         case ("staff.close_customer", _):
             return Call(f"/staff/customers/{world.closable.id}/close", {})
+        case ("staff.terminate_customer", _):
+            form = {"reason": "Abuse of the service.", "confirm": "y"}
+            return Call(f"/staff/customers/{world.terminated.id}/terminate", form)
     raise AssertionError(f"no request written for {endpoint} {method}")
 
 

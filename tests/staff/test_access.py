@@ -32,6 +32,7 @@ PAYLOADS = {
     },
     "staff.end_incident": {"ended_at": "2026-11-02T10:00"},
     "staff.close_customer": {},
+    "staff.terminate_customer": {"reason": "Abuse of the service.", "confirm": "y"},
     "staff.reset_second_factor": {},
 }
 
