@@ -32,8 +32,11 @@ def test_new_visitor_reads_the_offer_signs_up_and_buys_pro(browse, live_server):
 
     main_nav(page).get_by_role("link", name="Refund policy").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Refund policy")
-    expect(page.get_by_role("heading", name="When we refund")).to_be_visible()
-    expect(page.get_by_role("row", name=re.compile(r"Pro\s+300\s+\$20\.00"))).to_be_visible()
+    expect(page.get_by_role("heading", name="Eligibility for refunds")).to_be_visible()
+    expect(page.get_by_role("heading", name="Contact information")).to_be_visible()
+    expect(
+        page.get_by_role("row", name=re.compile(r"Pro\s+300 credits\s+\$20\.00 USD"))
+    ).to_be_visible()
     browse.check(page, "refund policy")
 
     main_nav(page).get_by_role("link", name="Sign up").click()
