@@ -112,13 +112,10 @@ def refuse_per_worker_limits(environ, workers: int) -> None:
     with the limits switched off; a lost Redis later falls back to memory by design, but a
     fleet must not start that way.
     """
-    limits_on = environ.get("RATELIMIT_ENABLED", "true").strip().lower() in {
-        "",
-        "1",
-        "true",
-        "yes",
-        "on",
-    }
+    # Read as the portal reads it (portal.config), limits on unless switched off.
+    from portal.config import flag
+
+    limits_on = flag(environ.get("RATELIMIT_ENABLED"), default=True)
     production = environ.get("PORTAL_ENV") == "production"
     if production and limits_on and workers > 1 and not environ.get("REDIS_URL"):
         raise RuntimeError(

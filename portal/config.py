@@ -21,7 +21,8 @@ class ConfigError(RuntimeError):
     """A setting is missing or unsafe for the environment the app runs in."""
 
 
-def _flag(value: str | None, default: bool = False) -> bool:
+def flag(value: str | None, default: bool = False) -> bool:
+    """A yes/no setting: 1, true, yes or on; `default` when unset or empty."""
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
@@ -105,7 +106,7 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         "MAIL_PORT": int(environ.get("MAIL_PORT", "25")),
         "MAIL_USERNAME": environ.get("MAIL_USERNAME", ""),
         "MAIL_PASSWORD": environ.get("MAIL_PASSWORD", ""),
-        "MAIL_USE_TLS": _flag(environ.get("MAIL_USE_TLS")),
+        "MAIL_USE_TLS": flag(environ.get("MAIL_USE_TLS")),
         "MAIL_FROM": environ.get("MAIL_FROM", "AI Image Studio <no-reply@aiimagestudio.example>"),
         "REDIS_URL": redis_url,
         "RATELIMIT_STORAGE_URI": redis_url or "memory://",
@@ -115,7 +116,7 @@ def load_config(environ: Mapping[str, str], instance_path: Path) -> dict:
         "RATELIMIT_STORAGE_OPTIONS": (
             {"socket_connect_timeout": 1, "socket_timeout": 1} if redis_url else {}
         ),
-        "RATELIMIT_ENABLED": _flag(environ.get("RATELIMIT_ENABLED"), default=env != "testing"),
+        "RATELIMIT_ENABLED": flag(environ.get("RATELIMIT_ENABLED"), default=env != "testing"),
         "RATELIMIT_HEADERS_ENABLED": True,
         # Argon2id with OWASP's minimum (19 MiB, 2 passes, 1 lane); tests use a cheap profile.
         "PASSWORD_HASH_PROFILE": "fast-for-tests" if env == "testing" else "owasp",

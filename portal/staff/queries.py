@@ -182,6 +182,13 @@ def staff_members() -> list[tuple[int, str]]:
     ]
 
 
+def team() -> list[User]:
+    """Every staff member, by e-mail, with their authenticator's state (the Team page)."""
+    return list(
+        db.session.scalars(select(User).where(User.role == Role.STAFF).order_by(User.email))
+    )
+
+
 @dataclass
 class RequestDetail:
     request: RefundRequest

@@ -22,11 +22,10 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
-from sqlalchemy import select
 
 from portal import csvfile, datarights
 from portal.accounts import second_factor
-from portal.accounts.models import Role, User
+from portal.accounts.models import User
 from portal.billing.money_back.state import UNDO_WINDOW
 from portal.db import db, parse_id
 from portal.errors import Conflict, NotFound, ValidationError
@@ -461,8 +460,7 @@ def terminate_customer(user_id: int):
 
 @bp.get("/team")
 def team():
-    members = db.session.scalars(select(User).where(User.role == Role.STAFF).order_by(User.email))
-    return render_template("staff/team.html", members=list(members))
+    return render_template("staff/team.html", members=queries.team())
 
 
 @bp.post("/team/<id:member_id>/reset-second-factor")

@@ -36,7 +36,6 @@ from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 
-import pyotp
 from sqlalchemy import JSON, delete, insert, select, text
 
 from portal import policy
@@ -44,6 +43,7 @@ from portal.ledger.services import TOTAL_OF_KIND
 from portal.refunds import eligibility
 from portal.refunds.eligibility import RequestReason
 from portal.timeutil import add_business_days
+from tests.authenticator import Authenticator
 
 GENERATOR_VERSION = 6
 MARKER_TABLE = "bench_dataset"
@@ -53,23 +53,8 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 BENCH_PASSWORD = "bench-only-password-kettle-2026"
 # Every bench staff member's authenticator (base32), so the bench can log them in.
 BENCH_TOTP_SECRET = "BENCHSTAFFAUTHENTICATORKEY234567"
-_last_code_step = -1
-
-
-def staff_code() -> str:
-    """A code of the bench staff's authenticator that no log-in of this run used yet.
-
-    The portal takes each 30-second step's code once, and the next step's too.
-    """
-    global _last_code_step
-    totp = pyotp.TOTP(BENCH_TOTP_SECRET)
-    while True:
-        current = int(time.time() // totp.interval)
-        for step in (current, current + 1):
-            if step > _last_code_step:
-                _last_code_step = step
-                return totp.at(step * totp.interval)
-        time.sleep(1)
+# The bench's phone: it hands out each code once (see tests/authenticator.py).
+STAFF_AUTHENTICATOR = Authenticator(BENCH_TOTP_SECRET)
 
 
 HEAVY_EMAIL = "heavy@bench.test"

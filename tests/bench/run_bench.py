@@ -148,47 +148,42 @@ def cookie_header(jar: dict) -> str:
     return "; ".join(f"{key}={value}" for key, value in jar.items())
 
 
-def log_in_over_http(port: int, email: str) -> dict:
-    """Log in through GET/POST /login; return the session's cookies (a browser's jar)."""
-    status, headers, body = http_call(port, "GET", "/login")
+def _submit_form(port: int, path: str, jar: dict, fields: dict) -> tuple[int, list, bytes]:
+    """GET the form at `path`, then POST `fields` with its CSRF token, as a browser would.
+
+    `jar` gains the cookies both answers set; returns the POST's (status, headers, body).
+    """
+    status, headers, body = http_call(port, "GET", path, {"Cookie": cookie_header(jar)})
     if status != 200:
-        raise RuntimeError(f"GET /login answered {status}")
-    jar = _cookies(headers, {})
-    token = loadgen.csrf_token_in(body.decode())
-    form = urlencode({"email": email, "password": dataset.BENCH_PASSWORD, "csrf_token": token})
+        raise RuntimeError(f"GET {path} answered {status}")
+    _cookies(headers, jar)
+    form = urlencode({**fields, "csrf_token": loadgen.csrf_token_in(body.decode())})
     status, headers, body = http_call(
         port,
         "POST",
-        "/login",
+        path,
         {"Cookie": cookie_header(jar), "Content-Type": "application/x-www-form-urlencoded"},
         form,
+    )
+    _cookies(headers, jar)
+    return status, headers, body
+
+
+def log_in_over_http(port: int, email: str) -> dict:
+    """Log in through GET/POST /login (and staff's code step); return the session's cookies
+    (a browser's jar)."""
+    jar: dict = {}
+    status, headers, body = _submit_form(
+        port, "/login", jar, {"email": email, "password": dataset.BENCH_PASSWORD}
     )
     if status != 303:
         raise RuntimeError(f"log-in of {email} answered {status}: {body[:300]!r}")
-    jar = _cookies(headers, jar)
     if dict(headers).get("Location", "").endswith("/login/second-factor"):
-        jar = _second_factor_over_http(port, email, jar)
+        code = dataset.STAFF_AUTHENTICATOR.fresh_code()
+        status, _, body = _submit_form(port, "/login/second-factor", jar, {"code": code})
+        if status != 303:
+            raise RuntimeError(f"second factor of {email} answered {status}: {body[:300]!r}")
     return jar
-
-
-def _second_factor_over_http(port: int, email: str, jar: dict) -> dict:
-    """Staff's code step, with the bench staff's authenticator."""
-    status, headers, body = http_call(
-        port, "GET", "/login/second-factor", {"Cookie": cookie_header(jar)}
-    )
-    jar = _cookies(headers, jar)
-    token = loadgen.csrf_token_in(body.decode())
-    form = urlencode({"code": dataset.staff_code(), "csrf_token": token})
-    status, headers, body = http_call(
-        port,
-        "POST",
-        "/login/second-factor",
-        {"Cookie": cookie_header(jar), "Content-Type": "application/x-www-form-urlencoded"},
-        form,
-    )
-    if status != 303:
-        raise RuntimeError(f"second factor of {email} answered {status}: {body[:300]!r}")
-    return _cookies(headers, jar)
 
 
 def browse(port: int, path: str, jar: dict) -> tuple[int, bytes, bool]:

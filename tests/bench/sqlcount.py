@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from flask import Flask
 from sqlalchemy import event
 
-from tests.bench.dataset import staff_code
+from tests.bench.dataset import STAFF_AUTHENTICATOR
 from tests.bench.loadgen import csrf_token_in
 
 
@@ -42,9 +42,10 @@ def log_in(client, email: str, password: str) -> None:
         raise RuntimeError(f"log-in of {email} answered {response.status_code}")
     if response.headers["Location"].endswith("/login/second-factor"):
         page = client.get("/login/second-factor")
+        token = csrf_token_in(page.get_data(as_text=True))
         response = client.post(
             "/login/second-factor",
-            data={"code": staff_code(), "csrf_token": csrf_token_in(page.get_data(as_text=True))},
+            data={"code": STAFF_AUTHENTICATOR.fresh_code(), "csrf_token": token},
             headers={"Referer": page.request.url},
         )
         if response.status_code != 303:

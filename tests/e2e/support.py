@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 from flask import Flask
 from playwright.sync_api import APIRequestContext, Browser, Page, expect
 
+from tests.authenticator import Authenticator
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 AXE_FILE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
@@ -115,7 +117,7 @@ def create_customer(server: LiveServer, timezone: str | None = "America/Vancouve
 
 # The authenticator secrets of the staff members the journeys made, by e-mail: the
 # journeys' phone.
-AUTHENTICATORS: dict[str, str] = {}
+AUTHENTICATORS: dict[str, Authenticator] = {}
 
 
 def create_staff(
@@ -134,31 +136,16 @@ def create_staff(
         services.update_timezone(user, timezone)
         if enrolled:
             user = services.user_by_email(email)
-            user.totp_secret = AUTHENTICATORS[email] = pyotp.random_base32()
+            user.totp_secret = pyotp.random_base32()
+            AUTHENTICATORS[email] = Authenticator(user.totp_secret)
             user.totp_enrolled_at = utcnow()
             db.session.commit()
     return email
 
 
-_USED_STEPS: dict[str, int] = {}
-
-
 def authenticator_code(email: str) -> str:
-    """A code the journeys' phone shows for `email` that the portal has not seen yet.
-
-    The portal takes each 30-second step's code once, and the next step's too (clocks
-    drift): a journey that logs in again soon uses the next step, or waits for one.
-    """
-    import pyotp
-
-    totp = pyotp.TOTP(AUTHENTICATORS[email])
-    while True:
-        current = int(time.time() // totp.interval)
-        for step in (current, current + 1):
-            if step > _USED_STEPS.get(email, -1):
-                _USED_STEPS[email] = step
-                return totp.at(step * totp.interval)
-        time.sleep(1)
+    """A code the journeys' phone shows for `email` that the portal has not seen yet."""
+    return AUTHENTICATORS[email].fresh_code()
 
 
 def purchase_of(server: LiveServer, email: str, package_code: str):
