@@ -57,6 +57,8 @@ PAYOUT_BUSINESS_DAYS_MAX = 10
 # Business days are counted in the company's timezone, skipping weekends and
 # British Columbia statutory holidays.
 COMPANY_TIMEZONE = "America/Vancouver"
+# How pages name that zone beside a deadline: "11:59 PM Vancouver time (PST)".
+COMPANY_TIMEZONE_NAME = "Vancouver"
 COMPANY_HOLIDAY_REGION = ("CA", "BC")
 
 # The support e-mail address is a setting (SUPPORT_EMAIL): the published policy's copy of

@@ -10,6 +10,10 @@ from portal import policy
 
 COMPANY_TZ = ZoneInfo(policy.COMPANY_TIMEZONE)
 
+# How every page and e-mail writes a date and a moment: "Dec 6, 2026", "Dec 6, 2026, 7:25 PM".
+DATE_FORMAT = "%b %-d, %Y"
+DATE_TIME_FORMAT = "%b %-d, %Y, %-I:%M %p"
+
 
 def utcnow() -> datetime:
     """Return the current time, timezone-aware, in UTC."""
@@ -46,3 +50,24 @@ def add_business_days(start: datetime, days: int) -> datetime:
 def company_date(moment: datetime) -> date:
     """Return the calendar date of `moment` in the company's timezone."""
     return moment.astimezone(COMPANY_TZ).date()
+
+
+def company_deadline(moment: datetime | None) -> str:
+    """A deadline as the company keeps it, its zone named: "Fri, Dec 11, 2026, 11:59 PM PST".
+
+    Deadlines are counted on the company's calendar (see `add_business_days`), so they are
+    shown there too: in a viewer's own zone, Friday 23:59 in Vancouver reads as Saturday.
+    """
+    if moment is None:
+        return ""
+    local = moment.astimezone(COMPANY_TZ)
+    return f"{local:%a}, {local.strftime(DATE_TIME_FORMAT)} {policy.COMPANY_TIMEZONE_NAME} time ({local:%Z})"
+
+
+def company_deadline_day(moment: datetime | None) -> str:
+    """The company's calendar day of a deadline, for tables: "Fri, Dec 11, 2026"."""
+    if moment is None:
+        return ""
+    local = moment.astimezone(COMPANY_TZ)
+    return f"{local:%a}, {local.strftime(DATE_FORMAT)}"
+

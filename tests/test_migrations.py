@@ -179,3 +179,76 @@ def test_screenshots_on_disk_move_into_the_database(make_app, tmp_path, caplog):
         f"attachment 4: no file {folder / 'ddd.jpg'}, skipped",
     ]
     assert sorted(path.name for path in folder.iterdir()) == ["aaa.png", "ccc.jpg"]
+
+
+def test_assignment_steps_name_the_staff_member_and_go_back(make_app, tmp_path):
+    """Timeline steps written as "Assigned to staff member 2." name the member's e-mail
+    after the upgrade, and read as before after the downgrade; other steps are untouched."""
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import text
+
+    older = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}")
+    with older.app_context():
+        upgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
+        with db.engine.begin() as connection:
+            _old_customer(connection)
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, email, password_hash, role, status, "
+                    "credits_balance, created_at, session_generation) VALUES "
+                    "(12, 'ana@studio.example', 'x', 'staff', 'active', 0, "
+                    "'2026-11-01 00:00:00', 0)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
+                    "currency, status, refunded_cents, committed_refund_cents, created_at) "
+                    "VALUES (1, 1, 'pro', 300, 2000, 'usd', 'credited', 0, 0, "
+                    "'2026-11-01 00:00:00')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO refund_requests (id, user_id, purchase_id, reason, details, "
+                    "transaction_ids, status, verdict, precheck, recommended_cents, "
+                    "recommended_credits, due_at, created_at) VALUES (1, 1, 1, 'other', '', "
+                    "'', 'in_review', 'needs_review', '{}', 0, 0, '2026-11-08 00:00:00', "
+                    "'2026-11-01 00:00:00')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO refund_request_events (id, request_id, kind, actor_id, "
+                    "visible_to_customer, body, created_at) VALUES "
+                    "(1, 1, 'assigned', 12, 0, 'Assigned to staff member 12.', "
+                    "'2026-11-02 00:00:00'), "
+                    "(2, 1, 'assigned', 12, 0, 'Released back to the queue.', "
+                    "'2026-11-02 00:00:00'), "
+                    "(3, 1, 'note', 12, 0, 'Assigned to staff member 12.', "
+                    "'2026-11-02 00:00:00')"
+                )
+            )
+
+        def bodies():
+            with db.engine.connect() as connection:
+                return (
+                    connection.execute(text("SELECT body FROM refund_request_events ORDER BY id"))
+                    .scalars()
+                    .all()
+                )
+
+        upgrade(directory=str(MIGRATIONS), revision="4a7c2e9d1f60")
+        after = bodies()
+        downgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
+        back = bodies()
+    assert after == [
+        "Assigned to ana@studio.example.",
+        "Released back to the queue.",
+        "Assigned to staff member 12.",
+    ]
+    assert back == [
+        "Assigned to staff member 12.",
+        "Released back to the queue.",
+        "Assigned to staff member 12.",
+    ]

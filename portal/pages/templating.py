@@ -1,7 +1,7 @@
 """Jinja filters and globals: money, credits and local times are formatted only here."""
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask, current_app, url_for
@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 from portal import policy
 from portal.db import MAX_ID
 from portal.money import format_cents, format_credits
+from portal.timeutil import DATE_FORMAT, DATE_TIME_FORMAT, company_deadline, company_deadline_day
 
 
 def _viewer_zone() -> ZoneInfo:
@@ -24,8 +25,8 @@ def _viewer_zone() -> ZoneInfo:
 
 
 @pass_context
-def localtime(context, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    """Show `moment` in the viewer's timezone."""
+def localtime(context, moment: datetime | None, fmt: str = DATE_TIME_FORMAT) -> str:
+    """Show `moment` in the viewer's timezone: "Dec 6, 2026, 7:25 PM"."""
     if moment is None:
         return ""
     # The zone is looked up once per page (see `portal_globals`), not once per date.
@@ -35,7 +36,19 @@ def localtime(context, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> 
 
 @pass_context
 def localdate(context, moment: datetime | None) -> str:
-    return localtime(context, moment, "%b %-d, %Y")
+    """The viewer's calendar date of `moment`: "Dec 6, 2026"."""
+    return localtime(context, moment, DATE_FORMAT)
+
+
+def calendar_day(day: date) -> str:
+    """A calendar day (already in the right zone): "Jan 3, 2027"."""
+    return day.strftime(DATE_FORMAT)
+
+
+def breakable_email(address: str | None) -> Markup:
+    """An e-mail address that may wrap after its "@" and before its dots, never mid-word."""
+    text = str(escape(address or ""))
+    return Markup(text.replace("@", "@<wbr>").replace(".", "<wbr>."))  # noqa: S704  # nosec B704
 
 
 def _span(css_class: str, text: str) -> Markup:
@@ -103,6 +116,10 @@ def register(app: Flask) -> None:
     app.add_template_filter(format_credits, "credits")
     app.add_template_filter(localtime, "localtime")
     app.add_template_filter(localdate, "localdate")
+    app.add_template_filter(company_deadline, "deadline")
+    app.add_template_filter(calendar_day, "day")
+    app.add_template_filter(company_deadline_day, "deadline_day")
+    app.add_template_filter(breakable_email, "email")
     app.add_template_global(badge)
     app.add_template_global(credit_change)
     app.add_template_global(verdict_badge)

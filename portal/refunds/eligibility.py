@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from portal import policy
-from portal.timeutil import company_date
+from portal.timeutil import DATE_FORMAT, company_date
 
 
 class Outcome(StrEnum):
@@ -118,7 +118,7 @@ class Precheck:
 
 
 def _day(moment: datetime) -> str:
-    return company_date(moment).strftime("%B %-d, %Y")
+    return company_date(moment).strftime(DATE_FORMAT)
 
 
 def _money(cents: int) -> str:
@@ -154,7 +154,8 @@ def window_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
         title,
         Outcome.PASS if within else Outcome.FAIL,
         f"You paid on {_day(paid_at)}; requests are accepted until "
-        f"{deadline.strftime('%B %-d, %Y')} ({policy.REFUND_WINDOW_DAYS} days)."
+        f"{deadline.strftime(DATE_FORMAT)}, {policy.COMPANY_TIMEZONE_NAME} time "
+        f"({policy.REFUND_WINDOW_DAYS} days)."
         + ("" if within else " This request comes after that date."),
     )
 

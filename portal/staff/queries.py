@@ -328,13 +328,19 @@ def _other_requests(customer_id: int, request_id: int) -> list[RefundRequest]:
     )
 
 
-def changed_rules(stored: dict, current) -> set[str]:
-    """Codes of the rules whose outcome or sentence differs between filing and now."""
-    before = {rule["code"]: (rule["outcome"], rule["explanation"]) for rule in stored["rules"]}
+def rules_then(stored: dict, current) -> dict[str, dict]:
+    """The stored rules, by code, whose outcome or sentence differs between filing and now.
+
+    The page shows today's pre-check once and, under a rule that changed, what it said
+    when the customer filed.
+    """
+    before = {rule["code"]: rule for rule in stored["rules"]}
     return {
-        rule.code
+        rule.code: before[rule.code]
         for rule in current.rules
-        if before.get(rule.code) != (rule.outcome.value, rule.explanation)
+        if rule.code in before
+        and (before[rule.code]["outcome"], before[rule.code]["explanation"])
+        != (rule.outcome.value, rule.explanation)
     }
 
 

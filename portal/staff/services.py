@@ -89,6 +89,7 @@ def assign(request_id: int, actor: Actor, assignee_id: int | None) -> RefundRequ
     :raises ValidationError: the assignee is not staff.
     """
     request = _locked_request(request_id)
+    assignee = None
     if assignee_id is not None:
         assignee = db.session.get(User, assignee_id)
         if assignee is None or not assignee.is_staff:
@@ -100,9 +101,7 @@ def assign(request_id: int, actor: Actor, assignee_id: int | None) -> RefundRequ
     add_event(
         request,
         "assigned",
-        f"Assigned to staff member {assignee_id}."
-        if assignee_id
-        else "Released back to the queue.",
+        f"Assigned to {assignee.email}." if assignee else "Released back to the queue.",
         actor_id=actor.user.id,
         visible_to_customer=False,
     )

@@ -1,7 +1,6 @@
 """Helpers for the Checkout tests: buying, paying at the sandbox, signed webhooks, reads."""
 
 import json
-import re
 import secrets
 import time
 from urllib.parse import urlsplit
@@ -20,6 +19,7 @@ from portal.ledger.models import CreditLot, EntryKind, LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.sandbox.store import CARD_SUCCEEDS, SandboxStore
 from tests.factories import csrf_token
+from tests.html_text import visible_text
 
 SUCCESS_URL = "http://portal.test/credits/success?session_id={CHECKOUT_SESSION_ID}"
 CANCEL_URL = "http://portal.test/credits/cancel"
@@ -30,9 +30,7 @@ def sandbox() -> SandboxStore:
     return current_app.extensions["stripe_sandbox"]
 
 
-def plain(response) -> str:
-    """A page's text without tags, whitespace collapsed."""
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", response.get_data(as_text=True)))
+plain = visible_text
 
 
 # -- buying and paying ------------------------------------------------------------------

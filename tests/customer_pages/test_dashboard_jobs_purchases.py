@@ -1,4 +1,3 @@
-import re
 from datetime import date, timedelta
 
 import pytest
@@ -11,10 +10,9 @@ from portal.ledger.chart import balance_chart
 from portal.ledger.queries import balance_series
 from portal.timeutil import utcnow
 from tests.factories import QueryCounter, login_as, make_purchase, make_user, spend_history
+from tests.html_text import visible_text
 
-
-def plain(response) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", response.get_data(as_text=True)))
+plain = visible_text
 
 
 @pytest.fixture

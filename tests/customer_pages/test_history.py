@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 
 from portal.db import db
 from portal.ledger.models import LedgerEntry
+from portal.timeutil import DATE_TIME_FORMAT
 from tests.factories import QueryCounter, login_as, make_purchase, make_user, spend_history
 
 
@@ -145,4 +146,4 @@ def test_history_times_follow_the_customers_timezone(client, customer):
     entry = db.session.scalars(select(LedgerEntry)).one()
     tokyo = entry.created_at + timedelta(hours=9)
     page = client.get("/history").get_data(as_text=True)
-    assert tokyo.strftime("%Y-%m-%d %H:%M") in page
+    assert tokyo.strftime(DATE_TIME_FORMAT) in page

@@ -5,7 +5,6 @@ reads what the database holds and drives the three-step form (fill in, review, s
 through the test client.
 """
 
-import html
 import io
 import re
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from werkzeug.test import encode_multipart
 from portal import policy
 from portal.refunds import eligibility
 from portal.refunds.eligibility import RequestReason
+from tests.html_text import visible_text
 
 VANCOUVER = ZoneInfo("America/Vancouver")
 
@@ -102,10 +102,7 @@ def rule(check: eligibility.Precheck, code: str) -> eligibility.RuleResult:
 # -- reading pages ------------------------------------------------------------------------
 
 
-def text(response) -> str:
-    """A page's visible text: tags removed, entities decoded, whitespace collapsed."""
-    without_tags = re.sub(r"<[^>]+>", " ", response.get_data(as_text=True))
-    return re.sub(r"\s+", " ", html.unescape(without_tags)).strip()
+text = visible_text
 
 
 def has_form_field(response, name: str) -> bool:

@@ -76,56 +76,56 @@ WINDOW_CASES = [
         PAID,
         vancouver(2026, 3, 30, 12, 0),
         Outcome.PASS,
-        "March 1, 2026",
-        "March 31, 2026",
+        "Mar 1, 2026",
+        "Mar 31, 2026",
         id="day 29",
     ),
     pytest.param(
         PAID,
         vancouver(2026, 3, 31, 1, 0),
         Outcome.PASS,
-        "March 1, 2026",
-        "March 31, 2026",
+        "Mar 1, 2026",
+        "Mar 31, 2026",
         id="day 30 just after midnight (more than 30x24h after paying, across DST)",
     ),
     pytest.param(
         PAID,
         vancouver(2026, 3, 31, 23, 59, 59),
         Outcome.PASS,
-        "March 1, 2026",
-        "March 31, 2026",
+        "Mar 1, 2026",
+        "Mar 31, 2026",
         id="day 30 last second (already April 1 in UTC)",
     ),
     pytest.param(
         PAID,
         vancouver(2026, 4, 1, 0, 0, 30),
         Outcome.FAIL,
-        "March 1, 2026",
-        "March 31, 2026",
+        "Mar 1, 2026",
+        "Mar 31, 2026",
         id="day 31 first minute (UTC date equals the UTC deadline)",
     ),
     pytest.param(
         PAID,
         vancouver(2026, 4, 1, 23, 0),
         Outcome.FAIL,
-        "March 1, 2026",
-        "March 31, 2026",
+        "Mar 1, 2026",
+        "Mar 31, 2026",
         id="day 31 evening",
     ),
     pytest.param(
         vancouver(2026, 10, 5, 23, 30),
         vancouver(2026, 11, 4, 23, 59),
         Outcome.PASS,
-        "October 5, 2026",
-        "November 4, 2026",
+        "Oct 5, 2026",
+        "Nov 4, 2026",
         id="day 30 after the autumn DST change",
     ),
     pytest.param(
         vancouver(2026, 10, 5, 23, 30),
         vancouver(2026, 11, 5, 0, 0, 30),
         Outcome.FAIL,
-        "October 5, 2026",
-        "November 4, 2026",
+        "Oct 5, 2026",
+        "Nov 4, 2026",
         id="day 31 after the autumn DST change",
     ),
 ]
@@ -138,7 +138,7 @@ def test_window_day_30_passes_and_day_31_fails(paid_at, now, outcome, paid_shown
     assert window.outcome == outcome
     assert f"You paid on {paid_shown}" in window.explanation
     assert f"requests are accepted until {deadline}" in window.explanation
-    assert eligibility.refund_deadline(paid_at).strftime("%B %-d, %Y") == deadline
+    assert eligibility.refund_deadline(paid_at).strftime("%b %-d, %Y") == deadline
     if outcome == Outcome.PASS:
         assert check.verdict == Verdict.NEEDS_REVIEW
         assert check.recommended_cents == 586
@@ -198,7 +198,7 @@ def test_credits_never_added(money_back, refunded, verdict, cents, actions):
     check = precheck(case, NOW)
     failure = rule(check, "technical_failure")
     assert failure.outcome == Outcome.PASS
-    assert "You paid on March 1, 2026 but the 300 credits never reached your balance" in (
+    assert "You paid on Mar 1, 2026 but the 300 credits never reached your balance" in (
         failure.explanation
     )
     assert rule(check, "used_credits").outcome == Outcome.NOT_APPLICABLE
@@ -213,7 +213,7 @@ def test_credited_purchase_is_no_technical_failure_and_says_when_credits_came():
     check = precheck(snapshot(unused=88), NOW)
     failure = rule(check, "technical_failure")
     assert failure.outcome == Outcome.NOT_APPLICABLE
-    assert failure.explanation == "The 300 credits were added on March 1, 2026."
+    assert failure.explanation == "The 300 credits were added on Mar 1, 2026."
 
 
 # -- duplicate charge ------------------------------------------------------------------------
@@ -435,7 +435,7 @@ def _down(start, hours=None, minutes=0, title="Render farm down"):
             # Started 2026-03-03 07:30 UTC, which is still March 2 in Vancouver.
             "\u201cRender farm down\u201d kept the platform down for more than 48 "
             "consecutive hours while you held unused credits from this purchase: 48 hours "
-            "1 minute from March 2, 2026.",
+            "1 minute from Mar 2, 2026.",
             id="48h01m while the credits were held",
         ),
         pytest.param(
@@ -494,7 +494,7 @@ def _down(start, hours=None, minutes=0, title="Render farm down"):
             150,
             Outcome.PASS,
             # Counted from when the credits arrived, not from when the outage began.
-            "this purchase: 49 hours from March 1, 2026.",
+            "this purchase: 49 hours from Mar 1, 2026.",
             id="began before the credits arrived, 49h after",
         ),
         pytest.param(
@@ -566,7 +566,7 @@ def _job(status="failed", reason="platform_error", restored=False, restored_at=N
             Verdict.LIKELY_INELIGIBLE,
             (),
             "Job 7 failed on our side and its 12 credits were already returned to your "
-            "balance on March 5, 2026.",
+            "balance on Mar 5, 2026.",
             id="platform error, already restored: says when",
         ),
         pytest.param(

@@ -57,7 +57,7 @@ def _open_form(client, purchase_id=None, job_id=None):
 
 
 def _deadline(purchase) -> str:
-    return refund_deadline(purchase.paid_at).strftime("%B %-d, %Y")
+    return refund_deadline(purchase.paid_at).strftime("%b %-d, %Y")
 
 
 # -- the happy path: form, review, submit ------------------------------------------------

@@ -5,8 +5,6 @@ exists there, file the request through the refunds service, and then act as staf
 through the pages (POST with a CSRF token) or through `portal.staff.services`.
 """
 
-import html
-import re
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
@@ -31,6 +29,7 @@ from portal.staff import services as staff_services
 from portal.timeutil import add_business_days, utcnow
 from tests.billing.helpers import open_checkout, pay_in_store, payment_intent_of
 from tests.factories import csrf_token, login_as
+from tests.html_text import visible_text
 
 DETAILS = "I bought the Pro package but no longer need most of the credits."
 UNDO = UNDO_WINDOW
@@ -51,10 +50,7 @@ def client_for(app: Flask, user: User | None = None) -> FlaskClient:
     return client
 
 
-def text(response) -> str:
-    """A page's visible text: tags removed, entities decoded, whitespace collapsed."""
-    without_tags = re.sub(r"<[^>]+>", " ", response.get_data(as_text=True))
-    return re.sub(r"\s+", " ", html.unescape(without_tags)).strip()
+text = visible_text
 
 
 def detail_path(request_id: int) -> str:

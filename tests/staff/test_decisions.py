@@ -119,7 +119,7 @@ def test_the_request_page_shows_everything_needed_to_decide(app, staff_client, s
     assert earlier.reference in page
     assert "Render farm offline" in page
     assert "Filed — Request filed: service unavailable." in page
-    assert "When filed" in page and "Now" in page
+    assert "When filed and now:" in page
 
 
 def test_the_request_page_says_which_payment_is_the_duplicate_then_and_now(
@@ -156,7 +156,9 @@ def test_the_request_page_says_an_outage_must_last_more_than_48_hours(
     )
     request = file(customer, purchase, reason=RequestReason.SERVICE_UNAVAILABLE)
     page = text(staff_client.get(detail_path(request.id)))
-    assert page.count("Downtime of more than 48 consecutive hours") == 2  # filed and now
+    # Nothing changed since filing: the pre-check is shown once, for both.
+    assert "When filed and now: Needs a closer look" in page
+    assert page.count("Downtime of more than 48 consecutive hours") == 1
     assert (
         "\u201cRender farm offline\u201d overlapped the time you held unused credits from "
         "this purchase by 48 hours; the policy needs more than 48 consecutive hours." in page
@@ -317,8 +319,11 @@ def test_spending_between_filing_and_approval_changes_the_recommendation(
     page = staff_client.get(detail_path(request.id))
     shown = text(page)
 
-    assert "recommended $12.00 · changed since filing" in shown
-    assert "Unused credits (changed)" in shown
+    assert "Now: Needs a closer look recommended $12.00" in shown
+    assert "When filed: Needs a closer look recommended $20.00" in shown
+    # The pre-check is shown once; the rule that moved says what it said at filing.
+    assert shown.count("Unused credits") == 1
+    assert "When filed (met): 300 of the 300 credits are unused" in shown
     assert "Unused now 180 credits" in shown
     assert default_amount(page) == "12.00"
 
@@ -896,7 +901,10 @@ def test_notes_are_internal_and_messages_reach_the_customer(
     act(staff_client, request.id, "message", body="We are looking at your purchase today.")
 
     staff_page = text(staff_client.get(detail_path(request.id)))
-    assert "(internal) — Customer is a reseller; check with finance." in staff_page
+    assert (
+        f"{staff.email} Internal note Internal — Customer is a reseller; check with finance."
+        in staff_page
+    )
     assert "We are looking at your purchase today." in staff_page
     page = customer_page(customer_client, request.id)
     assert "reseller" not in page

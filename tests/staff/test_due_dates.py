@@ -14,7 +14,7 @@ from portal.db import db
 from portal.incidents import services as incidents
 from portal.incidents.models import Incident
 from portal.refunds.models import RequestStatus
-from portal.timeutil import add_business_days, utcnow
+from portal.timeutil import DATE_TIME_FORMAT, add_business_days, utcnow
 from tests.factories import make_purchase, make_staff, make_user
 from tests.staff.helpers import (
     bulk_requests,
@@ -87,8 +87,10 @@ def test_a_request_filed_on_friday_evening_is_due_at_the_end_of_the_next_friday(
     request = file(customer, purchase, now=friday_evening)
 
     assert request.due_at == end_of_day(2026, 3, 13)
-    # Shown in the staff member's own timezone (Vancouver).
-    assert "Due 2026-03-13 23:59" in text(staff_client.get(detail_path(request.id)))
+    # Shown on the company's calendar, its zone named, whoever reads it.
+    assert "Answer due Fri, Mar 13, 2026, 11:59 PM Vancouver time (PDT)" in text(
+        staff_client.get(detail_path(request.id))
+    )
 
 
 # -- incidents and the status page --------------------------------------------------------
@@ -125,13 +127,13 @@ def test_incidents_are_recorded_in_the_staff_members_timezone_and_shown_on_statu
     ).all()
     assert logged.actor_id == staff.id
     staff_page = text(staff_client.get("/staff/incidents"))
-    assert f"Image workers down GPU pool lost. {start:%Y-%m-%d %H:%M}" in staff_page
+    assert f"Image workers down GPU pool lost. {start.strftime(DATE_TIME_FORMAT)}" in staff_page
     assert "an outage of more than 48 consecutive hours, counted only while" in staff_page
 
     status = text(client_for(app).get("/status"))  # anonymous: times in UTC
     assert "All systems are running normally." in status
-    started_utc = incident.started_at.strftime("%Y-%m-%d %H:%M")
-    ended_utc = incident.ended_at.strftime("%Y-%m-%d %H:%M")
+    started_utc = incident.started_at.strftime(DATE_TIME_FORMAT)
+    ended_utc = incident.ended_at.strftime(DATE_TIME_FORMAT)
     assert f"Image workers down : {started_utc} – {ended_utc} (50 h)" in status
 
 

@@ -12,6 +12,7 @@ from portal.refunds.eligibility import RequestReason, Verdict
 from portal.refunds.models import RequestStatus
 from portal.timeutil import utcnow
 from tests.factories import QueryCounter, make_purchase, make_user
+from tests.html_text import visible_text
 from tests.staff.helpers import bulk_requests, file, text
 
 _ROW = re.compile(
@@ -25,10 +26,7 @@ def rows(response) -> list[dict]:
     assert response.status_code == 200, response.status_code
     found = []
     for request_id, reference, rest in _ROW.findall(response.get_data(as_text=True)):
-        cells = [
-            re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", cell))).strip()
-            for cell in _CELL.findall(rest)
-        ]
+        cells = [visible_text(cell) for cell in _CELL.findall(rest)]
         found.append({"id": int(request_id), "reference": reference, "cells": cells})
     return found
 
