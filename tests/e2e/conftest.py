@@ -178,9 +178,8 @@ def axe_source() -> str:
 @pytest.fixture
 def browse(request, browser, browser_context_args, live_server, axe_source):
     """Watched tabs for this test; see support.Browsing."""
-    browsing = Browsing(
-        browser, browser_context_args, live_server, request.node.originalname, axe_source
-    )
+    # The node's name carries a parametrized test's parameters: one folder for each.
+    browsing = Browsing(browser, browser_context_args, live_server, request.node.name, axe_source)
     yield browsing
     browsing.close()
 

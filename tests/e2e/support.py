@@ -6,7 +6,10 @@ calls `browse.check(page, "step")` at each key step, which takes a screenshot in
 test-artifacts/ and runs axe-core on the page. When the test ends, the conftest's hook
 calls `browse.problems()`: the test fails if any tab logged a JavaScript error, any page
 had a `serious` or `critical` accessibility violation, or a tab landed on a page that
-was never checked.
+was never checked. `browse.check_fits(page, name)` checks a page as `check` does and
+measures its layout at the tab's screen size: the page must not scroll sideways, and
+each table's key columns must be in view; what does not fit fails the test at its end,
+every page's findings together.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -41,6 +44,13 @@ SERVICE_TOKEN = "e2e-platform-token-3f9a61c2"
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+PHONE_CONTEXT = {"viewport": PHONE, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
+# The screens every page must fit (issue 18): a laptop and a phone. Their names start
+# the screenshots' file names (desktop-staff-queue.png, phone-staff-queue.png).
+SCREENS = {
+    "desktop": {"viewport": {"width": 1280, "height": 900}},
+    "phone": PHONE_CONTEXT,
+}
 BLOCKING_IMPACTS = ("serious", "critical")
 
 
@@ -100,14 +110,16 @@ def unique_email(kind: str) -> str:
     return f"{kind}-{next(_counter)}-{int(time.time() * 1000) % 10**8}@example.com"
 
 
-def create_customer(server: LiveServer, timezone: str | None = "America/Vancouver") -> str:
+def create_customer(
+    server: LiveServer, timezone: str | None = "America/Vancouver", email: str | None = None
+) -> str:
     """A customer account made in the database; returns its e-mail.
 
     With a timezone already set, the pages do not report the browser's and reload.
     """
     from portal.accounts import services
 
-    email = unique_email("customer")
+    email = email or unique_email("customer")
     with server.database():
         user = services.register_user(email, PASSWORD)
         if timezone:
@@ -121,7 +133,10 @@ AUTHENTICATORS: dict[str, Authenticator] = {}
 
 
 def create_staff(
-    server: LiveServer, timezone: str = "America/Vancouver", enrolled: bool = True
+    server: LiveServer,
+    timezone: str = "America/Vancouver",
+    enrolled: bool = True,
+    email: str | None = None,
 ) -> str:
     """A staff member made in the database; with `enrolled`, their authenticator set up."""
     import pyotp
@@ -130,7 +145,7 @@ def create_staff(
     from portal.db import db
     from portal.timeutil import utcnow
 
-    email = unique_email("staff")
+    email = email or unique_email("staff")
     with server.database():
         user, _ = services.create_or_promote_staff(email, STAFF_PASSWORD)
         services.update_timezone(user, timezone)
@@ -293,6 +308,7 @@ class Browsing:
         self.log_mark = len(server.errors.records)
         self.phone_widths: list[str] = []
         self.phone_words: list[str] = []
+        self.layout_failures: list[str] = []
 
     # -- tabs ---------------------------------------------------------------------------
 
@@ -337,12 +353,17 @@ class Browsing:
 
     # -- checks -------------------------------------------------------------------------
 
-    def check(self, page: Page, step: str) -> list[dict]:
-        """Screenshot the page and run axe-core on it; return its violations (all impacts)."""
+    def check(self, page: Page, step: str, file_name: str | None = None) -> list[dict]:
+        """Screenshot the page and run axe-core on it; return its violations (all impacts).
+
+        The screenshot is numbered in the order taken, or called `file_name`.png.
+        """
         page.wait_for_load_state("load")
         watch = self.watches[page]
         self.shots += 1
         name = f"{self.shots:02d}-{watch.label}-{re.sub(r'[^a-z0-9]+', '-', step.lower())}.png"
+        if file_name:
+            name = f"{file_name}.png"
         page.screenshot(path=str(self.folder / name), full_page=True)
         found = self._axe(page)
         for violation in found:
@@ -367,6 +388,45 @@ class Browsing:
         if broken:
             self.phone_words.append(f"{step} ({page.url}): {', '.join(broken)}")
         return width
+
+    def check_fits(
+        self,
+        page: Page,
+        name: str,
+        key_columns: Mapping[str, Sequence[str] | None] | None = None,
+    ) -> list[str]:
+        """Check the page (screenshot `<screen>-<name>.png`, axe), then whether it fits.
+
+        It fits when the page does not scroll sideways and, in every table, each key
+        column's cell in every body row is rendered and lies inside the screen and inside
+        every ancestor that clips overflow (a scrolling `.table-wrap` included): readable
+        without scrolling. `key_columns` maps a table's name (the heading just before
+        it; "*" for any table not named) to the header texts of its key columns, or to
+        None for all of them; a table it does not name must show every column. Headers
+        are found by their text, so a header that is only visually hidden (a table shown
+        as stacked cards on a phone) still names its column.
+
+        Returns what does not fit; the test fails with it, and every other page's, at
+        its end.
+        """
+        screen = _screen_of(page)
+        self.check(page, f"{screen} {name}", file_name=f"{screen}-{name}")
+        viewport = page.viewport_size["width"]
+        found: list[str] = []
+        width, inner = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+        # A phone zooms out to show a page wider than its screen: innerWidth grows with
+        # the page, and the screen's own width is the limit.
+        if width > min(viewport, inner):
+            zoomed = f" (zoomed out: innerWidth {inner}px)" if inner != viewport else ""
+            found.append(
+                f"scrolls sideways: document.documentElement.scrollWidth is {width}px on a "
+                f"{viewport}px screen{zoomed}; reaching past the edge: "
+                + page.evaluate(WIDEST_ELEMENTS, viewport)
+            )
+        tables = page.evaluate(TABLE_CELLS, viewport)
+        found += _key_column_failures(tables, key_columns or {})
+        self.layout_failures += [f"{screen} {name} ({_path(page.url)}): {line}" for line in found]
+        return found
 
     def _axe(self, page: Page) -> list[dict]:
         if not page.evaluate("typeof window.axe !== 'undefined'"):
@@ -415,6 +475,7 @@ class Browsing:
             f"words split across lines at phone size (unreadable columns): {line}"
             for line in self.phone_words
         ]
+        found += [f"does not fit: {line}" for line in self.layout_failures]
         return found
 
     def write_report(self) -> None:
@@ -423,6 +484,7 @@ class Browsing:
             "violations": self.violations,
             "phone_widths": self.phone_widths,
             "phone_broken_words": self.phone_words,
+            "layout_failures": self.layout_failures,
             "pages": {
                 watch.label: sorted(watch.visited.values()) for watch in self.watches.values()
             },
@@ -430,20 +492,185 @@ class Browsing:
         (self.folder / "accessibility.json").write_text(json.dumps(report, indent=2))
 
 
-# Lists the elements whose right edge passes the viewport (for a readable failure).
+# Lists the elements whose right edge passes the viewport (for a readable failure). One
+# inside a box that clips or scrolls its overflow (a `.table-wrap`) does not widen the
+# page, so it is not listed: what is listed is what makes the page scroll sideways. An
+# absolutely positioned element (a visually hidden label) escapes every box up to its
+# nearest positioned ancestor, clipping or not.
 WIDEST_ELEMENTS = """(viewport) => {
+    const clipped = (el) => {
+        let escapes = getComputedStyle(el).position === "absolute";
+        for (let up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+            const style = getComputedStyle(up);
+            if (escapes && style.position === "static") continue;
+            if (style.overflowX !== "visible") return true;
+            escapes = style.position === "absolute";
+        }
+        return false;
+    };
     const seen = [];
     for (const el of document.querySelectorAll("body *")) {
         const box = el.getBoundingClientRect();
-        if (box.right > viewport + 1 && box.width > 0) {
+        if (box.right > viewport + 1 && box.width > 0 && !clipped(el)) {
             let name = el.tagName.toLowerCase();
             if (el.id) name += "#" + el.id;
             if (el.classList.length) name += "." + [...el.classList].join(".");
+            const text = el.children.length ? "" : el.textContent.trim().slice(0, 40);
+            if (text) name += ' "' + text + '"';
             seen.push(name + " (right edge " + Math.round(box.right) + "px)");
         }
         if (seen.length >= 6) break;
     }
-    return seen.join(", ");
+    return seen.join(", ") || "none found";
+}"""
+
+
+def _screen_of(page: Page) -> str:
+    """The SCREENS name of the tab's viewport, or its size."""
+    viewport = page.viewport_size
+    for screen, context in SCREENS.items():
+        if context["viewport"] == viewport:
+            return screen
+    return f"{viewport['width']}x{viewport['height']}"
+
+
+def _key_column_failures(
+    tables: list[dict], key_columns: Mapping[str, Sequence[str] | None]
+) -> list[str]:
+    """What TABLE_CELLS measured, against the key columns asked for, in words."""
+    found: list[str] = []
+    names = [table["name"] for table in tables]
+    for wanted in key_columns:
+        if wanted != "*" and wanted not in names:
+            found.append(f"no table named '{wanted}' (tables: {names or 'none'})")
+    for table in tables:
+        label = f"table '{table['name']}'"
+        columns = [column["name"] for column in table["columns"]]
+        keys = key_columns.get(table["name"], key_columns.get("*"))
+        if keys is None:
+            keys = columns
+        for missing in [key for key in keys if key not in columns]:
+            found.append(f"{label} has no column '{missing}' (its columns: {columns})")
+        if not table["rows"]:
+            found.append(f"{label} has no rows to check")
+            continue
+        cut = []
+        for column in table["columns"]:
+            if column["name"] in keys and column["failures"]:
+                count, example = len(column["failures"]), column["failures"][0]
+                cut.append(
+                    f"'{column['name']}' {count} of {table['rows']} cells {example['kind']} "
+                    f"({example['detail']})"
+                )
+        if cut:
+            found.append(f"{label}, key columns not in view: " + "; ".join(cut))
+    return found
+
+
+# Every table's columns (named by their header's text, hidden or not) and, for each
+# column, the body cells that cannot be read without scrolling sideways: not rendered,
+# past the screen's edge, or cut off by an ancestor that clips or scrolls its overflow.
+# A row with a single cell spanning columns ("No jobs yet.") is a message, not data, and
+# an empty cell has nothing to see.
+TABLE_CELLS = r"""(screenWidth) => {
+    const words = (el) => (el.textContent || "").replace(/\s+/g, " ").trim();
+    const describe = (el) => {
+        let name = el.tagName.toLowerCase();
+        if (el.id) name += "#" + el.id;
+        if (el.classList.length) name += "." + [...el.classList].join(".");
+        return name;
+    };
+    const px = (value) => Math.round(value);
+    const headings = [...document.querySelectorAll("h1, h2, h3, h4")];
+    // The last heading before the table in a box that holds the table too: a heading
+    // inside a form or card the table comes after does not name it.
+    const nameOf = (table) => {
+        let name = "";
+        for (const heading of headings) {
+            if (!(heading.compareDocumentPosition(table) & Node.DOCUMENT_POSITION_FOLLOWING)) break;
+            if (heading.parentElement.contains(table)) name = words(heading);
+        }
+        return name || (table.caption ? words(table.caption) : "(no heading)");
+    };
+    const clippers = (cell) => {
+        const found = [];
+        for (let el = cell.parentElement; el && el !== document.body; el = el.parentElement) {
+            const style = getComputedStyle(el);
+            if (style.overflowX !== "visible" || style.overflowY !== "visible") found.push(el);
+        }
+        return found;
+    };
+    const problemOf = (cell) => {
+        if (!words(cell) && !cell.querySelector("a, button, input, select, img, svg")) return null;
+        const style = getComputedStyle(cell);
+        if (style.display === "none") return {kind: "not rendered", detail: "display: none"};
+        if (style.visibility !== "visible") {
+            return {kind: "not rendered", detail: "visibility: " + style.visibility};
+        }
+        const box = cell.getBoundingClientRect();
+        // Two pixels: the visually-hidden pattern leaves a 1x1 box.
+        if (box.width < 2 || box.height < 2) {
+            return {kind: "not rendered", detail: px(box.width) + "x" + px(box.height) + "px"};
+        }
+        const span = "x " + px(box.left) + "-" + px(box.right) + "px";
+        for (const el of clippers(cell)) {
+            const style = getComputedStyle(el);
+            const frame = el.getBoundingClientRect();
+            const left = frame.left + el.clientLeft, right = left + el.clientWidth;
+            const top = frame.top + el.clientTop, bottom = top + el.clientHeight;
+            const clipsX = style.overflowX !== "visible";
+            // Rows below a scrolling box's fold are a vertical scroll, not a clipped column.
+            const clipsY = style.overflowY === "hidden" || style.overflowY === "clip";
+            if ((clipsX && (box.left < left - 1 || box.right > right + 1))
+                || (clipsY && (box.top < top - 1 || box.bottom > bottom + 1))) {
+                return {
+                    kind: "cut off by " + describe(el) + " (overflow " + style.overflowX + ")",
+                    detail: span + ", the box shows x " + px(left) + "-" + px(right) + "px",
+                };
+            }
+        }
+        if (box.left < -1 || box.right > screenWidth + 1) {
+            const detail = span + " on a " + screenWidth + "px screen";
+            return {kind: "outside the screen", detail: detail};
+        }
+        if (style.overflowX !== "visible" && cell.scrollWidth > cell.clientWidth + 1) {
+            return {
+                kind: "with their content cut off",
+                detail: cell.scrollWidth + "px of content in " + cell.clientWidth + "px",
+            };
+        }
+        return null;
+    };
+    return [...document.querySelectorAll("table")].map((table) => {
+        const head = table.tHead && table.tHead.rows.length
+            ? table.tHead.rows[table.tHead.rows.length - 1] : null;
+        const columns = [];
+        let at = 0;
+        for (const cell of head ? head.cells : []) {
+            const span = cell.colSpan || 1;
+            columns.push({name: words(cell), start: at, end: at + span, failures: []});
+            at += span;
+        }
+        let rows = 0;
+        for (const body of table.tBodies) {
+            for (const row of body.rows) {
+                if (row.cells.length === 1 && row.cells[0].colSpan > 1) continue;
+                rows += 1;
+                let start = 0;
+                for (const cell of row.cells) {
+                    const span = cell.colSpan || 1;
+                    const problem = problemOf(cell);
+                    for (const column of columns) {
+                        if (problem && column.start < start + span && start < column.end) {
+                            column.failures.push(problem);
+                        }
+                    }
+                    start += span;
+                }
+            }
+        }
+        return {name: nameOf(table), columns: columns, rows: rows};
+    });
 }"""
 
 
