@@ -61,7 +61,8 @@ def company_deadline(moment: datetime | None) -> str:
     if moment is None:
         return ""
     local = moment.astimezone(COMPANY_TZ)
-    return f"{local:%a}, {local.strftime(DATE_TIME_FORMAT)} {policy.COMPANY_TIMEZONE_NAME} time ({local:%Z})"
+    zone = f"{policy.COMPANY_TIMEZONE_NAME} time ({local:%Z})"
+    return f"{local:%a}, {local.strftime(DATE_TIME_FORMAT)} {zone}"
 
 
 def company_deadline_day(moment: datetime | None) -> str:
