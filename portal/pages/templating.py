@@ -85,6 +85,43 @@ def verdict_badge(verdict) -> Markup:
     return _span(f"badge badge-{value}", VERDICT_WORDS.get(value, value))
 
 
+def _audit_value(value) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_audit_value(item) for item in value) or "—"
+    if isinstance(value, dict):
+        return "; ".join(f"{key}: {_audit_value(item)}" for key, item in value.items())
+    return str(value)
+
+
+def audit_changes(before: dict | None, after: dict | None) -> Markup:
+    """An audit entry's before and after as one line per field: "Status: open → approved".
+
+    A field only in `after` was set; one only in `before` was removed. Staff read these
+    to see what an action changed, so unchanged fields are left out.
+    """
+    before, after = before or {}, after or {}
+    lines = []
+    for key in dict.fromkeys([*before, *after]):
+        label = escape(key.replace("_", " ").capitalize())
+        old, new = before.get(key), after.get(key)
+        if key in before and key in after:
+            if old == new:
+                continue
+            change = f"{escape(_audit_value(old))} → {escape(_audit_value(new))}"
+        elif key in after:
+            change = escape(_audit_value(new))
+        else:
+            change = f"{escape(_audit_value(old))} → removed"
+        lines.append(f"<li><strong>{label}:</strong> {change}</li>")
+    if not lines:
+        return Markup('<span class="muted">—</span>')
+    return Markup(f'<ul class="changes">{"".join(lines)}</ul>')  # noqa: S704  # nosec B704
+
+
 def url_for_each(endpoint: str, key: str) -> Callable[[int], str]:
     """`url_for(endpoint, **{key: row_id})` for every row of a table, built once.
 
@@ -125,6 +162,7 @@ def register(app: Flask) -> None:
     app.add_template_global(verdict_badge)
     app.add_template_global(csrf_field)
     app.add_template_global(url_for_each)
+    app.add_template_global(audit_changes)
 
     @app.context_processor
     def portal_globals():

@@ -410,6 +410,9 @@ class Browsing:
         its end.
         """
         screen = _screen_of(page)
+        # Sections that start closed are measured, and photographed, open: what they
+        # hold must fit once a person opens them.
+        page.evaluate("document.querySelectorAll('details').forEach((d) => { d.open = true; })")
         self.check(page, f"{screen} {name}", file_name=f"{screen}-{name}")
         viewport = page.viewport_size["width"]
         found: list[str] = []
@@ -588,7 +591,9 @@ TABLE_CELLS = r"""(screenWidth) => {
         let name = "";
         for (const heading of headings) {
             if (!(heading.compareDocumentPosition(table) & Node.DOCUMENT_POSITION_FOLLOWING)) break;
-            if (heading.parentElement.contains(table)) name = words(heading);
+            // A heading that is a disclosure's summary names what the disclosure holds.
+            const box = heading.closest("summary") ? heading.closest("details") : heading.parentElement;
+            if (box.contains(table)) name = words(heading);
         }
         return name || (table.caption ? words(table.caption) : "(no heading)");
     };

@@ -67,9 +67,9 @@ PHONE_KEY_COLUMNS = {
     "customer-history": {"*": ("Date", "What happened", "Credits", "Balance after")},
     "customer-purchases": {"*": ("Date", "Package", "Amount", "Status")},
     "customer-jobs": {"*": ("Started", "Operation", "Credits", "Status")},
-    "customer-refund-requests": {"*": ("Reference", "Status", "Answer due")},
+    "customer-refund-requests": {"*": ("Reference", "Status", "Answer due (Vancouver time)")},
     "customer-e-mails": {"*": ("Date", "Subject")},
-    "staff-queue": {"*": ("Request", "Customer", "Status", "Due")},
+    "staff-queue": {"*": ("Request", "Customer", "Status", "Due (Vancouver)")},
     "staff-request": {
         "Ledger around the purchase": ("Date", "What", "Credits", "Balance"),
         "Jobs around the purchase": ("Job", "Credits", "Status"),
@@ -79,7 +79,7 @@ PHONE_KEY_COLUMNS = {
         "Jobs around the purchase": ("Job", "Credits", "Status"),
     },
     "staff-incidents": {"*": ("What", "Started", "Ended")},
-    "staff-audit-log": {"*": ("Time", "Who", "Action", "Before → after")},
+    "staff-audit-log": {"*": ("Time", "Who", "Action", "Changes")},
     "staff-team": {"*": ("Staff member", "Authenticator")},
     # Tables not listed here (the refund policy's packages...) show every column.
 }
