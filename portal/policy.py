@@ -22,6 +22,12 @@ class Package:
         """Return the price of 10 credits, rounded to the nearest cent (for display)."""
         return (self.price_cents * 10 * 2 + self.credits) // (2 * self.credits)
 
+    def saving_against(self, other: "Package") -> int:
+        """Return how much less a credit costs here than in `other`, in whole percent."""
+        # Compare prices per credit exactly (cross-multiplied), then round half up.
+        mine, theirs = self.price_cents * other.credits, other.price_cents * self.credits
+        return (200 * (theirs - mine) + theirs) // (2 * theirs)
+
     def refund_for_unused(self, unused_credits: int) -> int:
         """Return the refund in cents for `unused_credits`, rounded down to the cent."""
         return unused_credits * self.price_cents // self.credits
@@ -34,6 +40,11 @@ PACKAGES: tuple[Package, ...] = (
     Package("premium", "Premium", 1_000, 5_000),
 )
 PACKAGES_BY_CODE: dict[str, Package] = {package.code: package for package in PACKAGES}
+# The package with the cheapest credit, marked "Best value" where packages are compared.
+BEST_VALUE = min(PACKAGES, key=lambda package: package.price_cents / package.credits)
+# A product fact rather than a refund rule: the ledger gives credits no expiry date, so
+# the pages that sell them say so.
+CREDITS_EXPIRE = False
 
 # Requests made more than this many days after the purchase are generally not refunded.
 REFUND_WINDOW_DAYS = 30

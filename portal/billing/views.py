@@ -1,5 +1,7 @@
 """Buying credit packages, the return from Checkout, and the customer's purchases."""
 
+from datetime import timedelta
+
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
@@ -10,10 +12,16 @@ from portal.billing.models import PurchaseStatus
 from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import limiter
 from portal.forms import EmptyForm
+from portal.ledger.queries import recent_spending
 from portal.pagination import page_request
 from portal.security import external_url
+from portal.timeutil import utcnow
 
 bp = Blueprint("billing", __name__)
+
+# The buy page says how many jobs each package pays for at the customer's average job
+# over this many days.
+RECENT_DAYS = 30
 
 
 @bp.route("/credits/buy", methods=["GET", "POST"])
@@ -47,7 +55,14 @@ def buy():
     elif request.method == "POST":
         flash("That package does not exist, or the form expired. Please choose again.", "error")
     status = 400 if request.method == "POST" else 200
-    return render_template("billing/buy.html", packages=policy.PACKAGES, form=form), status
+    recent = recent_spending(current_user.id, utcnow() - timedelta(days=RECENT_DAYS))
+    return render_template(
+        "billing/buy.html",
+        packages=policy.PACKAGES,
+        form=form,
+        recent=recent,
+        recent_days=RECENT_DAYS,
+    ), status
 
 
 @bp.get("/credits/success")

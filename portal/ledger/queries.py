@@ -63,6 +63,30 @@ def totals(account: User) -> Totals:
     )
 
 
+@dataclass(frozen=True)
+class RecentSpending:
+    jobs: int
+    credits: int
+
+    def jobs_from(self, credits: int) -> int | None:
+        """About how many jobs `credits` pay for at this average; None without jobs."""
+        if self.jobs == 0 or self.credits == 0:
+            return None
+        return credits * self.jobs // self.credits
+
+
+def recent_spending(user_id: int, since: datetime) -> RecentSpending:
+    """How many jobs the customer was charged for since `since`, and how many credits."""
+    jobs, credits = db.session.execute(
+        select(func.count(), func.coalesce(-func.sum(LedgerEntry.credits), 0)).where(
+            LedgerEntry.user_id == user_id,
+            LedgerEntry.kind == EntryKind.JOB_CHARGE,
+            LedgerEntry.created_at >= since,
+        )
+    ).one()
+    return RecentSpending(jobs=jobs, credits=credits)
+
+
 def balance_series(user_id: int, days: int, today: date) -> list[tuple[date, int]]:
     """Return the closing balance of each of the last `days` UTC days, oldest first.
 

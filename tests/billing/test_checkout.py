@@ -1,14 +1,19 @@
 """Buying credits through Checkout, from the Buy page to the credits in the balance."""
 
 import re
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
 from portal import policy
 from portal.accounts.models import AccountStatus
 from portal.billing.models import PurchaseStatus
-from portal.ledger.models import EntryKind
+from portal.db import db
+from portal.jobs.services import charge_job
+from portal.ledger.models import EntryKind, LedgerEntry
 from portal.sandbox.store import CARD_DECLINED, CARD_REFUND_FAILS, CARD_SUCCEEDS, DELAYED_METHOD
+from portal.timeutil import utcnow
 from tests.billing.helpers import (
     balance,
     buy,
@@ -26,7 +31,7 @@ from tests.billing.helpers import (
     session_id_of,
     settle_delayed,
 )
-from tests.factories import csrf_token, login_as, make_user
+from tests.factories import csrf_token, login_as, make_purchase, make_user, spend_history
 
 FORM = re.compile(r'<form method="post" action="/credits/buy">(.*?)</form>', re.S)
 CSRF_FIELD = re.compile(r'name="csrf_token" type="hidden" value="[^"]+"')
@@ -57,9 +62,33 @@ def test_buy_page_lists_the_four_packages_each_with_its_own_csrf_form(client, cu
     ]
     assert all(CSRF_FIELD.search(form) for form in forms)
     text = plain(response)
-    for package in policy.PACKAGES:
-        assert f"{package.name} {package.credits:,} credits" in text
-        assert f"${package.price_cents // 100:,}.00" in text
+    assert "Starter $5.00 USD 50 credits 10¢ per credit" in text
+    assert "Basic $10.00 USD 120 credits 8.3¢ per credit · save 17%" in text
+    assert "Pro $20.00 USD 300 credits 6.7¢ per credit · save 33%" in text
+    assert "Premium Best value $50.00 USD 1,000 credits 5¢ per credit · save 50%" in text
+    assert text.count("Best value") == 1
+    assert "credits never expire" in text
+    assert "jobs at your recent average" not in text  # no jobs yet: no guess
+
+
+def test_the_buy_page_says_how_many_jobs_each_package_pays_for(client, customer):
+    """At the customer's own average job of the last 30 days; older jobs do not count."""
+    make_purchase(customer, "premium")
+    charge_job("old-job", customer.email, "upscale", 100)
+    db.session.execute(
+        update(LedgerEntry).values(created_at=utcnow() - timedelta(days=31))
+    )  # the purchase and the old job: before the last 30 days
+    db.session.commit()
+    spend_history(customer, jobs=10, credits=4)
+
+    text = plain(client.get("/credits/buy"))
+
+    # 10 jobs for 40 credits: 4 credits a job.
+    assert (
+        "Starter $5.00 USD 50 credits 10¢ per credit About 12 jobs at your recent average" in text
+    )
+    assert "About 250 jobs at your recent average" in text  # Premium: 1,000 / 4
+    assert "Your last 30 days: 10 jobs for 40 credits." in text
 
 
 def test_buy_creates_a_pending_purchase_and_redirects_to_its_checkout(client, customer):
