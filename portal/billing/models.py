@@ -97,6 +97,18 @@ class RefundStatus(StrEnum):
     CANCELED = "canceled"
 
 
+# Why Stripe says a refund failed (a refund's `failure_reason`), as the customer reads it.
+REFUND_FAILURE_WORDS = {
+    "expired_or_canceled_card": "the card you paid with has expired or was cancelled",
+    "lost_or_stolen_card": "the card you paid with was reported lost or stolen",
+    "declined": "your bank declined it",
+    "insufficient_funds": "our payment provider could not send it yet",
+    "merchant_request": "we stopped it",
+    "charge_for_pending_refund_disputed": "the payment is disputed with your bank",
+    "unknown": "the bank did not say why",
+}
+
+
 class Refund(db.Model):
     """Money sent back to the original payment method of a purchase, through Stripe."""
 
@@ -131,6 +143,15 @@ class Refund(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     purchase: Mapped[Purchase] = relationship(back_populates="refunds")
+
+    @property
+    def failure_words(self) -> str:
+        """Why the refund failed, in plain words; staff see Stripe's own code or message
+        beside them. Anything but a known code (a provider's error message) is not for
+        the customer."""
+        return REFUND_FAILURE_WORDS.get(
+            self.failure_reason or "", "our payment provider could not complete it"
+        )
 
     @property
     def attempt_key(self) -> str:

@@ -536,9 +536,16 @@ def test_a_refund_the_bank_refuses_restores_the_credits_and_reopens(
     assert purchase.refunded_cents == 0
     assert fresh(RefundRequest, request.id).status == RequestStatus.IN_REVIEW
     staff_page = text(staff_client.get(detail_path(request.id)))
-    assert "Failed: expired_or_canceled_card" in staff_page
+    assert "Failed: the card you paid with has expired or was cancelled" in staff_page
+    assert "Stripe: expired_or_canceled_card" in staff_page
     assert "Try again" in staff_page
-    assert "did not go through" in customer_page(customer_client, request.id)
+    # The customer reads plain words, never Stripe's code.
+    shown = customer_page(customer_client, request.id)
+    assert "did not go through: the card you paid with has expired or was cancelled." in shown
+    assert "expired_or_canceled_card" not in shown
+    [told] = [e for e in emails_to(customer.email) if "did not go through" in e.subject]
+    assert "the card you paid with has expired or was cancelled" in told.body_text
+    assert "expired_or_canceled_card" not in told.body_text
     assert any(f"Refund {refund.id} failed" in e.subject for e in emails_to(staff.email))
     assert ledger_check_passes(app)
 

@@ -227,15 +227,15 @@ def refund_failed(refund_id: int, why: str) -> Refund | None:
     _request_event(
         refund,
         "refund_failed",
-        f"The refund of {amount} did not go through ({why}). {credits_word}; our team will "
-        "follow up.",
+        f"The refund of {amount} did not go through: {refund.failure_words}. {credits_word}; "
+        "our team will follow up.",
     )
     audit.record("refund.failed", "refund", refund.id, after={"reason": why[:200]})
     queue_email(
         purchase.user.email,
         f"Your refund of {amount} did not go through",
-        f"The refund could not be completed. {credits_word}. Our team will contact you "
-        "about another way.",
+        f"The refund could not be completed: {refund.failure_words}. {credits_word}. Our "
+        "team will contact you about another way.",
     )
     notify_staff(f"Refund {refund.id} failed", f"Refund {refund.id} of {amount} failed: {why}")
     settle(purchase)
