@@ -54,8 +54,9 @@ REFUND_WINDOW_DAYS = 30
 DOWNTIME_THRESHOLD_HOURS = 48
 # "If you were charged multiple times for the same purchase, we will refund the duplicate
 # charges in full." A second payment of the same package at most this many minutes after
-# the first, none of whose credits were used, is taken for a duplicate charge; one whose
-# credits were used is a purchase the customer meant to make.
+# the first with the same card, none of whose credits were used, is taken for a duplicate
+# charge; one whose credits were used, or paid with another card, is a purchase the
+# customer meant to make.
 DUPLICATE_WINDOW_MINUTES = 10
 
 # "We aim to respond to all refund requests within 3-5 business days."

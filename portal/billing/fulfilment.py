@@ -48,21 +48,32 @@ class Fulfilment(StrEnum):
 class _Payment:
     payment_intent: str | None
     charge_id: str | None
-    receipt_url: str | None
+    receipt_url: str | None = None
+    # The charge's payment method: its type ("card"), and that type's details.
+    method_type: str | None = None
+    method: dict | None = None
 
 
 def _payment_details(session: dict) -> _Payment:
     intent = session.get("payment_intent")
     if not intent:
-        return _Payment(None, None, None)
+        return _Payment(None, None)
     if not isinstance(intent, dict):
         # Not expanded along with the session (see the gateway): one more call.
         intent = gateway().retrieve_payment_intent(intent)
     intent_id = intent.get("id")
     charge = intent.get("latest_charge")
-    if isinstance(charge, dict):
-        return _Payment(intent_id, charge.get("id"), charge.get("receipt_url"))
-    return _Payment(intent_id, charge, None)
+    if not isinstance(charge, dict):
+        return _Payment(intent_id, charge)
+    details = charge.get("payment_method_details") or {}
+    method_type = details.get("type")
+    return _Payment(
+        intent_id,
+        charge.get("id"),
+        charge.get("receipt_url"),
+        method_type,
+        details.get(method_type) if method_type else None,
+    )
 
 
 def fulfil_checkout(session_id: str) -> Fulfilment:
@@ -134,6 +145,11 @@ def _record_payment(purchase: Purchase, payment: _Payment) -> None:
     purchase.stripe_payment_intent_id = payment.payment_intent or purchase.stripe_payment_intent_id
     purchase.stripe_charge_id = payment.charge_id or purchase.stripe_charge_id
     purchase.receipt_url = payment.receipt_url or purchase.receipt_url
+    if payment.method:
+        # A card names its brand; other methods (a bank account) are named by their type.
+        purchase.payment_method_brand = payment.method.get("brand") or payment.method_type
+        purchase.payment_method_last4 = payment.method.get("last4")
+        purchase.payment_method_fingerprint = payment.method.get("fingerprint")
 
 
 def _hold_mismatch(purchase: Purchase, session: dict) -> Fulfilment:

@@ -22,6 +22,19 @@ class PurchaseStatus(StrEnum):
     DISPUTED = "disputed"
 
 
+# How a receipt names the payment methods Stripe reports (card brands, bank accounts).
+PAYMENT_METHOD_NAMES = {
+    "visa": "Visa",
+    "mastercard": "Mastercard",
+    "amex": "American Express",
+    "discover": "Discover",
+    "jcb": "JCB",
+    "diners": "Diners Club",
+    "unionpay": "UnionPay",
+    "us_bank_account": "Bank account",
+}
+
+
 class Purchase(db.Model):
     """One Checkout Session for one credit package."""
 
@@ -57,6 +70,12 @@ class Purchase(db.Model):
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_charge_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     receipt_url: Mapped[str | None] = mapped_column(Text)
+    # How it was paid, as Stripe's charge reports it: "visa" (or "us_bank_account"), the
+    # last four digits for the receipt, and the fingerprint that is the same for the same
+    # card, which tells a duplicate charge from a second purchase on another card.
+    payment_method_brand: Mapped[str | None] = mapped_column(String(32))
+    payment_method_last4: Mapped[str | None] = mapped_column(String(4))
+    payment_method_fingerprint: Mapped[str | None] = mapped_column(String(64))
     refunded_cents: Mapped[int] = mapped_column(default=0)
     committed_refund_cents: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -83,6 +102,15 @@ class Purchase(db.Model):
             and self.status != PurchaseStatus.DISPUTED
             and self.refunded_cents < self.amount_cents
         )
+
+    @property
+    def payment_method_words(self) -> str | None:
+        """"Visa ending in 4242", for the receipt; None when Stripe did not say."""
+        if not self.payment_method_last4:
+            return None
+        brand = PAYMENT_METHOD_NAMES.get(self.payment_method_brand or "")
+        brand = brand or (self.payment_method_brand or "Card").replace("_", " ").title()
+        return f"{brand} ending in {self.payment_method_last4}"
 
     def __repr__(self) -> str:
         return f"<Purchase {self.id} {self.package_code} {self.status}>"

@@ -56,6 +56,9 @@ class PurchaseFacts:
     # What is left of its credits: it tells a duplicate charge from a purchase made twice
     # on purpose. (For the purchase asked about, the rules read `Snapshot.unused_credits`.)
     unused_credits: int = 0
+    # Stripe's fingerprint of the card paid with (None when not known): the same card
+    # twice is what a duplicate charge looks like; another card is another purchase.
+    payment_method_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,12 +223,24 @@ def _paid_again(first: PurchaseFacts, second: PurchaseFacts) -> bool:
     )
 
 
+def _other_card(first: PurchaseFacts, second: PurchaseFacts) -> bool:
+    """Both payments' cards are known, and they are different cards."""
+    return (
+        first.payment_method_fingerprint is not None
+        and second.payment_method_fingerprint is not None
+        and first.payment_method_fingerprint != second.payment_method_fingerprint
+    )
+
+
 def _later_duplicates(snapshot: Snapshot) -> tuple[PurchaseFacts, ...]:
-    """The purchases that duplicate the one asked about: paid again soon after, unused."""
+    """The purchases that duplicate the one asked about: paid again soon after with the
+    same card (or one not known), none of their credits used."""
     return tuple(
         other
         for other in snapshot.other_purchases
-        if _paid_again(snapshot.purchase, other) and _untouched(other, other.unused_credits)
+        if _paid_again(snapshot.purchase, other)
+        and not _other_card(snapshot.purchase, other)
+        and _untouched(other, other.unused_credits)
     )
 
 
@@ -248,11 +263,21 @@ def duplicate_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
     if purchase.paid_at is None:
         return RuleResult("duplicate", title, Outcome.NOT_APPLICABLE, "This purchase was not paid.")
     # Of two payments for the same package minutes apart, the later is the duplicate, but
-    # only while its credits are untouched: a customer who used them meant to buy twice.
-    # (The portal keeps no trace of the card paid with, so the card cannot be compared.)
+    # only when the same card paid both (where Stripe told us the card) and its credits
+    # are untouched: a customer who used them, or paid with another card, meant to buy
+    # twice.
     earlier = [other for other in snapshot.other_purchases if _paid_again(other, purchase)]
     if earlier:
         first = earlier[-1]
+        if _other_card(first, purchase):
+            return RuleResult(
+                "duplicate",
+                title,
+                Outcome.NOT_APPLICABLE,
+                f"You paid for the same {package} package {_minutes(first, purchase)} "
+                f"earlier (purchase {first.id}) with a different card: a second purchase, "
+                "not a duplicate charge.",
+            )
         if _untouched(purchase, snapshot.unused_credits):
             return RuleResult(
                 "duplicate",
@@ -285,13 +310,17 @@ def duplicate_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
         )
     repeats = tuple(other for other in snapshot.other_purchases if _paid_again(purchase, other))
     if repeats:
+        how = (
+            "with a different card"
+            if all(_other_card(purchase, other) for other in repeats)
+            else "and used its credits"
+        )
         return RuleResult(
             "duplicate",
             title,
             Outcome.NOT_APPLICABLE,
             f"You paid for the same {package} package again {_minutes(purchase, repeats[0])} "
-            f"later ({_ids(repeats)}) and used its credits: a second purchase, not a "
-            "duplicate charge.",
+            f"later ({_ids(repeats)}) {how}: a second purchase, not a duplicate charge.",
         )
     return RuleResult(
         "duplicate",

@@ -180,6 +180,7 @@ def _purchase_facts(purchase: Purchase, unused: int) -> eligibility.PurchaseFact
         credited_at=purchase.credited_at,
         refunded_cents=purchase.refunded_cents,
         unused_credits=unused,
+        payment_method_fingerprint=purchase.payment_method_fingerprint,
     )
 
 

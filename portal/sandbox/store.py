@@ -36,6 +36,34 @@ DISPUTE_OPEN = ("warning_needs_response", "warning_under_review", "needs_respons
 DISPUTE_CLOSED = ("warning_closed", "won", "lost")
 
 
+
+def _payment_method_details(method: str) -> dict:
+    """A charge's `payment_method_details` as Stripe reports them: a test card by its
+    brand and last four digits, the delayed method as a US bank account. The fingerprint
+    is the same for the same card or account, as Stripe's is."""
+    fingerprint = hashlib.sha256(f"sandbox:{method}".encode()).hexdigest()[:16]
+    if method == DELAYED_METHOD:
+        return {
+            "type": "us_bank_account",
+            "us_bank_account": {
+                "bank_name": "STRIPE TEST BANK",
+                "last4": "6789",
+                "fingerprint": fingerprint,
+            },
+        }
+    return {
+        "type": "card",
+        "card": {
+            "brand": "visa",
+            "last4": method[-4:],
+            "fingerprint": fingerprint,
+            "exp_month": 12,
+            "exp_year": 2034,
+            "funding": "credit",
+            "country": "US",
+        },
+    }
+
 class StripeError(Exception):
     """An error Stripe would answer with: HTTP status plus Stripe's error object."""
 
@@ -285,7 +313,7 @@ class SandboxStore:
         session["payment_intent"] = intent["id"]
         return intent
 
-    def _charge(self, intent: dict) -> dict:
+    def _charge(self, intent: dict, method: str) -> dict:
         charge_id = _new_id("ch")
         charge = {
             "id": charge_id,
@@ -299,6 +327,7 @@ class SandboxStore:
             "disputed": False,
             "status": "succeeded",
             "receipt_url": f"https://pay.stripe.com/receipts/sandbox/{charge_id}",
+            "payment_method_details": _payment_method_details(method),
             "created": int(time.time()),
             "metadata": dict(intent["metadata"]),
         }
@@ -327,7 +356,7 @@ class SandboxStore:
             intent["status"] = "processing"
             self.record_event("checkout.session.completed", self.public_session(session_id))
             return "processing"
-        charge = self._charge(intent)
+        charge = self._charge(intent, method)
         if method == CARD_REFUND_FAILS:
             self.refund_fails_for.add(charge["id"])
         session["payment_status"] = "paid"
@@ -343,7 +372,7 @@ class SandboxStore:
         if session["status"] != "complete" or session["payment_status"] != "unpaid" or not intent:
             return
         if succeeded:
-            self._charge(intent)
+            self._charge(intent, DELAYED_METHOD)
             session["payment_status"] = "paid"
             self.record_event(
                 "checkout.session.async_payment_succeeded", self.public_session(session_id)

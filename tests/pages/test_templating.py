@@ -1,6 +1,9 @@
 """The template helpers that tables call once per row."""
 
-from portal.pages.templating import badge, credit_change
+from datetime import UTC, datetime
+
+from portal.pages.templating import audit_changes, badge, breakable_email, credit_change
+from portal.timeutil import company_deadline, company_deadline_day
 
 
 def test_a_badge_reads_as_words_and_escapes_what_it_is_given():
@@ -73,3 +76,39 @@ def test_url_for_each_only_takes_integer_ids(app):
         url_of = url_for_each("jobs.show", "job_id")
         with pytest.raises(ValueError):
             url_of("7/../../admin")
+
+
+def test_audit_changes_read_field_by_field_and_leave_out_what_did_not_change():
+    shown = str(
+        audit_changes(
+            {"status": "open", "assignee_id": None, "note": "<b>old</b>", "same": 1},
+            {"status": "approved", "assignee_id": 7, "amount_cents": 500, "same": 1},
+        )
+    )
+    assert shown == (
+        '<ul class="changes">'
+        "<li><strong>Status:</strong> open → approved</li>"
+        "<li><strong>Assignee id:</strong> — → 7</li>"
+        "<li><strong>Note:</strong> &lt;b&gt;old&lt;/b&gt; → removed</li>"
+        "<li><strong>Amount cents:</strong> 500</li>"
+        "</ul>"
+    )
+    assert str(audit_changes(None, None)) == '<span class="muted">—</span>'
+    assert "yes → no" in str(audit_changes({"confirmed": True}, {"confirmed": False}))
+
+
+def test_an_email_address_may_wrap_only_after_its_at_and_before_its_dots():
+    assert str(breakable_email("pat.lee@studio.example")) == (
+        "pat<wbr>.lee@<wbr>studio<wbr>.example"
+    )
+    assert str(breakable_email("<x>@a.b")) == "&lt;x&gt;@<wbr>a<wbr>.b"
+    assert str(breakable_email(None)) == ""
+
+
+def test_deadlines_read_on_the_company_calendar_with_the_zone_named():
+    # Friday 23:59:59 in Vancouver is Saturday in UTC and in Tokyo.
+    due = datetime(2026, 12, 12, 7, 59, 59, tzinfo=UTC)
+    assert company_deadline(due) == "Fri, Dec 11, 2026, 11:59 PM Vancouver time (PST)"
+    assert company_deadline_day(due) == "Fri, Dec 11, 2026"
+    summer = datetime(2026, 7, 4, 6, 59, 59, tzinfo=UTC)
+    assert company_deadline(summer) == "Fri, Jul 3, 2026, 11:59 PM Vancouver time (PDT)"

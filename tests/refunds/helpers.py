@@ -54,6 +54,7 @@ def purchase_facts(
     refunded_cents: int = 0,
     purchase_id: int = 1,
     unused: int | None = None,
+    card: str | None = None,
 ) -> eligibility.PurchaseFacts:
     """Facts of a paid purchase of `package`, credited when it was paid unless told, and
     none of its credits used unless told."""
@@ -73,6 +74,7 @@ def purchase_facts(
         credited_at=credited_at if credited else None,
         refunded_cents=refunded_cents,
         unused_credits=unused,
+        payment_method_fingerprint=card,
     )
 
 

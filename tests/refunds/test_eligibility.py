@@ -301,6 +301,50 @@ def test_a_second_purchase_whose_credits_were_used_is_no_duplicate(unused):
         assert check.recommended_cents == 0
 
 
+@pytest.mark.parametrize(
+    ("first_card", "second_card", "duplicate"),
+    [
+        pytest.param("fp_card_a", "fp_card_a", True, id="the same card twice"),
+        pytest.param("fp_card_a", "fp_card_b", False, id="another card"),
+        pytest.param(None, "fp_card_b", True, id="the first card not known"),
+        pytest.param("fp_card_a", None, True, id="the second card not known"),
+    ],
+)
+def test_a_duplicate_is_paid_with_the_same_card(first_card, second_card, duplicate):
+    """Two unused payments for one package minutes apart are a duplicate charge when the
+    same card paid both; with another card the customer bought twice on purpose. Where
+    Stripe did not say which card, the rule does not hold the card against the customer."""
+    first = purchase_facts(paid_at=PAID - timedelta(minutes=3), purchase_id=2, card=first_card)
+    second = purchase_facts(paid_at=PAID, purchase_id=1, card=second_card)
+
+    asked_on_second = precheck(
+        snapshot(second, reason=RequestReason.CHARGED_TWICE, other_purchases=(first,)), NOW
+    )
+    asked_on_first = precheck(
+        snapshot(first, reason=RequestReason.CHARGED_TWICE, other_purchases=(second,)), NOW
+    )
+
+    on_second, on_first = rule(asked_on_second, "duplicate"), rule(asked_on_first, "duplicate")
+    if duplicate:
+        assert on_second.outcome == Outcome.PASS
+        assert asked_on_second.recommended_cents == 2000
+        assert "The duplicate is the later payment, not this one: purchase 1" in (
+            on_first.explanation
+        )
+    else:
+        assert on_second.outcome == Outcome.NOT_APPLICABLE
+        assert on_second.explanation == (
+            "You paid for the same Pro package 3 minutes earlier (purchase 2) with a "
+            "different card: a second purchase, not a duplicate charge."
+        )
+        assert on_first.explanation == (
+            "You paid for the same Pro package again 3 minutes later (purchase 1) with a "
+            "different card: a second purchase, not a duplicate charge."
+        )
+        assert asked_on_second.stripe_reason == "requested_by_customer"
+        assert asked_on_second.verdict == Verdict.NEEDS_REVIEW
+
+
 def test_asked_on_the_first_payment_the_check_names_the_later_one_as_the_duplicate():
     # The first payment's credits are the ones spent first, so they may be used already:
     # refunding it in full would refund used credits.

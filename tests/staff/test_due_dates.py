@@ -16,6 +16,7 @@ from portal.incidents.models import Incident
 from portal.refunds.models import RequestStatus
 from portal.timeutil import DATE_TIME_FORMAT, add_business_days, utcnow
 from tests.factories import make_purchase, make_staff, make_user
+from tests.html_text import visible_text
 from tests.staff.helpers import (
     bulk_requests,
     client_for,
@@ -242,7 +243,10 @@ def logged(app, staff, other_staff):
 
 def audit_actions(response) -> list[str]:
     assert response.status_code == 200
-    return re.findall(r"<td><code>([\w.]+)</code></td>", response.get_data(as_text=True))
+    cells = re.findall(
+        r'<td data-label="Action"><code>(.*?)</code></td>', response.get_data(as_text=True)
+    )
+    return [visible_text(cell) for cell in cells]
 
 
 def csv_rows(response) -> list[list[str]]:
@@ -292,6 +296,9 @@ def test_staff_actions_reach_the_audit_page(staff_client, staff, customer):
 
     assert audit_actions(page) == ["refund_request.assigned"]
     assert staff.email in text(page)
+    # What changed, field by field, rather than the stored JSON.
+    assert f"Assignee id: — → {staff.id}" in text(page)
+    assert "{" not in text(page).split("Changes", 1)[1]
 
 
 # -- the overdue digest -------------------------------------------------------------------

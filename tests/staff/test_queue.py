@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from portal import policy
 from portal.db import db
 from portal.refunds.eligibility import RequestReason, Verdict
 from portal.refunds.models import RequestStatus
@@ -16,7 +17,8 @@ from tests.html_text import visible_text
 from tests.staff.helpers import bulk_requests, file, text
 
 _ROW = re.compile(
-    r"<tr>\s*<td><a href=\"/staff/requests/(\d+)\">(RR-\d{6})</a></td>(.*?)</tr>", re.S
+    r"<tr>\s*<td[^>]*><a href=\"/staff/requests/(\d+)\">(RR-\d{6})</a>(.*?)</td>(.*?)</tr>",
+    re.S,
 )
 _CELL = re.compile(r"<td[^>]*>(.*?)</td>", re.S)
 
@@ -25,8 +27,8 @@ def rows(response) -> list[dict]:
     """The queue's rows: request id, reference and the visible text of the other cells."""
     assert response.status_code == 200, response.status_code
     found = []
-    for request_id, reference, rest in _ROW.findall(response.get_data(as_text=True)):
-        cells = [visible_text(cell) for cell in _CELL.findall(rest)]
+    for request_id, reference, under, rest in _ROW.findall(response.get_data(as_text=True)):
+        cells = [visible_text(under)] + [visible_text(cell) for cell in _CELL.findall(rest)]
         found.append({"id": int(request_id), "reference": reference, "cells": cells})
     return found
 
@@ -66,15 +68,15 @@ def test_the_queue_shows_each_open_request_with_its_columns(app, staff_client, s
     [row] = rows(staff_client.get("/staff/"))
 
     assert row["reference"] == request.reference
-    email, bought, reason, verdict, amount, age, due, assignee, status = row["cells"]
+    age, email, bought, reason, verdict, due, assignee, status = row["cells"]
+    assert age == "3 days old"
     assert email == "pat@example.com"
     assert bought == "Pro · $20.00"
     assert reason == "Something else"
-    assert verdict == "Needs a closer look"
-    assert amount == "$20.00"
-    assert age == "3 d"
-    local_due = request.due_at.astimezone(ZoneInfo(staff.timezone))
-    assert due.startswith(local_due.strftime("%b %-d, %Y"))
+    assert verdict == "Needs a closer look recommends $20.00"
+    # The due day is the company's, whoever reads it.
+    local_due = request.due_at.astimezone(ZoneInfo(policy.COMPANY_TIMEZONE))
+    assert due == local_due.strftime("%a, %b %-d, %Y")
     assert assignee == "—"
     assert status == "Open"
 
@@ -272,14 +274,14 @@ def test_overdue_and_due_soon_are_marked(staff_client, customer):
     )[0]
 
     page = staff_client.get("/staff/")
-    due = {row["id"]: row["cells"][6] for row in rows(page)}
+    due = {row["id"]: row["cells"][5] for row in rows(page)}
     source = page.get_data(as_text=True)
 
     assert due[late.id].endswith("· overdue")
     assert due[soon.id].endswith("· due soon")
     assert "overdue" not in due[later.id] and "soon" not in due[later.id]
     assert "overdue" not in due[paused.id]
-    overdue_cells = re.findall(r'<td class="overdue">', source)
+    overdue_cells = re.findall(r'<td data-label="Due" class="overdue">', source)
     assert len(overdue_cells) == 1
 
 
