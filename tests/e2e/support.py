@@ -237,10 +237,8 @@ class Platform:
     def complete(self, job_id: int) -> dict:
         return self._post(f"/api/v1/jobs/{job_id}/complete", {}, 200)
 
-    def fail(self, job_id: int, detail: str) -> dict:
-        return self._post(
-            f"/api/v1/jobs/{job_id}/fail", {"reason": "platform_error", "detail": detail}, 200
-        )
+    def fail(self, job_id: int, detail: str, reason: str = "platform_error") -> dict:
+        return self._post(f"/api/v1/jobs/{job_id}/fail", {"reason": reason, "detail": detail}, 200)
 
     def balance(self, email: str) -> int:
         response = self.request.get(f"/api/v1/customers/{email}/balance")
