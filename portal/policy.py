@@ -81,6 +81,13 @@ SUPPORT_PHONE = "(778) 875-8095"
 COMPANY_ADDRESS = "7790 Royal Oak Ave, Burnaby, BC V5J 4K4"
 POLICY_LAST_UPDATED = "February 13, 2026"
 
+# The policy's "Credit Purchases" section. No circumstance it lists for a refund covers
+# credits the customer simply no longer needs.
+PURCHASES_FINAL = (
+    f"All credit purchases on {PRODUCT_NAME} are considered final once the credits have been "
+    "added to your account."
+)
+
 
 def downtime_words() -> str:
     """How long downtime must last, in the policy's words: "more than 48 consecutive hours"."""

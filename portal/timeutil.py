@@ -71,4 +71,3 @@ def company_deadline_day(moment: datetime | None) -> str:
         return ""
     local = moment.astimezone(COMPANY_TZ)
     return f"{local:%a}, {local.strftime(DATE_FORMAT)}"
-

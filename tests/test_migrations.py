@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -181,6 +182,69 @@ def test_screenshots_on_disk_move_into_the_database(make_app, tmp_path, caplog):
     assert sorted(path.name for path in folder.iterdir()) == ["aaa.png", "ccc.jpg"]
 
 
+def test_the_no_longer_needed_reason_keeps_requests_and_their_one_open_request_index(
+    make_app, tmp_path
+):
+    """The reason migration rebuilds refund_requests on SQLite: rows stay, the new reason
+    is accepted, one open request per purchase still holds; going back makes such
+    requests "other"."""
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    insert_request = text(
+        "INSERT INTO refund_requests (id, user_id, purchase_id, reason, details, "
+        "transaction_ids, status, verdict, precheck, recommended_cents, recommended_credits, "
+        "due_at, created_at) VALUES (:id, 1, 1, :reason, '', '', :status, 'needs_review', "
+        "'{}', 0, 0, '2026-11-08 00:00:00', '2026-11-01 00:00:00')"
+    )
+
+    older = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}")
+    with older.app_context():
+        upgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
+        with db.engine.begin() as connection:
+            _old_customer(connection)
+            connection.execute(
+                text(
+                    "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
+                    "currency, status, refunded_cents, committed_refund_cents, created_at) "
+                    "VALUES (1, 1, 'pro', 300, 2000, 'usd', 'credited', 0, 0, "
+                    "'2026-11-01 00:00:00')"
+                )
+            )
+            connection.execute(
+                insert_request, {"id": 1, "reason": "charged_twice", "status": "denied"}
+            )
+            with pytest.raises(IntegrityError), connection.begin_nested():
+                connection.execute(
+                    insert_request, {"id": 2, "reason": "no_longer_needed", "status": "open"}
+                )
+
+        upgrade(directory=str(MIGRATIONS))
+        with db.engine.begin() as connection:
+            connection.execute(
+                insert_request, {"id": 2, "reason": "no_longer_needed", "status": "open"}
+            )
+            with pytest.raises(IntegrityError), connection.begin_nested():
+                connection.execute(
+                    insert_request, {"id": 3, "reason": "other", "status": "in_review"}
+                )
+            kept = connection.execute(
+                text("SELECT id, reason, status FROM refund_requests ORDER BY id")
+            ).all()
+        assert [tuple(row) for row in kept] == [
+            (1, "charged_twice", "denied"),
+            (2, "no_longer_needed", "open"),
+        ]
+
+        downgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
+        with db.engine.connect() as connection:
+            reasons = connection.execute(
+                text("SELECT id, reason FROM refund_requests ORDER BY id")
+            ).all()
+    assert [tuple(row) for row in reasons] == [(1, "charged_twice"), (2, "other")]
+
+
 def test_assignment_steps_name_the_staff_member_and_go_back(make_app, tmp_path):
     """Timeline steps written as "Assigned to staff member 2." name the member's e-mail
     after the upgrade, and read as before after the downgrade; other steps are untouched."""
@@ -189,7 +253,7 @@ def test_assignment_steps_name_the_staff_member_and_go_back(make_app, tmp_path):
 
     older = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}")
     with older.app_context():
-        upgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
+        upgrade(directory=str(MIGRATIONS), revision="53e16e92fea7")
         with db.engine.begin() as connection:
             _old_customer(connection)
             connection.execute(
@@ -240,7 +304,7 @@ def test_assignment_steps_name_the_staff_member_and_go_back(make_app, tmp_path):
 
         upgrade(directory=str(MIGRATIONS), revision="4a7c2e9d1f60")
         after = bodies()
-        downgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
+        downgrade(directory=str(MIGRATIONS), revision="53e16e92fea7")
         back = bodies()
     assert after == [
         "Assigned to ana@studio.example.",

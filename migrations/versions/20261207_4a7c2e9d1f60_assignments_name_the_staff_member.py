@@ -1,7 +1,7 @@
 """assignments name the staff member
 
 Revision ID: 4a7c2e9d1f60
-Revises: 8b3d6f2a4c91
+Revises: 53e16e92fea7
 Created: 2026-12-07 04:10:00
 
 The timeline wrote "Assigned to staff member 2." A person reads a name, so the portal now
@@ -12,7 +12,7 @@ are otherwise append-only; this changes their wording, not what happened.
 from alembic import op
 
 revision = "4a7c2e9d1f60"
-down_revision = "8b3d6f2a4c91"
+down_revision = "53e16e92fea7"
 branch_labels = None
 depends_on = None
 

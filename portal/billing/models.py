@@ -97,15 +97,26 @@ class Purchase(db.Model):
     @property
     def refund_can_be_requested(self) -> bool:
         """Paid, not disputed with the bank, and not already refunded in full."""
-        return (
-            self.paid_at is not None
-            and self.status != PurchaseStatus.DISPUTED
-            and self.refunded_cents < self.amount_cents
-        )
+        return self.paid_at is not None and self.nothing_to_refund_because is None
+
+    @property
+    def nothing_to_refund_because(self) -> str | None:
+        """Why a paid purchase has nothing left to ask a refund of, in a few words; None
+        while something is left (or it was never paid)."""
+        if self.paid_at is None:
+            return None
+        if self.status == PurchaseStatus.DISPUTED:
+            return "Disputed with your bank"
+        if self.refunded_cents >= self.amount_cents:
+            return "Refunded in full"
+        # Approved in full but still on its way (the undo window, or at the bank).
+        if self.committed_refund_cents >= self.amount_cents:
+            return "Full refund on its way"
+        return None
 
     @property
     def payment_method_words(self) -> str | None:
-        """"Visa ending in 4242", for the receipt; None when Stripe did not say."""
+        """ "Visa ending in 4242", for the receipt; None when Stripe did not say."""
         if not self.payment_method_last4:
             return None
         brand = PAYMENT_METHOD_NAMES.get(self.payment_method_brand or "")

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from portal import policy
 from portal.accounts.models import Role, User
 from portal.db import db
+from portal.errors import NotFound
 from portal.notifications.models import OutboxEmail, OutboxStatus
 from portal.timeutil import utcnow
 
@@ -91,6 +92,39 @@ def html_version(subject: str, body_text: str) -> str:
         + "\n".join(paragraphs)
         + "\n</body>\n</html>\n"
     )
+
+
+# -- reading one's own e-mails in the portal ----------------------------------------------
+
+_WEB_LINK = re.compile(r"https?://[^\s<>\"']+")
+LINK_LEFT_OUT = "[link left out here: use the one in the e-mail itself]"
+
+
+def email_to(address: str, message_id: int) -> OutboxEmail:
+    """Return one e-mail sent to `address`.
+
+    :raises NotFound: no such e-mail, or one sent to someone else.
+    """
+    message = db.session.get(OutboxEmail, message_id)
+    if message is None or message.to_address != address:
+        raise NotFound("no such e-mail")
+    return message
+
+
+def readable_paragraphs(body_text: str) -> list[list[str]]:
+    """The e-mail's text as paragraphs of lines, for reading in the portal, links left out.
+
+    A link in an e-mail may set a new password or finish a sign-up: shown on a page, it
+    would let whoever borrows the logged-in browser take the account. The mailbox has them.
+    """
+    text = _WEB_LINK.sub(_leave_out, body_text)
+    return [block.splitlines() for block in re.split(r"\n[ \t]*\n", text.strip()) if block.strip()]
+
+
+def _leave_out(found: re.Match) -> str:
+    link = found.group().rstrip(_NOT_LINK_END)
+    # A sentence's closing punctuation after the link stays.
+    return LINK_LEFT_OUT + found.group()[len(link) :]
 
 
 def _email(message: OutboxEmail, sender: str) -> EmailMessage:

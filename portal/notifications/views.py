@@ -1,11 +1,13 @@
-"""The list of e-mails the portal sent to the logged-in customer (subjects only: bodies
-can hold single-use links, which a borrowed session must not be able to read)."""
+"""The e-mails the portal sent to the logged-in customer: the list, and each one to read
+(its links left out: they can be single-use, and a borrowed session must not read them)."""
 
-from flask import Blueprint, render_template
+from flask import Blueprint, abort, render_template
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
 from portal.db import db
+from portal.errors import NotFound
+from portal.notifications import services
 from portal.notifications.models import OutboxEmail
 
 bp = Blueprint("notifications", __name__)
@@ -23,3 +25,17 @@ def index():
         .limit(MESSAGES_SHOWN)
     ).all()
     return render_template("notifications/index.html", messages=messages)
+
+
+@bp.get("/messages/<id:message_id>")
+@login_required
+def show(message_id: int):
+    try:
+        message = services.email_to(current_user.email, message_id)
+    except NotFound:
+        abort(404)
+    return render_template(
+        "notifications/show.html",
+        message=message,
+        paragraphs=services.readable_paragraphs(message.body_text),
+    )

@@ -40,6 +40,7 @@ class RequestReason(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     JOB_FAILED = "job_failed"
     NOT_HAPPY = "not_happy"
+    NO_LONGER_NEEDED = "no_longer_needed"
     OTHER = "other"
 
 
@@ -392,8 +393,15 @@ def outage_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
 
 
 def failed_job_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    return job_rule(snapshot.job)
+
+
+def job_rule(job: JobFacts | None) -> RuleResult:
+    """What the policy says about one job's credits ("Failed Processing Jobs").
+
+    On its own, so that the form can say it about a job before anything is filed.
+    """
     title = "Failed job refunded"
-    job = snapshot.job
     if job is None:
         return RuleResult(
             "failed_job", title, Outcome.NOT_APPLICABLE, "No job is named in this request."
@@ -476,6 +484,32 @@ def satisfaction_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
     )
 
 
+def final_purchase_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
+    title = "Purchases are final once credited"
+    purchase = snapshot.purchase
+    if snapshot.reason != RequestReason.NO_LONGER_NEEDED:
+        return RuleResult(
+            "final_purchase",
+            title,
+            Outcome.NOT_APPLICABLE,
+            "This request is not about credits you no longer need.",
+        )
+    if purchase.credited_at is None:
+        return RuleResult(
+            "final_purchase",
+            title,
+            Outcome.NOT_APPLICABLE,
+            "The credits were never added, so the purchase is not final.",
+        )
+    return RuleResult(
+        "final_purchase",
+        title,
+        Outcome.FAIL,
+        f"{policy.PURCHASES_FINAL} These were added on {_day(purchase.credited_at)}; no "
+        "longer needing them is not one of the cases in which the policy refunds a purchase.",
+    )
+
+
 RULES = (
     window_rule,
     account_rule,
@@ -485,6 +519,7 @@ RULES = (
     failed_job_rule,
     used_credits_rule,
     satisfaction_rule,
+    final_purchase_rule,
 )
 
 
@@ -607,6 +642,16 @@ LADDER = (
         "requested_by_customer",
         f"Downtime of {policy.downtime_words()} while you held unused credits "
         "qualifies for a refund of their share of the price.",
+    ),
+    # After the outage: downtime that kept the customer from the credits is a case the
+    # policy refunds, however the customer put it.
+    _Step(
+        lambda case: "final_purchase" in case.failed,
+        Verdict.LIKELY_INELIGIBLE,
+        _nothing,
+        _nothing,
+        "requested_by_customer",
+        f"{policy.PURCHASES_FINAL} The policy does not refund credits you no longer need.",
     ),
     _Step(
         lambda case: True,

@@ -15,6 +15,7 @@ REASON_LABELS = {
     RequestReason.SERVICE_UNAVAILABLE: "The service was unavailable",
     RequestReason.JOB_FAILED: "A processing job failed",
     RequestReason.NOT_HAPPY: "I am not happy with the results",
+    RequestReason.NO_LONGER_NEEDED: "I no longer need these credits",
     RequestReason.OTHER: "Something else",
 }
 ID_PATTERN = r"^[1-9][0-9]{0,9}$"

@@ -6,6 +6,7 @@ from enum import StrEnum
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, and_, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from portal.billing.models import Refund, RefundStatus
 from portal.db import UTCDateTime, db, enum_type
 from portal.errors import Conflict
 from portal.notifications.services import queue_email
@@ -139,6 +140,8 @@ class RefundRequest(db.Model):
         back_populates="request", order_by="RefundRequestEvent.id"
     )
     attachments: Mapped[list["Attachment"]] = relationship(back_populates="request")
+    # The money staff approved for this request; written only by billing.money_back.
+    refunds: Mapped[list[Refund]] = relationship(viewonly=True, order_by=Refund.id)
 
     @property
     def reference(self) -> str:
@@ -147,6 +150,12 @@ class RefundRequest(db.Model):
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    @property
+    def money_back(self) -> list[Refund]:
+        """The refunds that stand: approved and not taken back (undone, or the bank
+        returned the payment instead)."""
+        return [refund for refund in self.refunds if refund.status != RefundStatus.CANCELED]
 
     def is_overdue(self, now: datetime) -> bool:
         """Past its answer date with the clock running: the one Python form of "overdue"."""

@@ -35,7 +35,7 @@ from portal.refunds.models import (
     RequestStatus,
     add_event,
 )
-from portal.refunds.snapshot import snapshot_for
+from portal.refunds.snapshot import job_facts, snapshot_for
 from portal.timeutil import add_business_days
 
 MAX_ATTACHMENTS = 3
@@ -45,6 +45,7 @@ REASON_WORDS = {
     RequestReason.SERVICE_UNAVAILABLE: "service unavailable",
     RequestReason.JOB_FAILED: "a job failed",
     RequestReason.NOT_HAPPY: "not happy with the results",
+    RequestReason.NO_LONGER_NEEDED: "credits no longer needed",
     RequestReason.OTHER: "something else",
 }
 MAX_ATTACHMENT_BYTES = storage.MAX_FILE_BYTES
@@ -77,11 +78,12 @@ class Screenshot:
     content: bytes
 
 
-def requestable_purchase(user: User, purchase_id: int | None) -> Purchase:
-    """Return the customer's purchase if a refund can be requested for it.
+def requestable_purchase(user: User, purchase_id: int | None, job: Job | None = None) -> Purchase:
+    """Return the customer's purchase if a refund can be requested for it (or for `job`,
+    one of its jobs).
 
     :raises NotFound: no such purchase, or another customer's.
-    :raises Conflict: a request is already open (its id is in the message args), or the
+    :raises Conflict: a request is already open (its id in `existing_id`), or the
         purchase was never paid, is disputed or is fully refunded.
     """
     purchase = db.session.get(Purchase, purchase_id) if purchase_id else None
@@ -89,10 +91,7 @@ def requestable_purchase(user: User, purchase_id: int | None) -> Purchase:
         raise NotFound("no such purchase")
     open_request = open_request_for(purchase.id)
     if open_request is not None:
-        raise Conflict(
-            f"You already have an open request for this purchase ({open_request.reference}).",
-            open_request.id,
-        )
+        raise Conflict(_already_open(open_request, job), open_request.id)
     if purchase.paid_at is None:
         raise Conflict("This purchase was never paid, so there is nothing to refund.")
     if purchase.status == PurchaseStatus.DISPUTED:
@@ -128,16 +127,39 @@ def _refund_on_its_way(purchase_id: int) -> bool:
     )
 
 
-def purchase_id_for_job(user: User, job_id: int | None) -> int | None:
-    """Return the purchase whose credits the customer's job spent (the oldest, if several)."""
-    if job_id is None:
-        return None
-    return db.session.scalar(
+def _already_open(open_request: RefundRequest, job: Job | None) -> str:
+    """Why no new request can be filed, said about what the customer asked about."""
+    reference = open_request.reference
+    if job is None:
+        return f"You already have an open request for this purchase ({reference})."
+    if open_request.job_id == job.id:
+        return f"You already asked about job {job.id}: request {reference} is open."
+    # A purchase has one open request at a time (a unique index: the one place where staff
+    # decide its money), so a job whose purchase is already asked about waits for it.
+    about = (
+        f"about job {open_request.job_id}"
+        if open_request.job_id
+        else REASON_WORDS[open_request.reason]
+    )
+    return (
+        f"The credits job {job.id} used came from a purchase that already has an open "
+        f"request, {reference} ({about}). A purchase has one open request at a time, so you "
+        f"can ask about this job once {reference} is answered."
+    )
+
+
+def purchase_id_for_job(user: User, job: Job) -> int:
+    """Return the purchase whose credits the customer's job spent (the oldest, if several):
+    a request about a job is filed on it.
+
+    :raises Conflict: the job spent only credits our team granted, which no purchase paid.
+    """
+    purchase_id = db.session.scalar(
         select(CreditLot.purchase_id)
         .join(LotAllocation, LotAllocation.lot_id == CreditLot.id)
         .join(LedgerEntry, LedgerEntry.id == LotAllocation.ledger_entry_id)
         .where(
-            LedgerEntry.job_id == job_id,
+            LedgerEntry.job_id == job.id,
             LedgerEntry.user_id == user.id,
             LedgerEntry.kind == EntryKind.JOB_CHARGE,
             CreditLot.purchase_id.is_not(None),
@@ -145,6 +167,21 @@ def purchase_id_for_job(user: User, job_id: int | None) -> int | None:
         .order_by(CreditLot.created_at, CreditLot.id)
         .limit(1)
     )
+    if purchase_id is None:
+        raise Conflict(
+            f"Job {job.id} was paid with credits our team gave you, not with a purchase, so "
+            "there is no payment to refund."
+        )
+    return purchase_id
+
+
+def job_note(job: Job) -> str | None:
+    """What the policy says about the job's credits, for the form before anything is
+    filed; None when filing is what returns them."""
+    result = eligibility.job_rule(job_facts(job))
+    if result.outcome == eligibility.Outcome.PASS and not job.credits_restored:
+        return None
+    return result.explanation
 
 
 def open_request_for(purchase_id: int) -> RefundRequest | None:

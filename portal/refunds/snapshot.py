@@ -184,6 +184,14 @@ def _purchase_facts(purchase: Purchase, unused: int) -> eligibility.PurchaseFact
     )
 
 
+def job_facts(job: Job) -> eligibility.JobFacts:
+    """The pre-check's facts about one job, read on their own."""
+    restored_at = db.session.scalar(
+        select(job_restored_at_column()).select_from(Job).where(Job.id == job.id)
+    )
+    return _job_facts(job, restored_at)
+
+
 def _job_facts(job: Job, restored_at: datetime | None) -> eligibility.JobFacts:
     return eligibility.JobFacts(
         id=job.id,

@@ -9,6 +9,7 @@ from portal import limits, policy
 from portal.db import parse_id
 from portal.errors import Conflict, NotFound, ValidationError
 from portal.extensions import limiter
+from portal.jobs.services import job_for_customer
 from portal.ledger.services import unused_credits
 from portal.refunds import services
 from portal.refunds.eligibility import RequestReason, refund_deadline
@@ -28,17 +29,32 @@ def index():
     )
 
 
-def _purchase_or_explain(purchase_id: int | None):
-    """Return the purchase, or a response explaining why no request can be filed."""
+def _purchase_or_explain(purchase_id: int | None, job_id: int | None):
+    """Return the purchase, or a response explaining why no request can be filed.
+
+    Asked about a job, the answer is about that job: an open request for the purchase its
+    credits came from is named and linked, not opened in its place.
+    """
+    job = None
     try:
-        return services.requestable_purchase(current_user, purchase_id), None
+        if job_id is not None:
+            job = job_for_customer(current_user.id, job_id)
+            purchase_id = purchase_id or services.purchase_id_for_job(current_user, job)
+        return services.requestable_purchase(current_user, purchase_id, job), None
     except NotFound:
         abort(404)
     except Conflict as why:
-        if why.existing_id:
+        if why.existing_id and job is None:
             flash(str(why), "info")
             return None, redirect(url_for("refunds.show", request_id=why.existing_id), 303)
-        return None, (render_template("refunds/unavailable.html", why=str(why)), 409)
+        page = render_template(
+            "refunds/unavailable.html",
+            why=str(why),
+            job=job,
+            job_note=services.job_note(job) if job is not None else None,
+            existing_id=why.existing_id,
+        )
+        return None, (page, 409)
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -51,10 +67,9 @@ def _purchase_or_explain(purchase_id: int | None):
 )
 def new():
     source = request.form if request.method == "POST" else request.args
-    purchase_id = parse_id(source.get("purchase_id")) or services.purchase_id_for_job(
-        current_user, parse_id(source.get("job_id"))
+    purchase, explanation = _purchase_or_explain(
+        parse_id(source.get("purchase_id")), parse_id(source.get("job_id"))
     )
-    purchase, explanation = _purchase_or_explain(purchase_id)
     if explanation is not None:
         return explanation
     form = RefundRequestForm()
@@ -70,16 +85,18 @@ def new():
             except ValidationError as error:
                 flash(str(error), "error")
                 form.job_id.data = ""
-    if form.is_submitted() and form.validate():
+    if form.is_submitted():
         try:
             job = services.job_for_request(current_user, purchase, parse_id(form.job_id.data))
         except ValidationError as error:
+            form.validate()
             form.details.errors = [*form.details.errors, str(error)]
         else:
-            if form.step.data == "submit":
-                return _submit(form, purchase, job)
-            if form.step.data == "review":
-                return _review(form, purchase, job)
+            if form.validate():
+                if form.step.data == "submit":
+                    return _submit(form, purchase, job)
+                if form.step.data == "review":
+                    return _review(form, purchase, job)
     status = 400 if form.errors else 200
     return _render_form(form, purchase, job), status
 
@@ -90,6 +107,7 @@ def _render_form(form, purchase, job):
         form=form,
         purchase=purchase,
         job=job,
+        job_note=services.job_note(job) if job is not None else None,
         unused=unused_credits(purchase),
         deadline=refund_deadline(purchase.paid_at),
     )

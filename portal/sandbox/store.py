@@ -36,7 +36,6 @@ DISPUTE_OPEN = ("warning_needs_response", "warning_under_review", "needs_respons
 DISPUTE_CLOSED = ("warning_closed", "won", "lost")
 
 
-
 def _payment_method_details(method: str) -> dict:
     """A charge's `payment_method_details` as Stripe reports them: a test card by its
     brand and last four digits, the delayed method as a US bank account. The fingerprint
@@ -63,6 +62,7 @@ def _payment_method_details(method: str) -> dict:
             "country": "US",
         },
     }
+
 
 class StripeError(Exception):
     """An error Stripe would answer with: HTTP status plus Stripe's error object."""

@@ -11,6 +11,7 @@ from portal.accounts.models import RecoveryCode, User
 from portal.audit import AuditLogEntry
 from portal.db import db
 from tests.factories import DEFAULT_PASSWORD, csrf_token, login_as, make_staff, make_user
+from tests.html_text import visible_text
 
 SECOND_FACTOR = "/login/second-factor"
 
@@ -129,7 +130,7 @@ def test_another_staff_member_resets_a_lost_authenticator_and_it_is_audited(clie
     login_as(on_lost_device, lost)
     login_as(client, helper)
     team = client.get("/staff/team")
-    assert team.status_code == 200 and b"lost.phone@example.com" in team.data
+    assert team.status_code == 200 and "lost.phone@example.com" in visible_text(team)
     answer = client.post(
         f"/staff/team/{lost.id}/reset-second-factor",
         data={"csrf_token": csrf_token(client, "/staff/team")},

@@ -2,6 +2,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from portal.billing.models import PurchaseStatus
 from portal.db import db
 from portal.jobs import services as job_services
 from portal.jobs.models import FailureReason
@@ -108,6 +109,57 @@ def test_purchases_page_shows_unused_credits_and_refund_link(client, customer):
     page = client.get("/purchases").get_data(as_text=True)
     assert f"/refunds/new?purchase_id={pro.id}" in page
     assert 'href="https://pay.stripe.com/receipts/x"' in page
+
+
+@pytest.mark.parametrize(
+    ("state", "words"),
+    [
+        pytest.param(
+            {
+                "status": PurchaseStatus.REFUNDED,
+                "refunded_cents": 500,
+                "committed_refund_cents": 500,
+            },
+            "Refunded in full",
+            id="refunded in full",
+        ),
+        pytest.param(
+            {"committed_refund_cents": 500},
+            "Full refund on its way",
+            id="approved in full, not yet at the bank",
+        ),
+        pytest.param({"status": PurchaseStatus.DISPUTED}, "Disputed with your bank", id="disputed"),
+    ],
+)
+def test_a_purchase_with_nothing_left_to_refund_says_why_instead_of_offering_a_refund(
+    client, customer, state, words
+):
+    purchase = make_purchase(customer, "starter", **state)
+    link = f"/refunds/new?purchase_id={purchase.id}"
+
+    listing = client.get("/purchases")
+    assert link not in listing.get_data(as_text=True)
+    assert "Request a refund" not in plain(listing)
+    assert words in plain(listing)
+
+    page = client.get(f"/purchases/{purchase.id}")
+    assert link not in page.get_data(as_text=True)
+    assert "Request a refund" not in plain(page)
+    assert words in plain(page)
+
+
+def test_a_partly_refunded_purchase_still_offers_a_refund_of_the_rest(client, customer):
+    purchase = make_purchase(
+        customer,
+        "starter",
+        status=PurchaseStatus.PARTIALLY_REFUNDED,
+        refunded_cents=200,
+        committed_refund_cents=200,
+    )
+    for path in ("/purchases", f"/purchases/{purchase.id}"):
+        response = client.get(path)
+        assert f"/refunds/new?purchase_id={purchase.id}" in response.get_data(as_text=True)
+        assert "Refunded in full" not in plain(response)
 
 
 @pytest.mark.parametrize(

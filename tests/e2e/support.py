@@ -252,10 +252,8 @@ class Platform:
     def complete(self, job_id: int) -> dict:
         return self._post(f"/api/v1/jobs/{job_id}/complete", {}, 200)
 
-    def fail(self, job_id: int, detail: str) -> dict:
-        return self._post(
-            f"/api/v1/jobs/{job_id}/fail", {"reason": "platform_error", "detail": detail}, 200
-        )
+    def fail(self, job_id: int, detail: str, reason: str = "platform_error") -> dict:
+        return self._post(f"/api/v1/jobs/{job_id}/fail", {"reason": reason, "detail": detail}, 200)
 
     def balance(self, email: str) -> int:
         response = self.request.get(f"/api/v1/customers/{email}/balance")
@@ -592,7 +590,8 @@ TABLE_CELLS = r"""(screenWidth) => {
         for (const heading of headings) {
             if (!(heading.compareDocumentPosition(table) & Node.DOCUMENT_POSITION_FOLLOWING)) break;
             // A heading that is a disclosure's summary names what the disclosure holds.
-            const box = heading.closest("summary") ? heading.closest("details") : heading.parentElement;
+            const summary = heading.closest("summary");
+            const box = summary ? summary.parentElement : heading.parentElement;
             if (box.contains(table)) name = words(heading);
         }
         return name || (table.caption ? words(table.caption) : "(no heading)");

@@ -203,6 +203,11 @@ def test_staff_ask_the_customer_answers_staff_approve_and_the_refund_settles(
         "Approved: $16.00 back to your original payment method; "
         "240 unused credits leave your balance."
     )
+    # Decided: what was refunded, no longer the pre-check's estimate.
+    expect(customer.get_by_role("region", name="Your refund")).to_contain_text(
+        "$16.00 refunded to your original payment method."
+    )
+    expect(customer.get_by_text("Estimated refund")).to_have_count(0)
     browse.check(customer, "refund settled")
 
     customer.get_by_role("link", name="The purchase").click()
@@ -222,3 +227,67 @@ def test_staff_ask_the_customer_answers_staff_approve_and_the_refund_settles(
     expect(refund_line).to_contain_text(refund["id"])
     browse.check(staff, "request with the refund settled")
     assert len(refunds_of_purchase()) == 1
+
+
+def test_asking_about_a_job_that_failed_on_its_input(browse, live_server, platform):
+    """ "Ask about this job" opens a form about that job, whatever else is open; a second
+    job of the same purchase is told about the open request, with a link to it."""
+    email, page = customer_with_partly_used_pro(browse, live_server, platform)
+    first = platform.charge(email, 10, "colorize")
+    platform.fail(first["id"], "not an image", reason="invalid_input")
+    second = platform.charge(email, 5, "sharpen")
+    platform.fail(second["id"], "empty file", reason="invalid_input")
+    not_refunded = "failed because its input could not be processed; the policy refunds only "
+
+    main_nav(page).get_by_role("link", name="Jobs").click()
+    browse.check(page, "jobs")
+    page.get_by_role("row", name=re.compile(r"colorize")).get_by_role("link").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Job {first['id']}: colorize")
+    browse.check(page, "the job that failed on its input")
+    page.get_by_role("link", name="Ask about this job").click()
+
+    expect(page.get_by_role("heading", level=1)).to_have_text("Request a refund")
+    reason = page.get_by_label("What happened?")
+    expect(reason).to_have_value("job_failed")
+    expect(page.get_by_text(f"Job {first['id']} {not_refunded}")).to_be_visible()
+    expect(page.get_by_text("The refund policy sets no deadline for failed jobs")).to_be_visible()
+    browse.check(page, "the job's form")
+
+    # Sent without saying what happened: the form comes back (400) as it was filled in.
+    browse.allow_console_error(r"Failed to load resource: .*status of 400")
+    page.get_by_role("button", name="Check my case").click()
+    expect(page.get_by_text("Tell us in a few words what happened.")).to_be_visible()
+    expect(reason).to_have_value("job_failed")
+    expect(page.get_by_text(f"About job {first['id']} (colorize), which failed.")).to_be_visible()
+    browse.check(page, "the job's form after a missing answer")
+
+    page.get_by_label("Tell us what happened").fill("The file was a PNG that opens everywhere.")
+    page.get_by_role("button", name="Check my case").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "What the policy says about your case"
+    )
+    expect(page.locator(".badge").first).to_have_text("Likely not eligible")
+    browse.check(page, "the job's pre-check")
+    page.get_by_role("button", name="Submit anyway").click()
+    page.wait_for_url(re.compile(r"/refunds/\d+$"))
+    reference = page.get_by_role("heading", level=1).inner_text().removeprefix("Refund request ")
+    browse.check(page, "the job's request")
+
+    # The same purchase now has an open request: the second job is told so, not sent to it.
+    browse.allow_console_error(r"Failed to load resource: .*status of 409")
+    page.goto(f"/jobs/{second['id']}")
+    browse.check(page, "the second job")
+    page.get_by_role("link", name="Ask about this job").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("A refund cannot be requested here")
+    expect(page.get_by_text(f"Job {second['id']} {not_refunded}")).to_be_visible()
+    expect(page.locator("main")).to_contain_text(
+        f"already has an open request, {reference} (about job {first['id']})."
+    )
+    expect(page.locator("main")).to_contain_text(
+        f"A purchase has one open request at a time, so you can ask about this job once "
+        f"{reference} is answered."
+    )
+    browse.check(page, "the second job, its purchase already asked about")
+    page.get_by_role("link", name="See your open request").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Refund request {reference}")
+    browse.check(page, "the open request")

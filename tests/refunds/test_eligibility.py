@@ -49,6 +49,7 @@ def test_every_rule_answers_once_with_a_sentence():
         "failed_job",
         "used_credits",
         "satisfaction",
+        "final_purchase",
     ]
     for result in check.rules:
         assert result.title
@@ -756,4 +757,91 @@ def test_cases_the_policy_excludes_are_likely_ineligible_but_still_checked(now, 
     assert check.verdict == Verdict.LIKELY_INELIGIBLE
     assert check.recommended_cents == 0
     assert check.actions == ()
-    assert len(check.rules) == 8
+    assert len(check.rules) == 9
+
+
+# -- credits no longer needed: "considered final once the credits have been added" -------
+
+
+@pytest.mark.parametrize(
+    ("now", "unused", "rules", "summary"),
+    [
+        pytest.param(
+            NOW,
+            88,
+            {"window": Outcome.PASS, "used_credits": Outcome.PASS, "final_purchase": Outcome.FAIL},
+            f"{policy.PURCHASES_FINAL} The policy does not refund credits you no longer need.",
+            id="unused, within 30 days",
+        ),
+        pytest.param(
+            NOW,
+            0,
+            {"used_credits": Outcome.FAIL, "final_purchase": Outcome.FAIL},
+            "The policy generally does not refund this case.",
+            id="all used",
+        ),
+        pytest.param(
+            PAID + timedelta(days=45),
+            88,
+            {"window": Outcome.FAIL, "final_purchase": Outcome.FAIL},
+            "Requests more than 30 days after the purchase are generally not refunded.",
+            id="over 30 days",
+        ),
+    ],
+)
+def test_credits_no_longer_needed_are_final_once_added(now, unused, rules, summary):
+    used_up_at = PAID + timedelta(days=1) if unused == 0 else None
+    case = snapshot(unused=unused, reason=RequestReason.NO_LONGER_NEEDED, used_up_at=used_up_at)
+    check = precheck(case, now)
+    assert {code: rule(check, code).outcome for code in rules} == rules
+    assert check.verdict == Verdict.LIKELY_INELIGIBLE
+    assert check.summary == summary
+    assert check.recommended_cents == 0
+    assert check.recommended_credits == 0
+    assert rule(check, "final_purchase").explanation == (
+        "All credit purchases on AI Image Studio are considered final once the credits have "
+        "been added to your account. These were added on Mar 1, 2026; no longer needing "
+        "them is not one of the cases in which the policy refunds a purchase."
+    )
+
+
+def test_credits_no_longer_needed_that_never_arrived_are_not_final():
+    case = snapshot(purchase=purchase_facts(credited=False), reason=RequestReason.NO_LONGER_NEEDED)
+    check = precheck(case, NOW)
+    assert rule(check, "final_purchase").outcome == Outcome.NOT_APPLICABLE
+    assert rule(check, "technical_failure").outcome == Outcome.PASS
+    assert check.verdict == Verdict.RESOLVED_AUTOMATICALLY
+    assert check.actions == (Action.ADD_MISSING_CREDITS,)
+
+
+def test_credits_no_longer_needed_after_a_long_outage_are_a_case_the_policy_refunds():
+    case = snapshot(
+        unused=150,
+        reason=RequestReason.NO_LONGER_NEEDED,
+        incidents=(_down(DAY_2, 49),),
+    )
+    check = precheck(case, LATER)
+    assert rule(check, "outage").outcome == Outcome.PASS
+    assert rule(check, "final_purchase").outcome == Outcome.FAIL
+    assert check.verdict == Verdict.LIKELY_ELIGIBLE
+    assert check.recommended_cents == 1000
+    assert check.recommended_credits == 150
+
+
+def test_credits_no_longer_needed_paid_twice_is_a_duplicate_refunded_in_full():
+    first = purchase_facts(paid_at=PAID - timedelta(minutes=3), purchase_id=2, unused=0)
+    case = snapshot(unused=300, reason=RequestReason.NO_LONGER_NEEDED, other_purchases=(first,))
+    check = precheck(case, NOW)
+    assert rule(check, "duplicate").outcome == Outcome.PASS
+    assert check.verdict == Verdict.LIKELY_ELIGIBLE
+    assert check.recommended_cents == 2000
+
+
+@pytest.mark.parametrize(
+    "reason", [r for r in RequestReason if r != RequestReason.NO_LONGER_NEEDED]
+)
+def test_other_reasons_are_not_about_credits_no_longer_needed(reason):
+    check = precheck(snapshot(unused=88, reason=reason), NOW)
+    final = rule(check, "final_purchase")
+    assert final.outcome == Outcome.NOT_APPLICABLE
+    assert final.explanation == "This request is not about credits you no longer need."

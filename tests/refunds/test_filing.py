@@ -86,7 +86,7 @@ def test_review_shows_every_rule_the_verdict_the_estimate_and_the_timeline(
     words = text(review)
 
     expected = services.preview(customer, pro_88_unused, RequestReason.OTHER, None, False, utcnow())
-    assert len(expected.rules) == 8
+    assert len(expected.rules) == 9
     for result in expected.rules:
         assert result.title in words
         assert result.explanation in words, result.code
@@ -121,7 +121,7 @@ def test_submit_files_the_request_with_its_precheck_deadline_timeline_and_email(
     assert filed.verdict == Verdict.NEEDS_REVIEW
     assert filed.precheck["verdict"] == "needs_review"
     assert [rule["code"] for rule in filed.precheck["rules"]][0] == "window"
-    assert len(filed.precheck["rules"]) == 8
+    assert len(filed.precheck["rules"]) == 9
     assert filed.recommended_cents == 586
     assert filed.recommended_credits == 88
     assert before <= filed.created_at <= after
@@ -223,6 +223,39 @@ def test_a_platform_failed_job_not_yet_restored_is_restored_once(client, custome
     assert "already returned to your balance on" in str(second.precheck["rules"])
     assert balance(customer.id) == 300
     assert len(ledger_entries(customer.id, EntryKind.JOB_REFUND)) == 1
+
+
+def test_credits_no_longer_needed_are_filed_with_the_policys_word_that_purchases_are_final(
+    client, customer, pro_88_unused
+):
+    page, token = _open_form(client, pro_88_unused.id)
+    assert '<option value="no_longer_needed">I no longer need these credits</option>' in (
+        page.get_data(as_text=True)
+    )
+
+    review = post_form(
+        client, form_data(token, pro_88_unused.id, "review", reason="no_longer_needed")
+    )
+    assert review.status_code == 200, text(review)
+    words = text(review)
+    assert "Likely not eligible" in words
+    assert (
+        "All credit purchases on AI Image Studio are considered final once the credits have "
+        "been added to your account. The policy does not refund credits you no longer need."
+    ) in words
+    assert "Estimated refund" not in words
+    assert "Submit anyway" in words
+
+    response = post_form(
+        client, form_data(token, pro_88_unused.id, "submit", reason="no_longer_needed")
+    )
+    assert response.status_code == 303, text(response)
+    [filed] = refund_requests()
+    assert filed.reason == RequestReason.NO_LONGER_NEEDED
+    assert filed.verdict == Verdict.LIKELY_INELIGIBLE
+    assert filed.recommended_cents == 0
+    assert events_of(filed.id)[0].body == "Request filed: credits no longer needed."
+    assert "I no longer need these credits" in text(client.get(f"/refunds/{filed.id}"))
 
 
 # -- what cannot be filed, or only once ------------------------------------------------------

@@ -141,6 +141,7 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "jobs.index": {"GET": members(OK)},
     "jobs.show": {"GET": owner_only(OK)},
     "notifications.index": {"GET": members(OK)},
+    "notifications.show": {"GET": owner_only(OK)},
     "refunds.index": {"GET": members(OK)},
     "refunds.new": {"GET": owner_only(OK), "POST": owner_only(OK)},
     "refunds.show": {"GET": owner_only(OK), "POST": owner_only(REDIRECT)},
@@ -325,6 +326,8 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call(f"/jobs/{mine.job_id}")
         case ("notifications.index", _):
             return Call("/messages")
+        case ("notifications.show", _):
+            return Call(f"/messages/{mine.email_id}")
         case ("refunds.index", _):
             return Call("/refunds/")
         case ("refunds.new", "GET"):

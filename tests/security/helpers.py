@@ -24,6 +24,7 @@ from portal.billing.money_back import sending
 from portal.db import db
 from portal.incidents import services as incidents
 from portal.jobs import services as jobs
+from portal.notifications.models import OutboxEmail
 from portal.refunds import services as refunds
 from portal.refunds.eligibility import RequestReason
 from portal.refunds.models import Attachment, RefundRequest
@@ -187,6 +188,7 @@ class Objects(Record):
     job_id: int
     pending_purchase_id: int
     pending_session_id: str
+    email_id: int  # the e-mail that confirmed the request
 
 
 class World(Record):
@@ -298,6 +300,9 @@ def _customer_objects(user: User) -> Objects:
         job_id=job.id,
         pending_purchase_id=pending.id,
         pending_session_id=pending.stripe_checkout_session_id,
+        email_id=db.session.scalar(
+            select(OutboxEmail.id).where(OutboxEmail.to_address == user.email).limit(1)
+        ),
     )
 
 
