@@ -116,7 +116,8 @@ class Purchase(db.Model):
 
     @property
     def payment_method_words(self) -> str | None:
-        """ "Visa ending in 4242", for the receipt; None when Stripe did not say."""
+        """The payment method as a receipt names it ("Visa ending in 4242"); None when
+        Stripe did not say."""
         if not self.payment_method_last4:
             return None
         brand = PAYMENT_METHOD_NAMES.get(self.payment_method_brand or "")

@@ -4,11 +4,11 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from portal import policy
 from portal.accounts.models import AccountStatus
-from portal.billing.models import PurchaseStatus
+from portal.billing.models import Purchase, PurchaseStatus
 from portal.db import db
 from portal.jobs.services import charge_job
 from portal.ledger.models import EntryKind, LedgerEntry
@@ -431,3 +431,35 @@ def test_refund_failing_card_still_pays_and_credits(client, customer, inline_web
 
     assert "Credits added" in plain(page)
     assert balance(customer.id) == 50
+
+
+def test_the_receipt_names_the_card_the_amount_and_stripes_receipt(
+    client, customer, inline_webhooks
+):
+    session_id = buy(client, "pro")
+    pay_on_page(client, session_id, CARD_REFUND_FAILS)
+    purchase = db.session.scalar(select(Purchase).where(Purchase.user_id == customer.id))
+    assert (purchase.payment_method_brand, purchase.payment_method_last4) == ("visa", "5126")
+    assert purchase.payment_method_fingerprint
+
+    page = client.get(f"/purchases/{purchase.id}")
+    text = plain(page)
+
+    assert "Receipt: Pro package" in text
+    assert f"Purchase No. {purchase.id} Paid " in text
+    assert "Package Pro: 300 credits Amount $20.00 USD Paid with Visa ending in 5126" in text
+    assert "Still unused 300 of 300" in text
+    assert f"Sold by {policy.COMPANY_NAME}" in text
+    assert f'href="{purchase.receipt_url}"' in page.get_data(as_text=True)
+    assert "Request a refund" in text
+
+
+def test_the_same_card_has_the_same_fingerprint_and_another_card_another(
+    client, customer, inline_webhooks
+):
+    for card in (CARD_SUCCEEDS, CARD_SUCCEEDS, CARD_REFUND_FAILS):
+        pay_on_page(client, buy(client, "starter"), card)
+    first, again, other = db.session.scalars(
+        select(Purchase.payment_method_fingerprint).order_by(Purchase.id)
+    ).all()
+    assert first == again != other
