@@ -1,3 +1,4 @@
+import re
 from datetime import date, timedelta
 
 import pytest
@@ -179,3 +180,13 @@ def test_own_purchase_and_job_pages_open(client, customer):
     job, _ = job_services.charge_job("mine", customer.email, "upscale", 4)
     assert "Still unused 116" in plain(client.get(f"/purchases/{purchase.id}"))
     assert "Credits charged 4" in plain(client.get(f"/jobs/{job.id}"))
+
+
+def test_the_navigation_marks_the_section_of_the_page(client, customer):
+    purchase = make_purchase(customer, "pro")
+    current = re.compile(r'<a href="([^"]+)" aria-current="page">')
+
+    assert current.findall(client.get("/dashboard").get_data(as_text=True)) == ["/dashboard"]
+    # A purchase's receipt belongs to Purchases.
+    receipt = client.get(f"/purchases/{purchase.id}").get_data(as_text=True)
+    assert current.findall(receipt) == ["/purchases"]
