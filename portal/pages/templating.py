@@ -85,24 +85,40 @@ def verdict_badge(verdict) -> Markup:
     return _span(f"badge badge-{value}", VERDICT_WORDS.get(value, value))
 
 
-def _audit_value(value) -> str:
+def _moment(value: str) -> datetime | None:
+    """The moment an audit value holds, when it is an ISO 8601 time with its zone."""
+    if len(value) < 19 or value[10] != "T":
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _audit_value(value, zone: ZoneInfo) -> str:
     if value is None or value == "":
         return "—"
+    if isinstance(value, str) and (moment := _moment(value)):
+        return moment.astimezone(zone).strftime(DATE_TIME_FORMAT)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return ", ".join(_audit_value(item) for item in value) or "—"
+        return ", ".join(_audit_value(item, zone) for item in value) or "—"
     if isinstance(value, dict):
-        return "; ".join(f"{key}: {_audit_value(item)}" for key, item in value.items())
+        return "; ".join(f"{key}: {_audit_value(item, zone)}" for key, item in value.items())
     return str(value)
 
 
-def audit_changes(before: dict | None, after: dict | None) -> Markup:
+@pass_context
+def audit_changes(context, before: dict | None, after: dict | None) -> Markup:
     """An audit entry's before and after as one line per field: "Status: open → approved".
 
     A field only in `after` was set; one only in `before` was removed. Staff read these
-    to see what an action changed, so unchanged fields are left out.
+    to see what an action changed, so unchanged fields are left out. Times read in the
+    viewer's zone, as every other time does.
     """
+    zone = context.get("viewer_zone") or _viewer_zone()
     before, after = before or {}, after or {}
     lines = []
     for key in dict.fromkeys([*before, *after]):
@@ -111,11 +127,11 @@ def audit_changes(before: dict | None, after: dict | None) -> Markup:
         if key in before and key in after:
             if old == new:
                 continue
-            change = f"{escape(_audit_value(old))} → {escape(_audit_value(new))}"
+            change = f"{escape(_audit_value(old, zone))} → {escape(_audit_value(new, zone))}"
         elif key in after:
-            change = escape(_audit_value(new))
+            change = escape(_audit_value(new, zone))
         else:
-            change = f"{escape(_audit_value(old))} → removed"
+            change = f"{escape(_audit_value(old, zone))} → removed"
         lines.append(f"<li><strong>{label}:</strong> {change}</li>")
     if not lines:
         return Markup('<span class="muted">—</span>')

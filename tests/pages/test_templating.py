@@ -1,6 +1,7 @@
 """The template helpers that tables call once per row."""
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from portal.pages.templating import audit_changes, badge, breakable_email, credit_change
 from portal.timeutil import company_deadline, company_deadline_day
@@ -79,8 +80,10 @@ def test_url_for_each_only_takes_integer_ids(app):
 
 
 def test_audit_changes_read_field_by_field_and_leave_out_what_did_not_change():
+    vancouver = {"viewer_zone": ZoneInfo("America/Vancouver")}
     shown = str(
         audit_changes(
+            vancouver,
             {"status": "open", "assignee_id": None, "note": "<b>old</b>", "same": 1},
             {"status": "approved", "assignee_id": 7, "amount_cents": 500, "same": 1},
         )
@@ -93,8 +96,14 @@ def test_audit_changes_read_field_by_field_and_leave_out_what_did_not_change():
         "<li><strong>Amount cents:</strong> 500</li>"
         "</ul>"
     )
-    assert str(audit_changes(None, None)) == '<span class="muted">—</span>'
-    assert "yes → no" in str(audit_changes({"confirmed": True}, {"confirmed": False}))
+    assert str(audit_changes(vancouver, None, None)) == '<span class="muted">—</span>'
+    assert "yes → no" in str(audit_changes(vancouver, {"confirmed": True}, {"confirmed": False}))
+    ended = audit_changes(vancouver, {"ended_at": None}, {"ended_at": "2026-12-05T20:30:00+00:00"})
+    assert "<strong>Ended at:</strong> — → Dec 5, 2026, 12:30 PM" in str(ended)
+    # A time without its zone cannot be placed in the viewer's: it reads as stored.
+    assert "2026-12-05T20:30:00" in str(
+        audit_changes(vancouver, None, {"at": "2026-12-05T20:30:00"})
+    )
 
 
 def test_an_email_address_may_wrap_only_after_its_at_and_before_its_dots():
