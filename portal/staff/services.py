@@ -21,6 +21,7 @@ from portal.money import format_cents
 from portal.notifications.services import notify_staff, queue_email
 from portal.refunds.models import RefundRequest, RequestStatus, add_event, email_customer
 from portal.refunds.services import preview
+from portal.timeutil import company_deadline_day
 
 # -- refund request decisions ------------------------------------------------------------
 #
@@ -376,12 +377,14 @@ def send_overdue_digest(now: datetime) -> int:
     ).all()
     if overdue:
         lines = [
-            f"{request.reference}  due {request.due_at:%Y-%m-%d}  {request.reason.value}"
+            f"{request.reference}  due {company_deadline_day(request.due_at)}  "
+            f"{request.reason.value}"
             for request in overdue
         ]
         notify_staff(
             f"{len(overdue)} overdue refund request(s)",
-            "These refund requests are past their response date:\n\n" + "\n".join(lines),
+            "These refund requests are past their response date "
+            f"({policy.COMPANY_TIMEZONE_NAME} time):\n\n" + "\n".join(lines),
         )
     return len(overdue)
 
