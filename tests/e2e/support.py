@@ -720,11 +720,15 @@ def main_nav(page: Page):
 
 
 def stat(page: Page, term: str):
-    """The value of one figure in a page's `dl.stats` (Status, Refunded, Still unused...)."""
-    figure = page.locator("dl.stats > div").filter(
-        has=page.locator("dt", has_text=re.compile(rf"^{re.escape(term)}$"))
-    )
-    return figure.locator("dd")
+    """The value a page's description list gives `term` (Refunded, Still unused, Answer
+    due by...): the `dd` after the `dt` that reads exactly `term`."""
+    term_test = f"normalize-space(.)={json.dumps(term)}"
+    return page.locator(f"xpath=//dl//dt[{term_test}]/following-sibling::dd[1]")
+
+
+def status_of(page: Page):
+    """The status badge beside a page's title (a request's, a purchase's, a job's)."""
+    return page.locator(".page-heading .badge")
 
 
 def log_in(browse: Browsing, page: Page, email: str, password: str = PASSWORD) -> None:
