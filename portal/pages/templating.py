@@ -1,5 +1,6 @@
 """Jinja filters and globals: money, credits and local times are formatted only here."""
 
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -96,11 +97,21 @@ def _moment(value: str) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
+# A value stored as an identifier ("needs_review"), not as words.
+_CODE = re.compile(r"[a-z]+(?:_[a-z]+)+")
+
+
+def _dollars(value):
+    return format_cents(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _audit_value(value, zone: ZoneInfo) -> str:
     if value is None or value == "":
         return "—"
     if isinstance(value, str) and (moment := _moment(value)):
         return moment.astimezone(zone).strftime(DATE_TIME_FORMAT)
+    if isinstance(value, str) and _CODE.fullmatch(value):
+        return value.replace("_", " ")  # a stored enum value: "needs_review" reads "needs review"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
@@ -122,13 +133,18 @@ def audit_changes(context, before: dict | None, after: dict | None) -> Markup:
     before, after = before or {}, after or {}
     lines = []
     for key in dict.fromkeys([*before, *after]):
-        label = escape(key.replace("_", " ").capitalize())
         old, new = before.get(key), after.get(key)
-        if key in before and key in after:
+        in_before, in_after = key in before, key in after
+        if key.endswith("_cents"):
+            # Money is stored in cents and read in dollars.
+            key = key.removesuffix("_cents")
+            old, new = (_dollars(value) for value in (old, new))
+        label = escape(key.replace("_", " ").capitalize())
+        if in_before and in_after:
             if old == new:
                 continue
             change = f"{escape(_audit_value(old, zone))} → {escape(_audit_value(new, zone))}"
-        elif key in after:
+        elif in_after:
             change = escape(_audit_value(new, zone))
         else:
             change = f"{escape(_audit_value(old, zone))} → removed"

@@ -93,10 +93,13 @@ def test_audit_changes_read_field_by_field_and_leave_out_what_did_not_change():
         "<li><strong>Status:</strong> open → approved</li>"
         "<li><strong>Assignee id:</strong> — → 7</li>"
         "<li><strong>Note:</strong> &lt;b&gt;old&lt;/b&gt; → removed</li>"
-        "<li><strong>Amount cents:</strong> 500</li>"
+        "<li><strong>Amount:</strong> $5.00</li>"
         "</ul>"
     )
     assert str(audit_changes(vancouver, None, None)) == '<span class="muted">—</span>'
+    assert "<strong>Verdict:</strong> needs review → likely eligible" in str(
+        audit_changes(vancouver, {"verdict": "needs_review"}, {"verdict": "likely_eligible"})
+    )
     assert "yes → no" in str(audit_changes(vancouver, {"confirmed": True}, {"confirmed": False}))
     ended = audit_changes(vancouver, {"ended_at": None}, {"ended_at": "2026-12-05T20:30:00+00:00"})
     assert "<strong>Ended at:</strong> — → Dec 5, 2026, 12:30 PM" in str(ended)
