@@ -6,15 +6,15 @@ Stripe is never called while a database lock is held.
 from datetime import timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from portal import policy
 from portal.accounts.models import User
 from portal.billing.fulfilment import fulfil_checkout, mark_unpaid
 from portal.billing.gateway import gateway
-from portal.billing.models import Purchase, PurchaseStatus
+from portal.billing.models import PAYMENT_METHOD_NAMES, Purchase, PurchaseStatus
 from portal.db import db
-from portal.errors import AccountTerminated, NotFound, ValidationError
+from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
 from portal.timeutil import utcnow
 
 # A second click on Buy within this time reuses the pending purchase (and, through the
@@ -31,8 +31,14 @@ def _checkout_key(purchase: Purchase) -> str:
 # -- starting a purchase --------------------------------------------------------------
 
 
-def start_checkout(user: User, package_code: str, success_url: str, cancel_url: str) -> str:
+def start_checkout(
+    user: User, package_code: str, success_url: str, cancel_url: str, save_card: bool = False
+) -> str:
     """Record a pending purchase and open a Checkout Session for it; return its URL.
+
+    The session is for the account's Stripe Customer (made at the first checkout), makes
+    an invoice, offers the customer's saved cards, and saves the new card for later when
+    `save_card` (Checkout itself also offers to save it).
 
     :raises ValidationError: no such package.
     :raises AccountTerminated: the account may not buy.
@@ -45,7 +51,10 @@ def start_checkout(user: User, package_code: str, success_url: str, cancel_url: 
     if user.is_terminated:
         raise AccountTerminated("terminated accounts cannot buy credits")
     purchase = _pending_purchase(user, package)
-    params = _session_params(user, purchase, package, success_url, cancel_url)
+    customer_id = stripe_customer(user)
+    params = _session_params(customer_id, user, purchase, package, success_url, cancel_url)
+    if save_card:
+        params["payment_intent_data"]["setup_future_usage"] = "off_session"
     session = gateway().create_checkout_session(params, _checkout_key(purchase))
     purchase.stripe_checkout_session_id = session.id
     db.session.commit()
@@ -79,8 +88,65 @@ def _pending_purchase(user: User, package: policy.Package) -> Purchase:
     return purchase
 
 
+def stripe_customer(user: User) -> str:
+    """The account's Stripe Customer id, created the first time it is needed.
+
+    Stripe is called with no lock held. Two first checkouts at once send the same
+    idempotency key, so Stripe answers both with one customer, and the conditional
+    update stores it once.
+
+    :raises PaymentProviderError: Stripe refused or could not be reached.
+    """
+    if user.stripe_customer_id:
+        return user.stripe_customer_id
+    customer_id = gateway().create_customer(
+        user.email,
+        {"user_id": str(user.id)},
+        f"customer-{user.id}-{user.created_at:%Y%m%dT%H%M%S%f}",
+    )
+    db.session.execute(
+        update(User)
+        .where(User.id == user.id, User.stripe_customer_id.is_(None))
+        .values(stripe_customer_id=customer_id)
+    )
+    db.session.commit()
+    db.session.refresh(user)
+    return user.stripe_customer_id
+
+
+def saved_card_words(user: User) -> list[str]:
+    """The cards Stripe keeps for the account, as the buy page names them ("Visa ending
+    in 4242"); none when it has no customer yet or Stripe cannot be reached (the page
+    then simply does not mention them)."""
+    if not user.stripe_customer_id:
+        return []
+    try:
+        cards = gateway().saved_cards(user.stripe_customer_id)
+    except PaymentProviderError:
+        return []
+    return [
+        f"{PAYMENT_METHOD_NAMES.get(card['card']['brand'], 'Card')} ending in "
+        f"{card['card']['last4']}"
+        for card in cards
+        if card.get("card")
+    ]
+
+
+def billing_portal_url(user: User, return_url: str) -> str:
+    """A link to Stripe's customer portal for the account (cards, invoices).
+
+    :raises PaymentProviderError: Stripe refused or could not be reached.
+    """
+    return gateway().create_billing_portal_session(stripe_customer(user), return_url)
+
+
 def _session_params(
-    user: User, purchase: Purchase, package: policy.Package, success_url: str, cancel_url: str
+    customer_id: str,
+    user: User,
+    purchase: Purchase,
+    package: policy.Package,
+    success_url: str,
+    cancel_url: str,
 ) -> dict:
     references = {"purchase_id": str(purchase.id), "user_id": str(user.id)}
     params = {
@@ -98,15 +164,25 @@ def _session_params(
             }
         ],
         "client_reference_id": str(purchase.id),
+        "customer": customer_id,
         "metadata": references,
         "payment_intent_data": {"metadata": references},
+        # A numbered invoice for every purchase, made and kept by Stripe.
+        "invoice_creation": {
+            "enabled": True,
+            "invoice_data": {
+                "description": f"{package.name} package: {package.credits:,} credits",
+                "metadata": references,
+            },
+        },
+        # Checkout shows the customer's saved cards and offers to save a new one.
+        "saved_payment_method_options": {
+            "payment_method_save": "enabled",
+            "allow_redisplay_filters": ["always"],
+        },
         "success_url": success_url,
         "cancel_url": cancel_url,
     }
-    if user.stripe_customer_id:
-        params["customer"] = user.stripe_customer_id
-    else:
-        params["customer_email"] = user.email
     return params
 
 

@@ -1,7 +1,7 @@
 """The Buy form: one button per package, the package travelling as a form value."""
 
 from flask_wtf import FlaskForm
-from wtforms import HiddenField
+from wtforms import BooleanField, HiddenField
 from wtforms.validators import AnyOf, InputRequired
 
 from portal import policy
@@ -14,3 +14,6 @@ class BuyForm(FlaskForm):
             AnyOf(list(policy.PACKAGES_BY_CODE), message="Choose one of the packages."),
         ]
     )
+    # Each package's button has its own form, so each carries the box; the page shows it
+    # once per package beside the button.
+    save_card = BooleanField("Save my card for next time")

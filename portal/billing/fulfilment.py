@@ -6,7 +6,7 @@ and acts, in one transaction.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from portal import audit
@@ -52,10 +52,19 @@ class _Payment:
     # The charge's payment method: its type ("card"), and that type's details.
     method_type: str | None = None
     method: dict | None = None
+    # The invoice Checkout made for the payment, when it made one.
+    invoice: dict | None = None
 
 
 def _payment_details(session: dict) -> _Payment:
-    intent = session.get("payment_intent")
+    payment = _payment_of_intent(session.get("payment_intent"))
+    invoice = session.get("invoice")
+    if isinstance(invoice, dict):
+        return replace(payment, invoice=invoice)
+    return payment
+
+
+def _payment_of_intent(intent) -> _Payment:
     if not intent:
         return _Payment(None, None)
     if not isinstance(intent, dict):
@@ -150,6 +159,11 @@ def _record_payment(purchase: Purchase, payment: _Payment) -> None:
         purchase.payment_method_brand = payment.method.get("brand") or payment.method_type
         purchase.payment_method_last4 = payment.method.get("last4")
         purchase.payment_method_fingerprint = payment.method.get("fingerprint")
+    if payment.invoice:
+        purchase.stripe_invoice_id = payment.invoice.get("id")
+        purchase.invoice_number = payment.invoice.get("number")
+        purchase.invoice_url = payment.invoice.get("hosted_invoice_url")
+        purchase.invoice_pdf_url = payment.invoice.get("invoice_pdf")
 
 
 def _hold_mismatch(purchase: Purchase, session: dict) -> Fulfilment:

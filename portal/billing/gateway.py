@@ -132,12 +132,13 @@ class StripeGateway:
         return CheckoutSession(id=session["id"], url=session["url"])
 
     def retrieve_checkout_session(self, session_id: str) -> dict:
-        """The session with its PaymentIntent and that intent's charge, in one call."""
+        """The session with its PaymentIntent, that intent's charge and the session's
+        invoice, in one call."""
         self._check_id("checkout.session", session_id)
         return self._call(
             "checkout session lookup",
             lambda: self.client.v1.checkout.sessions.retrieve(
-                session_id, params={"expand": ["payment_intent.latest_charge"]}
+                session_id, params={"expand": ["payment_intent.latest_charge", "invoice"]}
             ),
         )
 
@@ -160,6 +161,42 @@ class StripeGateway:
             if not page["has_more"] or not page["data"]:
                 return
             params = {**params, "starting_after": page["data"][-1]["id"]}
+
+    # -- customers, saved cards and the billing portal --------------------------------
+
+    def create_customer(self, email: str, metadata: dict, idempotency_key: str) -> str:
+        """Create the Stripe Customer for an account; return its id. The key makes a
+        repeated or concurrent call return the same customer."""
+        customer = self._call(
+            "customer creation",
+            lambda: self.client.v1.customers.create(
+                params={"email": email, "metadata": metadata},
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return customer["id"]
+
+    def saved_cards(self, customer_id: str) -> list[dict]:
+        """The cards saved to a customer, as Stripe has them now."""
+        self._check_id("customer", customer_id)
+        page = self._call(
+            "saved card listing",
+            lambda: self.client.v1.payment_methods.list(
+                params={"customer": customer_id, "type": "card", "limit": 10}
+            ),
+        )
+        return page["data"]
+
+    def create_billing_portal_session(self, customer_id: str, return_url: str) -> str:
+        """A short-lived link to Stripe's customer portal (cards, invoices); its URL."""
+        self._check_id("customer", customer_id)
+        portal_session = self._call(
+            "billing portal session creation",
+            lambda: self.client.v1.billing_portal.sessions.create(
+                params={"customer": customer_id, "return_url": return_url}
+            ),
+        )
+        return portal_session["url"]
 
     def retrieve_payment_intent(self, intent_id: str) -> dict:
         self._check_id("payment_intent", intent_id)

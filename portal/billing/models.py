@@ -76,6 +76,12 @@ class Purchase(db.Model):
     payment_method_brand: Mapped[str | None] = mapped_column(String(32))
     payment_method_last4: Mapped[str | None] = mapped_column(String(4))
     payment_method_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # The invoice Checkout made for the payment (`invoice_creation`): its number, and
+    # Stripe's hosted page and PDF, which the receipt links to.
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    invoice_number: Mapped[str | None] = mapped_column(String(64))
+    invoice_url: Mapped[str | None] = mapped_column(Text)
+    invoice_pdf_url: Mapped[str | None] = mapped_column(Text)
     refunded_cents: Mapped[int] = mapped_column(default=0)
     committed_refund_cents: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -39,6 +39,7 @@ def buy():
                 form.package.data,
                 success_url=success_url,
                 cancel_url=external_url("billing.checkout_cancel"),
+                save_card=form.save_card.data,
             )
         except AccountTerminated:
             abort(403)
@@ -62,7 +63,27 @@ def buy():
         form=form,
         recent=recent,
         recent_days=RECENT_DAYS,
+        saved_cards=checkout.saved_card_words(current_user),
     ), status
+
+
+@bp.post("/account/billing")
+@login_required
+def manage_billing():
+    """Open Stripe's customer portal (saved cards, invoices) for this account."""
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    if not current_user.stripe_customer_id:
+        flash("Your saved cards and invoices appear here after your first purchase.", "info")
+        return redirect(url_for("accounts.settings"), 303)
+    try:
+        portal_url = checkout.billing_portal_url(
+            current_user, return_url=external_url("accounts.settings")
+        )
+    except PaymentProviderError:
+        flash("We could not reach our payment provider. Please try again in a minute.", "error")
+        return redirect(url_for("accounts.settings"), 303)
+    return redirect(portal_url, 303)
 
 
 @bp.get("/credits/success")

@@ -36,6 +36,29 @@ DISPUTE_OPEN = ("warning_needs_response", "warning_under_review", "needs_respons
 DISPUTE_CLOSED = ("warning_closed", "won", "lost")
 
 
+def _invoice_creation(requested) -> dict:
+    """A session's `invoice_creation` as Stripe echoes it: off unless asked for."""
+    requested = requested or {}
+    enabled = str(requested.get("enabled", "false")).lower() == "true"
+    data = requested.get("invoice_data") or {}
+    return {
+        "enabled": enabled,
+        "invoice_data": {
+            "description": data.get("description"),
+            "metadata": data.get("metadata") or {},
+        },
+    }
+
+
+def _saved_options(requested) -> dict | None:
+    if not requested:
+        return None
+    return {
+        "payment_method_save": requested.get("payment_method_save"),
+        "allow_redisplay_filters": requested.get("allow_redisplay_filters") or ["always"],
+    }
+
+
 def _payment_method_details(method: str) -> dict:
     """A charge's `payment_method_details` as Stripe reports them: a test card by its
     brand and last four digits, the delayed method as a US bank account. The fingerprint
@@ -104,6 +127,14 @@ class SandboxStore:
     events: list = field(default_factory=list)
     idempotency: dict = field(default_factory=dict)
     refund_fails_for: set = field(default_factory=set)
+    customers: dict = field(default_factory=dict)
+    payment_methods: dict = field(default_factory=dict)
+    # The test card number behind each saved payment method (never part of an answer).
+    card_numbers: dict = field(default_factory=dict)
+    invoices: dict = field(default_factory=dict)
+    portal_sessions: dict = field(default_factory=dict)
+    # Where the sandbox's stand-ins for Stripe's hosted pages are (invoices).
+    pages_base: str = "/sandbox"
     # How many of the next API calls answer 500 (fault injection for tests).
     failures_to_inject: int = 0
     # Called with every new event; the app sends it to the portal's webhook endpoint.
@@ -142,6 +173,9 @@ class SandboxStore:
     # -- checkout sessions -------------------------------------------------------------
 
     def create_session(self, params: dict, hosted_url_for) -> dict:
+        customer = params.get("customer")
+        if customer is not None and customer not in self.customers:
+            raise _no_such("customer", customer, "customer")
         if params.get("mode") != "payment":
             raise StripeError(
                 400,
@@ -207,6 +241,11 @@ class SandboxStore:
             "customer_details": {"email": params.get("customer_email")},
             "payment_intent": None,
             "payment_intent_data": params.get("payment_intent_data") or {},
+            "invoice": None,
+            "invoice_creation": _invoice_creation(params.get("invoice_creation")),
+            "saved_payment_method_options": _saved_options(
+                params.get("saved_payment_method_options")
+            ),
             "success_url": params["success_url"],
             "cancel_url": params["cancel_url"],
             "created": now,
@@ -229,6 +268,8 @@ class SandboxStore:
             session["line_items"] = self.list_of(
                 self.line_items[session_id], f"/v1/checkout/sessions/{session_id}/line_items"
             )
+        if "invoice" in expand and session.get("invoice"):
+            session["invoice"] = dict(self.invoices[session["invoice"]])
         intent_id = session.get("payment_intent")
         wanted = {"payment_intent", "payment_intent.latest_charge"} & set(expand)
         if wanted and intent_id in self.payment_intents:
@@ -336,11 +377,18 @@ class SandboxStore:
         intent["status"] = "succeeded"
         return charge
 
-    def pay(self, session_id: str, method: str) -> str:
-        """Pay an open session with a test card; return what happened."""
+    def pay(self, session_id: str, method: str, save: bool = False) -> str:
+        """Pay an open session with a test card, or with a saved payment method's id;
+        return what happened. With `save` (the customer ticked "save my card") or the
+        session's `setup_future_usage`, the card is saved to the session's customer."""
         session = self.session(session_id)
         if session["status"] != "open":
             return session["status"]
+        if method in self.payment_methods:
+            saved = self.payment_methods[method]
+            if saved["customer"] is None or saved["customer"] != session["customer"]:
+                return "declined"
+            method = self.card_numbers[saved["id"]]
         intent = self._payment_intent_for(session)
         if method == CARD_DECLINED:
             intent["last_payment_error"] = {
@@ -359,7 +407,14 @@ class SandboxStore:
         charge = self._charge(intent, method)
         if method == CARD_REFUND_FAILS:
             self.refund_fails_for.add(charge["id"])
+        future_usage = session["payment_intent_data"].get("setup_future_usage")
+        if session["customer"] and (save or future_usage):
+            saved = self._save_card(session["customer"], method)
+            intent["payment_method"] = saved["id"]
+            intent["setup_future_usage"] = future_usage or "off_session"
         session["payment_status"] = "paid"
+        if session["invoice_creation"]["enabled"]:
+            session["invoice"] = self._paid_invoice(session, intent)["id"]
         self.record_event("checkout.session.completed", self.public_session(session_id))
         if method == CARD_DISPUTED:
             self.open_dispute(charge["id"], reason="fraudulent")
@@ -384,6 +439,129 @@ class SandboxStore:
             )
 
     # -- refunds -----------------------------------------------------------------------
+
+    # -- customers, saved cards, invoices, the billing portal -----------------------
+
+    def create_customer(self, params: dict) -> dict:
+        customer = {
+            "id": _new_id("cus"),
+            "object": "customer",
+            "email": params.get("email"),
+            "name": params.get("name"),
+            "metadata": params.get("metadata") or {},
+            "invoice_settings": {"default_payment_method": None},
+            "livemode": False,
+            "created": int(time.time()),
+        }
+        self.customers[customer["id"]] = customer
+        return customer
+
+    def customer(self, customer_id: str) -> dict:
+        customer = self.customers.get(customer_id)
+        if customer is None:
+            raise _no_such("customer", customer_id)
+        return customer
+
+    def _save_card(self, customer_id: str, card_number: str) -> dict:
+        """The customer's saved card for `card_number`: Checkout saves a card once, so
+        paying again with it reuses the saved one (same fingerprint)."""
+        details = _payment_method_details(card_number)
+        for saved in self.payment_methods.values():
+            if (
+                saved["customer"] == customer_id
+                and saved["card"]["fingerprint"] == details["card"]["fingerprint"]
+            ):
+                return saved
+        saved = {
+            "id": _new_id("pm"),
+            "object": "payment_method",
+            "type": "card",
+            "card": {
+                key: details["card"][key]
+                for key in ("brand", "last4", "fingerprint", "exp_month", "exp_year", "funding")
+            },
+            "customer": customer_id,
+            "allow_redisplay": "always",
+            "billing_details": {"email": self.customer(customer_id)["email"]},
+            "livemode": False,
+            "created": int(time.time()),
+        }
+        self.payment_methods[saved["id"]] = saved
+        self.card_numbers[saved["id"]] = card_number
+        return saved
+
+    def saved_cards(self, customer_id: str) -> list[dict]:
+        return [
+            saved
+            for saved in self.payment_methods.values()
+            if saved["customer"] == customer_id and saved["type"] == "card"
+        ]
+
+    def list_payment_methods(self, filters: dict) -> dict:
+        customer_id = filters.get("customer")
+        if not customer_id:
+            raise _missing("customer")
+        self.customer(customer_id)
+        return self.list_of(self.saved_cards(customer_id), "/v1/payment_methods")
+
+    def detach_payment_method(self, method_id: str) -> dict:
+        saved = self.payment_methods.get(method_id)
+        if saved is None:
+            raise _no_such("payment_method", method_id)
+        saved["customer"] = None
+        return saved
+
+    def _paid_invoice(self, session: dict, intent: dict) -> dict:
+        """The invoice Checkout makes for a paid session with `invoice_creation` on."""
+        number = len(self.invoices) + 1
+        invoice_id = _new_id("in")
+        data = session["invoice_creation"]["invoice_data"]
+        # Stripe's own pages live on invoice.stripe.com; the sandbox serves its stand-ins
+        # on the portal's site, so links from a receipt work with no network.
+        base = f"{self.pages_base}/invoices"
+        invoice = {
+            "id": invoice_id,
+            "object": "invoice",
+            "number": f"SBX-{number:05d}",
+            "customer": session["customer"],
+            "status": "paid",
+            "currency": session["currency"],
+            "amount_due": session["amount_total"],
+            "amount_paid": session["amount_total"],
+            "amount_remaining": 0,
+            "description": data.get("description"),
+            "metadata": data.get("metadata") or {},
+            "hosted_invoice_url": f"{base}/{invoice_id}",
+            "invoice_pdf": f"{base}/{invoice_id}.pdf",
+            "livemode": False,
+            "created": int(time.time()),
+        }
+        self.invoices[invoice_id] = invoice
+        return invoice
+
+    def invoice(self, invoice_id: str) -> dict:
+        invoice = self.invoices.get(invoice_id)
+        if invoice is None:
+            raise _no_such("invoice", invoice_id)
+        return invoice
+
+    def create_portal_session(self, params: dict, page_url_for) -> dict:
+        customer_id = params.get("customer")
+        if not customer_id:
+            raise _missing("customer")
+        self.customer(customer_id)
+        session_id = _new_id("bps")
+        portal_session = {
+            "id": session_id,
+            "object": "billing_portal.session",
+            "customer": customer_id,
+            "return_url": params.get("return_url"),
+            "url": page_url_for(session_id),
+            "livemode": False,
+            "created": int(time.time()),
+        }
+        self.portal_sessions[session_id] = portal_session
+        return portal_session
 
     def create_refund(self, params: dict) -> dict:
         intent_id = params.get("payment_intent")

@@ -7,6 +7,7 @@ import threading
 from flask import (
     Blueprint,
     Flask,
+    Response,
     abort,
     current_app,
     jsonify,
@@ -19,6 +20,7 @@ from flask_login import current_user
 
 from portal.extensions import csrf
 from portal.forms import EmptyForm
+from portal.sandbox.pdf import one_page_pdf
 from portal.sandbox.store import (
     CARD_DECLINED,
     DELAYED_METHOD,
@@ -182,6 +184,44 @@ def retrieve_payment_intent(intent_id: str):
         return jsonify(body)
 
 
+@api.post("/customers")
+def create_customer():
+    return _idempotent(lambda params: store().create_customer(params))
+
+
+@api.get("/customers/<customer_id>")
+def retrieve_customer(customer_id: str):
+    with store().lock:
+        return jsonify(store().customer(customer_id))
+
+
+@api.get("/payment_methods")
+def list_payment_methods():
+    with store().lock:
+        return jsonify(store().list_payment_methods(decode_params(request.args.items(multi=True))))
+
+
+@api.post("/payment_methods/<method_id>/detach")
+def detach_payment_method(method_id: str):
+    return _idempotent(lambda params: store().detach_payment_method(method_id))
+
+
+@api.get("/invoices/<invoice_id>")
+def retrieve_invoice(invoice_id: str):
+    with store().lock:
+        return jsonify(store().invoice(invoice_id))
+
+
+def _portal_page_url(session_id: str) -> str:
+    external = not request.environ.get(IN_PROCESS)
+    return url_for("sandbox.billing_portal", session_id=session_id, _external=external)
+
+
+@api.post("/billing_portal/sessions")
+def create_portal_session():
+    return _idempotent(lambda params: store().create_portal_session(params, _portal_page_url))
+
+
 @api.post("/refunds")
 def create_refund():
     response = _idempotent(lambda params: store().create_refund(params))
@@ -256,10 +296,16 @@ def checkout(session_id: str):
         if session is None:
             abort(404)
         items = list(store().line_items[session_id])
+        saved = store().saved_cards(session["customer"]) if session["customer"] else []
+    options = session.get("saved_payment_method_options") or {}
     return render_template(
         "sandbox/checkout.html",
         session=session,
         items=items,
+        saved=saved,
+        offer_to_save=bool(session["customer"])
+        and options.get("payment_method_save") == "enabled"
+        and not session["payment_intent_data"].get("setup_future_usage"),
         cards=TEST_CARDS,
         form=EmptyForm(),
         declined=request.args.get("declined") == "1",
@@ -271,14 +317,16 @@ def pay(session_id: str):
     if not EmptyForm().validate_on_submit():
         abort(400)
     method = request.form.get("card", "")
-    if method not in TEST_CARDS:
-        abort(400)
     sandbox = store()
     with sandbox.lock:
         if session_id not in sandbox.sessions:
             abort(404)
-        outcome = sandbox.pay(session_id, method)
+        if method not in TEST_CARDS and method not in sandbox.payment_methods:
+            abort(400)
+        outcome = sandbox.pay(session_id, method, save=request.form.get("save") == "y")
         session = dict(sandbox.sessions[session_id])
+    if outcome == "declined" and method not in TEST_CARDS:
+        abort(400)  # a saved card of someone else
     if outcome == "declined" and method == CARD_DECLINED:
         return redirect(url_for("sandbox.checkout", session_id=session_id, declined=1), 303)
     if outcome not in ("paid", "processing"):
@@ -290,6 +338,71 @@ def pay(session_id: str):
             lambda s: s.settle_delayed(session_id, succeeded=True),
         )
     return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
+
+
+@pages.get("/invoices/<invoice_id>")
+def hosted_invoice(invoice_id: str):
+    """Stands in for Stripe's hosted invoice page (anyone with the link may read it)."""
+    with store().lock:
+        invoice = store().invoices.get(invoice_id)
+        if invoice is None:
+            abort(404)
+        invoice = dict(invoice)
+        customer = store().customers.get(invoice["customer"] or "", {})
+    return render_template("sandbox/invoice.html", invoice=invoice, customer=customer)
+
+
+@pages.get("/invoices/<invoice_id>.pdf")
+def invoice_pdf(invoice_id: str):
+    """Stands in for Stripe's invoice PDF: a one-page PDF naming the invoice."""
+    with store().lock:
+        invoice = store().invoices.get(invoice_id)
+        if invoice is None:
+            abort(404)
+        invoice = dict(invoice)
+    return Response(
+        one_page_pdf(
+            f"Invoice {invoice['number']}: {invoice['amount_paid'] / 100:.2f} "
+            f"{invoice['currency'].upper()} paid (sandbox)"
+        ),
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{invoice["number"]}.pdf"'},
+    )
+
+
+@pages.route("/billing/<session_id>", methods=["GET", "POST"])
+def billing_portal(session_id: str):
+    """Stands in for Stripe's hosted billing portal: the customer's saved cards (remove
+    one) and invoices. Like Stripe's, the page's link is the customer's key to it."""
+    sandbox = store()
+    form = EmptyForm()
+    with sandbox.lock:
+        portal_session = sandbox.portal_sessions.get(session_id)
+        if portal_session is None:
+            abort(404)
+        customer_id = portal_session["customer"]
+        if request.method == "POST":
+            if not form.validate_on_submit():
+                abort(400)
+            method_id = request.form.get("remove", "")
+            saved = sandbox.payment_methods.get(method_id)
+            if saved is None or saved["customer"] != customer_id:
+                abort(404)
+            sandbox.detach_payment_method(method_id)
+            return redirect(url_for("sandbox.billing_portal", session_id=session_id), 303)
+        cards = [dict(card) for card in sandbox.saved_cards(customer_id)]
+        invoices = sorted(
+            (dict(i) for i in sandbox.invoices.values() if i["customer"] == customer_id),
+            key=lambda invoice: invoice["created"],
+            reverse=True,
+        )
+    return render_template(
+        "sandbox/billing_portal.html",
+        portal_session=portal_session,
+        cards=cards,
+        invoices=invoices,
+        form=form,
+    )
 
 
 @pages.post("/checkout/<session_id>/cancel")

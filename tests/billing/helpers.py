@@ -36,8 +36,12 @@ plain = visible_text
 # -- buying and paying ------------------------------------------------------------------
 
 
-def post_buy(client: FlaskClient, package: str = "pro", with_csrf: bool = True):
+def post_buy(
+    client: FlaskClient, package: str = "pro", with_csrf: bool = True, save_card: bool = False
+):
     data = {"package": package}
+    if save_card:
+        data["save_card"] = "y"
     if with_csrf:
         data["csrf_token"] = csrf_token(client, "/credits/buy")
     return client.post("/credits/buy", data=data)

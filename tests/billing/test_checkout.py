@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select, update
 
 from portal import policy
-from portal.accounts.models import AccountStatus
+from portal.accounts.models import AccountStatus, User
 from portal.billing.models import Purchase, PurchaseStatus
 from portal.db import db
 from portal.jobs.services import charge_job
@@ -33,7 +33,7 @@ from tests.billing.helpers import (
 )
 from tests.factories import csrf_token, login_as, make_purchase, make_user, spend_history
 
-FORM = re.compile(r'<form method="post" action="/credits/buy">(.*?)</form>', re.S)
+FORM = re.compile(r'<form method="post" action="/credits/buy"[^>]*>(.*?)</form>', re.S)
 CSRF_FIELD = re.compile(r'name="csrf_token" type="hidden" value="[^"]+"')
 PACKAGE_FIELD = re.compile(r'name="package" value="([^"]+)"')
 
@@ -49,18 +49,16 @@ def success_page(client, response):
 # -- the Buy page -----------------------------------------------------------------------
 
 
-def test_buy_page_lists_the_four_packages_each_with_its_own_csrf_form(client, customer):
+def test_buy_page_lists_the_four_packages_in_one_csrf_form(client, customer):
+    """One form: each package's button sends its package, and the one "save my card"
+    box goes with whichever is pressed."""
     response = client.get("/credits/buy")
 
     assert response.status_code == 200
-    forms = FORM.findall(response.get_data(as_text=True))
-    assert [PACKAGE_FIELD.search(form).group(1) for form in forms] == [
-        "starter",
-        "basic",
-        "pro",
-        "premium",
-    ]
-    assert all(CSRF_FIELD.search(form) for form in forms)
+    [form] = FORM.findall(response.get_data(as_text=True))
+    assert PACKAGE_FIELD.findall(form) == ["starter", "basic", "pro", "premium"]
+    assert CSRF_FIELD.search(form)
+    assert 'name="save_card"' in form
     text = plain(response)
     assert "Starter $5.00 USD 50 credits 10¢ per credit" in text
     assert "Basic $10.00 USD 120 credits 8.3¢ per credit · save 17%" in text
@@ -107,7 +105,7 @@ def test_buy_creates_a_pending_purchase_and_redirects_to_its_checkout(client, cu
     assert "Pay $20.00" in plain(page)
 
 
-def test_checkout_session_carries_amount_references_and_email(client, customer):
+def test_checkout_session_carries_amount_references_customer_and_invoice(client, customer):
     session_id = buy(client, "premium")
 
     [purchase] = purchases_of(customer.id)
@@ -119,7 +117,18 @@ def test_checkout_session_carries_amount_references_and_email(client, customer):
     assert session["client_reference_id"] == str(purchase.id)
     assert session["metadata"] == references
     assert session["payment_intent_data"] == {"metadata": references}
-    assert session["customer_email"] == customer.email
+    # The account's Stripe Customer, made for this first checkout.
+    customer_id = stripe_customer_of(customer.id)
+    assert customer_id and session["customer"] == customer_id
+    with sandbox().lock:
+        at_stripe = dict(sandbox().customers[customer_id])
+    assert at_stripe["email"] == customer.email
+    assert at_stripe["metadata"] == {"user_id": str(customer.id)}
+    assert session["invoice_creation"] == {
+        "enabled": True,
+        "invoice_data": {"description": "Premium package: 1,000 credits", "metadata": references},
+    }
+    assert session["saved_payment_method_options"]["payment_method_save"] == "enabled"
     assert session["success_url"] == (
         "http://portal.test/credits/success?session_id={CHECKOUT_SESSION_ID}"
     )
@@ -463,3 +472,75 @@ def test_the_same_card_has_the_same_fingerprint_and_another_card_another(
         select(Purchase.payment_method_fingerprint).order_by(Purchase.id)
     ).all()
     assert first == again != other
+
+
+def stripe_customer_of(user_id: int) -> str | None:
+    db.session.expire_all()
+    return db.session.get(User, user_id).stripe_customer_id
+
+
+def test_the_stripe_customer_is_made_once_and_reused(client, customer):
+    with sandbox().lock:
+        customers_before = set(sandbox().customers)
+    first_session = buy(client, "starter")
+    first = stripe_customer_of(customer.id)
+    second_session = buy(client, "pro")
+
+    assert stripe_customer_of(customer.id) == first
+    with sandbox().lock:
+        assert set(sandbox().customers) - customers_before == {first}
+    assert session_at_stripe(first_session)["customer"] == first
+    assert session_at_stripe(second_session)["customer"] == first
+
+
+def test_saving_the_card_asks_checkout_to_keep_it_and_the_next_checkout_offers_it(
+    client, customer, inline_webhooks
+):
+    response = post_buy(client, "starter", save_card=True)
+    session_id = session_id_of(response)
+    assert session_at_stripe(session_id)["payment_intent_data"]["setup_future_usage"] == (
+        "off_session"
+    )
+    pay_on_page(client, session_id, CARD_SUCCEEDS)
+    customer_id = stripe_customer_of(customer.id)
+    with sandbox().lock:
+        [saved] = sandbox().saved_cards(customer_id)
+    assert saved["card"]["last4"] == "4242"
+
+    # The next checkout shows it, and paying with it is one press on Stripe's page.
+    second = buy(client, "starter")
+    page = client.get(f"/sandbox/checkout/{second}").get_data(as_text=True)
+    assert f'value="{saved["id"]}" checked' in page
+    assert "Visa ending in 4242" in plain(client.get("/credits/buy"))
+    pay_on_page(client, second, saved["id"])
+    assert balance(customer.id) == 100
+
+
+def test_a_purchase_keeps_its_invoice_and_the_receipt_links_it(client, customer, inline_webhooks):
+    session_id = buy(client, "pro")
+    pay_on_page(client, session_id)
+    purchase = db.session.scalar(select(Purchase).where(Purchase.user_id == customer.id))
+    assert purchase.invoice_number and purchase.invoice_number.startswith("SBX-")
+    assert purchase.invoice_url.endswith(f"/invoices/{purchase.stripe_invoice_id}")
+
+    page = client.get(f"/purchases/{purchase.id}").get_data(as_text=True)
+    assert f"Invoice {purchase.invoice_number}" in plain(client.get(f"/purchases/{purchase.id}"))
+    assert f'href="{purchase.invoice_url}"' in page
+    assert f'href="{purchase.invoice_pdf_url}"' in page
+    pdf = client.get(purchase.invoice_pdf_url)
+    assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
+    assert pdf.data.startswith(b"%PDF-") and pdf.data.rstrip().endswith(b"%%EOF")
+
+
+def test_manage_cards_and_invoices_opens_stripes_billing_portal(client, customer):
+    assert "Manage cards and invoices" not in plain(client.get("/account"))  # nothing yet
+    buy(client, "starter")
+    assert "Manage cards and invoices" in plain(client.get("/account"))
+
+    response = client.post("/account/billing", data={"csrf_token": csrf_token(client, "/account")})
+
+    assert response.status_code == 303
+    portal_page = client.get(response.headers["Location"])
+    assert portal_page.status_code == 200
+    assert "Saved cards" in plain(portal_page) and "Invoices" in plain(portal_page)
+    assert client.post("/account/billing").status_code == 400  # no CSRF token

@@ -89,3 +89,21 @@ def test_twenty_simultaneous_fulfilments_of_one_session_credit_once(threaded_app
     assert lot_count(user_id) == 1
     assert purchase(purchase_id).status == PurchaseStatus.CREDITED
     assert ledger.check_books() == []
+
+
+def test_two_first_checkouts_at_once_make_one_stripe_customer(threaded_app):
+    """Both ask Stripe with the account's own idempotency key and get one customer; the
+    conditional update stores it once."""
+    from portal.billing.checkout import stripe_customer
+
+    with threaded_app.app_context():
+        user_id = make_user().id
+    outcomes = run_together(
+        threaded_app, 2, lambda _: stripe_customer(db.session.get(User, user_id))
+    )
+    with threaded_app.app_context():
+        made = list(threaded_app.extensions["stripe_sandbox"].customers)
+        stored = db.session.get(User, user_id).stripe_customer_id
+    assert len(made) == 1
+    assert outcomes == [made[0], made[0]]
+    assert stored == made[0]
