@@ -134,6 +134,7 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "billing.cancel_purchase": {"POST": owner_only(to("/purchases"))},
     "billing.purchases": {"GET": members(OK)},
     "billing.purchase": {"GET": owner_only(OK)},
+    "billing.manage_billing": {"POST": members(REDIRECT)},
     # the customer's pages
     "ledger.dashboard": {"GET": members(OK)},
     "ledger.history": {"GET": members(OK)},
@@ -165,6 +166,10 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "sandbox.settle_refund": {"POST": everyone(to("/sandbox/"))},
     "sandbox.open_dispute": {"POST": everyone(to("/sandbox/"))},
     "sandbox.close_dispute": {"POST": everyone(to("/sandbox/"))},
+    # Stripe's hosted invoice and portal pages: their links are the key to them.
+    "sandbox.hosted_invoice": {"GET": everyone(OK)},
+    "sandbox.invoice_pdf": {"GET": everyone(OK)},
+    "sandbox.billing_portal": {"GET": everyone(OK), "POST": everyone(MISSING)},
     # the sandbox's Stripe API wants a secret key, which no browser or service token is
     "sandbox_api.create_session": {"POST": everyone(UNAUTHORIZED)},
     "sandbox_api.list_sessions": {"GET": everyone(UNAUTHORIZED)},
@@ -177,6 +182,12 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "sandbox_api.list_events": {"GET": everyone(UNAUTHORIZED)},
     "sandbox_api.retrieve_dispute": {"GET": everyone(UNAUTHORIZED)},
     "sandbox_api.list_disputes": {"GET": everyone(UNAUTHORIZED)},
+    "sandbox_api.create_customer": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.retrieve_customer": {"GET": everyone(UNAUTHORIZED)},
+    "sandbox_api.list_payment_methods": {"GET": everyone(UNAUTHORIZED)},
+    "sandbox_api.detach_payment_method": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.retrieve_invoice": {"GET": everyone(UNAUTHORIZED)},
+    "sandbox_api.create_portal_session": {"POST": everyone(UNAUTHORIZED)},
     # staff: the blueprint is guarded as a whole
     "staff.queue": {"GET": staff_only(OK)},
     "staff.request_detail": {"GET": staff_only(OK)},
@@ -314,6 +325,8 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call("/purchases")
         case ("billing.purchase", _):
             return Call(f"/purchases/{mine.purchase_id}")
+        case ("billing.manage_billing", _):
+            return Call("/account/billing", {})
         case ("ledger.dashboard", _):
             return Call("/dashboard")
         case ("ledger.history", _):
@@ -390,6 +403,27 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
         case ("sandbox.close_dispute", _):
             form = {"outcome": "won"}
             return Call(f"/sandbox/disputes/{world.sandbox_dispute_id}/close", form)
+        case ("sandbox.hosted_invoice", _):
+            return Call(f"/sandbox/invoices/{world.sandbox_invoice_id}")
+        case ("sandbox.invoice_pdf", _):
+            return Call(f"/sandbox/invoices/{world.sandbox_invoice_id}.pdf")
+        case ("sandbox.billing_portal", "GET"):
+            return Call(f"/sandbox/billing/{world.sandbox_portal_session_id}")
+        case ("sandbox.billing_portal", "POST"):
+            # Removing a card that is not this customer's: no such card here.
+            return Call(f"/sandbox/billing/{world.sandbox_portal_session_id}", {"remove": "pm_x"})
+        case ("sandbox_api.create_customer", _):
+            return Call("/sandbox/v1/customers", {"email": "x@example.com"})
+        case ("sandbox_api.retrieve_customer", _):
+            return Call("/sandbox/v1/customers/cus_unknown")
+        case ("sandbox_api.list_payment_methods", _):
+            return Call("/sandbox/v1/payment_methods?customer=cus_unknown")
+        case ("sandbox_api.detach_payment_method", _):
+            return Call("/sandbox/v1/payment_methods/pm_unknown/detach", {})
+        case ("sandbox_api.retrieve_invoice", _):
+            return Call(f"/sandbox/v1/invoices/{world.sandbox_invoice_id}")
+        case ("sandbox_api.create_portal_session", _):
+            return Call("/sandbox/v1/billing_portal/sessions", {"customer": "cus_unknown"})
         case ("sandbox_api.retrieve_dispute", _):
             return Call(f"/sandbox/v1/disputes/{world.sandbox_dispute_id}")
         case ("sandbox_api.list_disputes", _):

@@ -215,6 +215,8 @@ class World(Record):
     sandbox_refund_id: str
     sandbox_charge_id: str  # a paid charge the sandbox page may dispute
     sandbox_dispute_id: str  # an open dispute the sandbox page may close
+    sandbox_invoice_id: str  # a paid purchase's invoice, for its hosted page and PDF
+    sandbox_portal_session_id: str  # a billing portal session, for its page
     reset_token: str
     extra: dict
 
@@ -306,7 +308,29 @@ def _customer_objects(user: User) -> Objects:
     )
 
 
-def _sandbox_session(card: str | None = None) -> str:
+def _sandbox_invoice() -> str:
+    """The invoice of a session paid by a sandbox customer with invoices switched on."""
+    store = current_app.extensions["stripe_sandbox"]
+    with store.lock:
+        customer = store.create_customer({"email": "invoice@example.com"})["id"]
+    session_id = _sandbox_session(
+        CARD_SUCCEEDS, customer=customer, invoice_creation={"enabled": "true"}
+    )
+    with store.lock:
+        return store.session(session_id)["invoice"]
+
+
+def _sandbox_portal_session() -> str:
+    store = current_app.extensions["stripe_sandbox"]
+    with store.lock:
+        customer = store.create_customer({"email": "portal@example.com"})["id"]
+        portal = store.create_portal_session(
+            {"customer": customer, "return_url": SUCCESS_URL}, lambda sid: f"/sandbox/billing/{sid}"
+        )
+    return portal["id"]
+
+
+def _sandbox_session(card: str | None = None, **extra) -> str:
     """A Checkout Session at the sandbox, paid with `card` unless None."""
     store = current_app.extensions["stripe_sandbox"]
     package = policy.PACKAGES_BY_CODE["starter"]
@@ -324,6 +348,7 @@ def _sandbox_session(card: str | None = None) -> str:
         ],
         "success_url": SUCCESS_URL,
         "cancel_url": CANCEL_URL,
+        **extra,
     }
     with store.lock:
         session_id = store.create_session(params, lambda sid: f"/sandbox/checkout/{sid}")["id"]
@@ -410,6 +435,8 @@ def build_world() -> World:
         sandbox_refund_id=_sandbox_refund(),
         sandbox_charge_id=_sandbox_charge(),
         sandbox_dispute_id=_sandbox_dispute(),
+        sandbox_invoice_id=_sandbox_invoice(),
+        sandbox_portal_session_id=_sandbox_portal_session(),
         reset_token="",
         extra={},
     )
