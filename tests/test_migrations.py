@@ -27,6 +27,20 @@ def _old_customer(connection) -> None:
     )
 
 
+def _old_purchase(connection) -> None:
+    """Purchase 1, customer 1's credited Pro package, as a row of those schemas."""
+    from sqlalchemy import text
+
+    connection.execute(
+        text(
+            "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
+            "currency, status, refunded_cents, committed_refund_cents, created_at) "
+            "VALUES (1, 1, 'pro', 300, 2000, 'usd', 'credited', 0, 0, "
+            "'2026-11-01 00:00:00')"
+        )
+    )
+
+
 def test_migrations_have_a_single_head():
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -130,14 +144,7 @@ def test_screenshots_on_disk_move_into_the_database(make_app, tmp_path, caplog):
         upgrade(directory=str(MIGRATIONS), revision="0cc72248f2b1")
         with db.engine.begin() as connection:
             _old_customer(connection)
-            connection.execute(
-                text(
-                    "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
-                    "currency, status, refunded_cents, committed_refund_cents, created_at) "
-                    "VALUES (1, 1, 'pro', 300, 2000, 'usd', 'credited', 0, 0, "
-                    "'2026-11-01 00:00:00')"
-                )
-            )
+            _old_purchase(connection)
             connection.execute(
                 text(
                     "INSERT INTO refund_requests (id, user_id, purchase_id, reason, details, "
@@ -204,14 +211,7 @@ def test_the_no_longer_needed_reason_keeps_requests_and_their_one_open_request_i
         upgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
         with db.engine.begin() as connection:
             _old_customer(connection)
-            connection.execute(
-                text(
-                    "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
-                    "currency, status, refunded_cents, committed_refund_cents, created_at) "
-                    "VALUES (1, 1, 'pro', 300, 2000, 'usd', 'credited', 0, 0, "
-                    "'2026-11-01 00:00:00')"
-                )
-            )
+            _old_purchase(connection)
             connection.execute(
                 insert_request, {"id": 1, "reason": "charged_twice", "status": "denied"}
             )
@@ -264,14 +264,7 @@ def test_assignment_steps_name_the_staff_member_and_go_back(make_app, tmp_path):
                     "'2026-11-01 00:00:00', 0)"
                 )
             )
-            connection.execute(
-                text(
-                    "INSERT INTO purchases (id, user_id, package_code, credits, amount_cents, "
-                    "currency, status, refunded_cents, committed_refund_cents, created_at) "
-                    "VALUES (1, 1, 'pro', 300, 2000, 'usd', 'credited', 0, 0, "
-                    "'2026-11-01 00:00:00')"
-                )
-            )
+            _old_purchase(connection)
             connection.execute(
                 text(
                     "INSERT INTO refund_requests (id, user_id, purchase_id, reason, details, "
