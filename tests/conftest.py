@@ -19,8 +19,10 @@ from flask_migrate import upgrade
 from sqlalchemy import text
 
 from portal import create_app
+from portal.billing import gateway as gateway_module
 from portal.db import db
 from portal.extensions import limiter
+from tests.stripe_contract import Recorder
 
 POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "")
 
@@ -138,6 +140,31 @@ class IsolatedClient(FlaskClient):
 def client(app):
     app.test_client_class = IsolatedClient
     return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def stripe_contract(app, monkeypatch) -> Recorder:
+    """Record each request the gateway sends the sandbox in a test, with its answer, and
+    each event the sandbox sends; `pytest_runtest_call` holds them to Stripe's contract."""
+    store = app.extensions["stripe_sandbox"]
+    recorder = Recorder(gateway_module.call_app, store.on_event)
+    monkeypatch.setattr(gateway_module, "call_app", recorder.call_app)
+    monkeypatch.setattr(store, "on_event", recorder.on_event)
+    return recorder
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Fail a test whose Stripe traffic disagrees with the definitions in the installed
+    `stripe` library (tests/stripe_contract.py), as a failure of the test itself."""
+    result = yield
+    recorder = getattr(item, "funcargs", {}).get("stripe_contract")
+    problems = recorder.problems() if recorder is not None else []
+    if problems:
+        pytest.fail(
+            "The sandbox and Stripe's library disagree:\n" + "\n".join(problems), pytrace=False
+        )
+    return result
 
 
 @pytest.fixture(autouse=True)

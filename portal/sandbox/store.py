@@ -96,6 +96,68 @@ class StripeError(Exception):
         self.body = {"error": {"type": type_, "message": message, "code": code, "param": param}}
 
 
+# The payment methods the hosted page offers: test cards, and a bank debit (DELAYED_METHOD).
+PAYMENT_METHOD_TYPES = ("card", "us_bank_account")
+
+
+def _fields_always_sent(kind: str) -> dict:
+    """Fields Stripe sends on every object of `kind` that the sandbox has no behaviour
+    for, at the values they have in the portal's payments: no tax, no custom fields, no
+    shipping, automatic capture, no dispute evidence yet. The contract test
+    (tests/stripe_contract.py) finds any that Stripe requires and these lack."""
+    fields = {
+        "checkout.session": {
+            "automatic_tax": {
+                "enabled": False,
+                "liability": None,
+                "provider": None,
+                "status": None,
+            },
+            "custom_fields": [],
+            "custom_text": {
+                "after_submit": None,
+                "shipping_address": None,
+                "submit": None,
+                "terms_of_service_acceptance": None,
+            },
+            "payment_method_types": list(PAYMENT_METHOD_TYPES),
+            "shipping_options": [],
+        },
+        "payment_intent": {
+            "amount_capturable": 0,
+            "amount_received": 0,
+            "capture_method": "automatic_async",
+            "confirmation_method": "automatic",
+            "livemode": False,
+            "payment_method_types": list(PAYMENT_METHOD_TYPES),
+        },
+        "charge": {
+            "billing_details": {
+                "address": None,
+                "email": None,
+                "name": None,
+                "phone": None,
+                "tax_id": None,
+            },
+            "captured": True,
+            "livemode": False,
+        },
+        "dispute": {
+            "enhanced_eligibility_types": [],
+            "evidence": {"enhanced_evidence": {}},
+            "evidence_details": {
+                "due_by": None,
+                "enhanced_eligibility": {},
+                "has_evidence": False,
+                "past_due": False,
+                "submission_count": 0,
+                "submission_method": "not_submitted",
+            },
+        },
+    }
+    return fields[kind]
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_test_{secrets.token_hex(12)}"
 
@@ -225,6 +287,7 @@ class SandboxStore:
         now = int(time.time())
         session_id = _new_id("cs")
         session = {
+            **_fields_always_sent("checkout.session"),
             "id": session_id,
             "object": "checkout.session",
             "mode": "payment",
@@ -254,7 +317,8 @@ class SandboxStore:
         }
         self.sessions[session_id] = session
         self.line_items[session_id] = items
-        return session
+        # Answered as every read is: payment_intent_data is a parameter, not a field.
+        return self.public_session(session_id)
 
     def session(self, session_id: str) -> dict:
         session = self.sessions.get(session_id)
@@ -340,6 +404,7 @@ class SandboxStore:
         if session["payment_intent"]:
             return self.payment_intents[session["payment_intent"]]
         intent = {
+            **_fields_always_sent("payment_intent"),
             "id": _new_id("pi"),
             "object": "payment_intent",
             "amount": session["amount_total"],
@@ -357,9 +422,11 @@ class SandboxStore:
     def _charge(self, intent: dict, method: str) -> dict:
         charge_id = _new_id("ch")
         charge = {
+            **_fields_always_sent("charge"),
             "id": charge_id,
             "object": "charge",
             "amount": intent["amount"],
+            "amount_captured": intent["amount"],
             "amount_refunded": 0,
             "refunded": False,
             "currency": intent["currency"],
@@ -374,6 +441,7 @@ class SandboxStore:
         }
         self.charges[charge_id] = charge
         intent["latest_charge"] = charge_id
+        intent["amount_received"] = intent["amount"]
         intent["status"] = "succeeded"
         return charge
 
@@ -706,6 +774,7 @@ class SandboxStore:
                 "charge_not_disputable",
             )
         dispute = {
+            **_fields_always_sent("dispute"),
             "id": _new_id("dp"),
             "object": "dispute",
             "amount": amount,
