@@ -58,24 +58,31 @@ from urllib.parse import parse_qsl, urlsplit
 import typing_extensions
 from stripe import (
     Charge,
+    Customer,
     Dispute,
     ErrorObject,
     Event,
+    Invoice,
     ListObject,
     PaymentIntent,
+    PaymentMethod,
     Refund,
     RequestOptions,
     StripeObject,
 )
 from stripe._stripe_object import UntypedStripeObject  # metadata's type; not exported
+from stripe.billing_portal import Session as BillingPortalSession
 from stripe.checkout import Session as CheckoutSession
 from stripe.params import (
+    CustomerCreateParams,
     DisputeListParams,
     DisputeRetrieveParams,
     PaymentIntentRetrieveParams,
+    PaymentMethodListParams,
     RefundCreateParams,
     RefundRetrieveParams,
 )
+from stripe.params.billing_portal import SessionCreateParams as PortalSessionCreateParams
 from stripe.params.checkout import (
     SessionCreateParams,
     SessionExpireParams,
@@ -110,12 +117,26 @@ ENDPOINTS = (
     Endpoint("GET", "/v1/refunds/{id}", RefundRetrieveParams, Refund),
     Endpoint("GET", "/v1/disputes", DisputeListParams, ListObject[Dispute]),
     Endpoint("GET", "/v1/disputes/{id}", DisputeRetrieveParams, Dispute),
+    Endpoint("POST", "/v1/customers", CustomerCreateParams, Customer),
+    Endpoint("GET", "/v1/payment_methods", PaymentMethodListParams, ListObject[PaymentMethod]),
+    Endpoint(
+        "POST", "/v1/billing_portal/sessions", PortalSessionCreateParams, BillingPortalSession
+    ),
 )
 
 # The objects an event can be about, by their `object` field.
 RESOURCES = {
     resource.OBJECT_NAME: resource
-    for resource in (CheckoutSession, PaymentIntent, Charge, Refund, Dispute)
+    for resource in (
+        CheckoutSession,
+        PaymentIntent,
+        Charge,
+        Refund,
+        Dispute,
+        Customer,
+        PaymentMethod,
+        Invoice,
+    )
 }
 
 OPTION_KEYS = frozenset(RequestOptions.__annotations__)

@@ -142,6 +142,31 @@ def _fields_always_sent(kind: str) -> dict:
             "captured": True,
             "livemode": False,
         },
+        "invoice": {
+            "amount_overpaid": 0,
+            "amount_shipping": 0,
+            "attempt_count": 1,
+            "attempted": True,
+            "automatic_tax": {
+                "enabled": False,
+                "liability": None,
+                "provider": None,
+                "status": None,
+            },
+            "collection_method": "charge_automatically",
+            "default_tax_rates": [],
+            "discounts": [],
+            "issuer": {"type": "self"},
+            "payment_settings": {
+                "default_mandate": None,
+                "payment_method_options": None,
+                "payment_method_types": None,
+            },
+            "post_payment_credit_notes_amount": 0,
+            "pre_payment_credit_notes_amount": 0,
+            "starting_balance": 0,
+        },
+        "billing_portal.session": {"configuration": "bpc_sandbox_default"},
         "dispute": {
             "enhanced_eligibility_types": [],
             "evidence": {"enhanced_evidence": {}},
@@ -587,9 +612,22 @@ class SandboxStore:
         # Stripe's own pages live on invoice.stripe.com; the sandbox serves its stand-ins
         # on the portal's site, so links from a receipt work with no network.
         base = f"{self.pages_base}/invoices"
+        now = int(time.time())
         invoice = {
+            **_fields_always_sent("invoice"),
             "id": invoice_id,
             "object": "invoice",
+            "subtotal": session["amount_total"],
+            "total": session["amount_total"],
+            "period_start": now,
+            "period_end": now,
+            "status_transitions": {
+                "finalized_at": now,
+                "marked_uncollectible_at": None,
+                "paid_at": now,
+                "voided_at": None,
+            },
+            "lines": self.list_of([], f"/v1/invoices/{invoice_id}/lines"),
             "number": f"SBX-{number:05d}",
             "customer": session["customer"],
             "status": "paid",
@@ -607,12 +645,6 @@ class SandboxStore:
         self.invoices[invoice_id] = invoice
         return invoice
 
-    def invoice(self, invoice_id: str) -> dict:
-        invoice = self.invoices.get(invoice_id)
-        if invoice is None:
-            raise _no_such("invoice", invoice_id)
-        return invoice
-
     def create_portal_session(self, params: dict, page_url_for) -> dict:
         customer_id = params.get("customer")
         if not customer_id:
@@ -620,6 +652,7 @@ class SandboxStore:
         self.customer(customer_id)
         session_id = _new_id("bps")
         portal_session = {
+            **_fields_always_sent("billing_portal.session"),
             "id": session_id,
             "object": "billing_portal.session",
             "customer": customer_id,

@@ -189,27 +189,10 @@ def create_customer():
     return _idempotent(lambda params: store().create_customer(params))
 
 
-@api.get("/customers/<customer_id>")
-def retrieve_customer(customer_id: str):
-    with store().lock:
-        return jsonify(store().customer(customer_id))
-
-
 @api.get("/payment_methods")
 def list_payment_methods():
     with store().lock:
         return jsonify(store().list_payment_methods(decode_params(request.args.items(multi=True))))
-
-
-@api.post("/payment_methods/<method_id>/detach")
-def detach_payment_method(method_id: str):
-    return _idempotent(lambda params: store().detach_payment_method(method_id))
-
-
-@api.get("/invoices/<invoice_id>")
-def retrieve_invoice(invoice_id: str):
-    with store().lock:
-        return jsonify(store().invoice(invoice_id))
 
 
 def _portal_page_url(session_id: str) -> str:

@@ -36,12 +36,15 @@ from tests.billing.helpers import (
     open_checkout,
     pay_on_page,
     payment_intent_of,
+    plain,
+    post_buy,
     purchase,
     refund_in_store,
+    session_id_of,
     settle_delayed,
     the_event,
 )
-from tests.factories import make_staff
+from tests.factories import csrf_token, make_staff
 from tests.staff.helpers import (
     AFTER_UNDO_WINDOW,
     approve_now,
@@ -117,6 +120,15 @@ def reconciliation(client, customer):
     reconcile.reconcile_money_back(utcnow(), since)
 
 
+def saved_card_and_billing_portal(client, customer):
+    """The first checkout makes the Stripe Customer and saves the card; the buy page then
+    lists it; Manage cards and invoices opens the billing portal."""
+    pay_on_page(client, session_id_of(post_buy(client, "starter", save_card=True)))
+    assert "Visa ending in 4242" in plain(client.get("/credits/buy"))
+    response = client.post("/account/billing", data={"csrf_token": csrf_token(client, "/account")})
+    assert "/sandbox/billing/bps_" in response.headers["Location"]
+
+
 def stripe_says_no(client, customer):
     """Stripe's error answers: an object it does not have, and a failure of its own."""
     deliver(client, fake_event("checkout.session.completed", {"id": "cs_test_not_at_stripe"}))
@@ -143,6 +155,14 @@ FLOWS = {
         (dashboard_refund, {"GET /v1/refunds/{id}", "GET /v1/payment_intents/{id}"}),
         (dispute_opened_and_lost, {"GET /v1/disputes/{id}"}),
         (reconciliation, {f"GET {SESSIONS}", "GET /v1/disputes"}),
+        (
+            saved_card_and_billing_portal,
+            {
+                "POST /v1/customers",
+                "GET /v1/payment_methods",
+                "POST /v1/billing_portal/sessions",
+            },
+        ),
         (stripe_says_no, {f"GET {SESSIONS}/{{id}}", "GET /v1/refunds/{id}"}),
     )
 }
@@ -411,19 +431,20 @@ def test_an_event_is_checked_with_the_object_it_carries(customer, stripe_contrac
 
 
 def test_an_event_about_an_unknown_kind_of_object_fails():
-    event = fake_event("customer.created", {"id": "cus_1", "object": "customer"})
+    event = fake_event("product.created", {"id": "prod_1", "object": "product"})
 
     assert event_problems(event) == [
-        "event customer.created.data.object is a 'customer' object; the contract knows "
-        "['charge', 'checkout.session', 'dispute', 'payment_intent', 'refund']"
+        "event product.created.data.object is a 'product' object; the contract knows "
+        "['charge', 'checkout.session', 'customer', 'dispute', 'invoice', 'payment_intent', "
+        "'payment_method', 'refund']"
     ]
 
 
 def test_a_call_missing_from_the_endpoint_table_fails():
-    exchange = Exchange("POST", "http://sandbox.invalid/sandbox/v1/customers", "", 200, {})
+    exchange = Exchange("POST", "http://sandbox.invalid/sandbox/v1/products", "", 200, {})
 
     assert exchange_problems(exchange) == [
-        "POST /v1/customers: no line in tests/stripe_contract.py ENDPOINTS for this call"
+        "POST /v1/products: no line in tests/stripe_contract.py ENDPOINTS for this call"
     ]
 
 

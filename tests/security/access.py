@@ -183,10 +183,7 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "sandbox_api.retrieve_dispute": {"GET": everyone(UNAUTHORIZED)},
     "sandbox_api.list_disputes": {"GET": everyone(UNAUTHORIZED)},
     "sandbox_api.create_customer": {"POST": everyone(UNAUTHORIZED)},
-    "sandbox_api.retrieve_customer": {"GET": everyone(UNAUTHORIZED)},
     "sandbox_api.list_payment_methods": {"GET": everyone(UNAUTHORIZED)},
-    "sandbox_api.detach_payment_method": {"POST": everyone(UNAUTHORIZED)},
-    "sandbox_api.retrieve_invoice": {"GET": everyone(UNAUTHORIZED)},
     "sandbox_api.create_portal_session": {"POST": everyone(UNAUTHORIZED)},
     # staff: the blueprint is guarded as a whole
     "staff.queue": {"GET": staff_only(OK)},
@@ -414,14 +411,8 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call(f"/sandbox/billing/{world.sandbox_portal_session_id}", {"remove": "pm_x"})
         case ("sandbox_api.create_customer", _):
             return Call("/sandbox/v1/customers", {"email": "x@example.com"})
-        case ("sandbox_api.retrieve_customer", _):
-            return Call("/sandbox/v1/customers/cus_unknown")
         case ("sandbox_api.list_payment_methods", _):
             return Call("/sandbox/v1/payment_methods?customer=cus_unknown")
-        case ("sandbox_api.detach_payment_method", _):
-            return Call("/sandbox/v1/payment_methods/pm_unknown/detach", {})
-        case ("sandbox_api.retrieve_invoice", _):
-            return Call(f"/sandbox/v1/invoices/{world.sandbox_invoice_id}")
         case ("sandbox_api.create_portal_session", _):
             return Call("/sandbox/v1/billing_portal/sessions", {"customer": "cus_unknown"})
         case ("sandbox_api.retrieve_dispute", _):
