@@ -62,6 +62,7 @@ def _account(archive: zipfile.ZipFile, user: User) -> None:
         "created_at": user.created_at.isoformat(),
         "timezone": user.timezone,
         "credits_balance": user.credits_balance,
+        "low_balance_threshold": user.low_balance_threshold,
     }
     archive.writestr("account.json", json.dumps(account, indent=2))
 
@@ -199,6 +200,9 @@ def close_account(user: User, now: datetime, actor_id: int | None, ip_address: s
     user.terminated_at = now
     user.termination_reason = "closed at the customer's request"
     user.timezone = None
+    # A closed account is charged for no more jobs: nothing left to warn about.
+    user.low_balance_threshold = None
+    user.low_balance_alert_armed = False
     user.stripe_customer_id = None
     user.session_generation += 1
     sessions.end_all(user, now)

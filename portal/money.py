@@ -31,3 +31,19 @@ def parse_dollars(text: str) -> int | None:
         return None
     whole, fraction = match.groups()
     return int(whole) * 100 + int((fraction or "0").ljust(2, "0"))
+
+
+# Plain digits, or digits grouped by commas as `|credits` prints them ("1,300").
+_CREDITS = re.compile(r"^(?:[0-9]{1,3}(?:,[0-9]{3}){1,2}|[0-9]{1,9})$")
+
+
+def parse_credits(text: str) -> int | None:
+    """Read "500" or "1,300" as a whole number of credits; None for anything else.
+
+    Only ASCII digits: no signs, decimals, exponents or other scripts' digits. Commas are
+    taken only where a thousands separator belongs, so "1,30" is refused, not guessed at.
+    """
+    match = _CREDITS.match((text or "").strip())
+    if not match:
+        return None
+    return int(match.group().replace(",", ""))

@@ -2,10 +2,14 @@
 
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, current_app, has_request_context, request, url_for
+from flask import Flask, abort, request
 from flask_login import current_user
 
 from portal.extensions import login_manager
+
+# Views build their e-mail and Stripe links from here; services, which may not import
+# this module (it brings the web extensions), take them from portal.links.
+from portal.links import external_url as external_url
 
 # Checkout's hosted page is the one other place a form of ours may lead to.
 STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
@@ -34,24 +38,6 @@ def is_safe_next(target: str | None) -> bool:
         return False
     parts = urlsplit(target)
     return not parts.scheme and not parts.netloc
-
-
-def external_url(endpoint: str, **values) -> str:
-    """An absolute link to `endpoint` for e-mails and Stripe, on the configured address.
-
-    Built from PORTAL_BASE_URL when it is set, so that a forged Host header can never
-    put an attacker's domain into a password-reset e-mail.
-    """
-    base = current_app.config["PORTAL_BASE_URL"]
-    if not has_request_context() and not current_app.config["SERVER_NAME"]:
-        # The worker writes e-mails outside any request: the path comes from the routes,
-        # the address from the settings alone.
-        if not base:
-            raise RuntimeError("PORTAL_BASE_URL is needed to write links outside a request")
-        return base + current_app.url_map.bind("portal").build(endpoint, values)
-    if base:
-        return base + url_for(endpoint, **values)
-    return url_for(endpoint, _external=True, **values)
 
 
 def require_staff() -> None:

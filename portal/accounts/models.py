@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from flask_login import UserMixin
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.db import UTCDateTime, db, enum_type
@@ -32,7 +32,13 @@ class User(UserMixin, db.Model):
     """
 
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint("credits_balance >= 0", name="balance_not_negative"),)
+    __table_args__ = (
+        CheckConstraint("credits_balance >= 0", name="balance_not_negative"),
+        CheckConstraint(
+            "low_balance_threshold IS NULL OR low_balance_threshold > 0",
+            name="low_balance_threshold_positive",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
@@ -51,6 +57,12 @@ class User(UserMixin, db.Model):
     credits_used: Mapped[int] = mapped_column(default=0, server_default="0")
     credits_refunded: Mapped[int] = mapped_column(default=0, server_default="0")
     credits_granted: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The low-balance alert (portal/ledger/alerts.py): None is off. "Armed" means the
+    # balance has been at or above the threshold since the last alert was sent, so the
+    # next job charge that leaves it below sends one. Both change only under the row lock
+    # every balance change takes, which is what makes one crossing one e-mail.
+    low_balance_threshold: Mapped[int | None]
+    low_balance_alert_armed: Mapped[bool] = mapped_column(default=False, server_default=false())
     # None until the browser reports one or the customer picks one; pages then use UTC.
     timezone: Mapped[str | None] = mapped_column(String(64))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
@@ -72,6 +84,12 @@ class User(UserMixin, db.Model):
     @property
     def is_staff(self) -> bool:
         return self.role == Role.STAFF
+
+    @property
+    def below_low_balance_threshold(self) -> bool:
+        """The customer set a low-balance alert and the balance is under it now."""
+        threshold = self.low_balance_threshold
+        return threshold is not None and self.credits_balance < threshold
 
     @property
     def is_terminated(self) -> bool:

@@ -30,10 +30,13 @@ from portal.accounts.forms import (
     SettingsForm,
     SignupForm,
 )
+from portal.accounts.models import User
 from portal.accounts.passwords import verify_password
 from portal.errors import Conflict, ValidationError
 from portal.extensions import limiter
 from portal.forms import EmptyForm
+from portal.ledger import alerts
+from portal.ledger.forms import LowBalanceAlertForm
 from portal.security import external_url, is_safe_next
 from portal.timeutil import utcnow
 
@@ -237,6 +240,11 @@ def settings():
     password_form = ChangePasswordForm(prefix="pw")
     settings_form = SettingsForm(prefix="tz", timezone=current_user.timezone or "UTC")
     settings_form.timezone.choices = sorted(available_timezones())
+    # Staff hold no credits: the alert is the customers' alone.
+    suggestion = (
+        None if current_user.is_staff else alerts.suggest_threshold(current_user.id, utcnow())
+    )
+    alert_form = LowBalanceAlertForm(prefix="alert", threshold=_alert_field_default(suggestion))
     if "tz-timezone" in request.form and settings_form.validate_on_submit():
         services.update_timezone(current_user, settings_form.timezone.data)
         flash("Your timezone is saved.", "success")
@@ -253,16 +261,58 @@ def settings():
             _start_session(current_user)
             flash("Your password is changed. Other devices have been logged out.", "success")
             return redirect(url_for("accounts.settings"), 303)
-    status = 400 if password_form.errors or settings_form.errors else 200
+    if (
+        "alert-threshold" in request.form
+        and not current_user.is_staff
+        and alert_form.validate_on_submit()
+    ):
+        try:
+            account = alerts.set_alert(current_user.id, alert_form.credits)
+        except ValidationError as error:
+            alert_form.threshold.errors.append(str(error))
+        else:
+            flash(_alert_set_message(account), "success")
+            return redirect(url_for("accounts.settings", _anchor="low-balance-alert"), 303)
+    forms = (password_form, settings_form, alert_form)
+    status = 400 if any(form.errors for form in forms) else 200
     return (
         render_template(
             "accounts/settings.html",
             password_form=password_form,
             settings_form=settings_form,
+            alert_form=alert_form,
+            suggestion=suggestion,
+            alert_window_days=alerts.USE_WINDOW_DAYS,
             close_form=CloseAccountForm(prefix="close"),
         ),
         status,
     )
+
+
+def _alert_field_default(suggestion: alerts.Suggestion | None) -> str:
+    """What the threshold field offers: the alert in force, else the suggestion."""
+    if current_user.low_balance_threshold is not None:
+        return str(current_user.low_balance_threshold)
+    return str(suggestion.threshold) if suggestion else ""
+
+
+def _alert_set_message(account: User) -> str:
+    threshold = f"{account.low_balance_threshold:,} credits"
+    if account.low_balance_alert_armed:
+        return f"Alert on: we will e-mail you when your balance falls below {threshold}."
+    return (
+        f"Alert on at {threshold}. Your balance is below that already, so the first e-mail "
+        f"comes once it is back at {threshold} or more and falls below again."
+    )
+
+
+@bp.post("/account/low-balance-alert/off")
+@login_required
+def turn_off_low_balance_alert():
+    if EmptyForm().validate_on_submit():
+        alerts.turn_off_alert(current_user.id)
+        flash("Low-balance alert off: we will not e-mail you about your balance.", "success")
+    return redirect(url_for("accounts.settings", _anchor="low-balance-alert"), 303)
 
 
 @bp.get("/account/export")

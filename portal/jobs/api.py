@@ -124,7 +124,8 @@ def _credits(body: dict) -> int:
     return value
 
 
-def job_json(job: Job, balance_after: int | None = None) -> dict:
+def job_json(job: Job, account: User | None = None) -> dict:
+    """The job as the API shows it; with `account`, its customer's balance as it now stands."""
     document = {
         "id": job.id,
         "external_id": job.external_id,
@@ -136,18 +137,27 @@ def job_json(job: Job, balance_after: int | None = None) -> dict:
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
-    if balance_after is not None:
-        document["balance_after"] = balance_after
+    if account is not None:
+        document["balance_after"] = account.credits_balance
+        document.update(_low_balance_json(account))
     return document
+
+
+def _low_balance_json(account: User) -> dict:
+    # The customer's own low-balance alert, so that the platform can warn them too.
+    return {
+        "low_balance_threshold": account.low_balance_threshold,
+        "balance_below_threshold": account.below_low_balance_threshold,
+    }
 
 
 def _described(job: Job) -> dict:
     """The job as the API shows it, with its customer's balance: one query after a commit."""
     (job_id,) = inspect(job).identity  # without reloading the expired job just for its id
-    job, balance = db.session.execute(
-        select(Job, User.credits_balance).join(User, User.id == Job.user_id).where(Job.id == job_id)
+    job, account = db.session.execute(
+        select(Job, User).join(User, User.id == Job.user_id).where(Job.id == job_id)
     ).one()
-    return job_json(job, balance)
+    return job_json(job, account)
 
 
 @bp.post("/jobs")
@@ -196,7 +206,9 @@ def customer_balance(email: str):
     user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None or not user.known_to_the_platform:
         raise NotFound("no customer with this e-mail")
-    return jsonify({"customer_email": user.email, "balance": user.credits_balance})
+    return jsonify(
+        {"customer_email": user.email, "balance": user.credits_balance, **_low_balance_json(user)}
+    )
 
 
 @bp.get("/openapi.json")

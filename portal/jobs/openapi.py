@@ -11,6 +11,22 @@ _ERROR = {
     },
 }
 
+# The customer's low-balance alert, beside every balance the API gives.
+_LOW_BALANCE = {
+    "low_balance_threshold": {
+        "type": "integer",
+        "minimum": 1,
+        "nullable": True,
+        "description": "The balance below which the customer asked to be warned by e-mail; "
+        "null when they set no alert. Present wherever the balance is.",
+    },
+    "balance_below_threshold": {
+        "type": "boolean",
+        "description": "True when the customer set an alert and the balance is below it: "
+        "a good moment to suggest buying credits. Present wherever the balance is.",
+    },
+}
+
 _JOB = {
     "type": "object",
     "properties": {
@@ -27,7 +43,12 @@ _JOB = {
         "credits_restored": {"type": "boolean"},
         "created_at": {"type": "string", "format": "date-time"},
         "finished_at": {"type": "string", "format": "date-time", "nullable": True},
-        "balance_after": {"type": "integer", "description": "The customer's balance now."},
+        "balance_after": {
+            "type": "integer",
+            "description": "The customer's balance once this call is done (answers to the "
+            "calls that can change it: creating, completing and failing a job).",
+        },
+        **_LOW_BALANCE,
     },
 }
 
@@ -83,6 +104,7 @@ OPENAPI_DOCUMENT = {
                 "properties": {
                     "customer_email": {"type": "string"},
                     "balance": {"type": "integer"},
+                    **_LOW_BALANCE,
                 },
             },
         },

@@ -7,7 +7,8 @@ write exactly one ledger entry with its lot allocations and the balance after it
 
 Locking the account row first serialises every balance change of one customer, so the
 idempotency check after the lock sees any entry a concurrent twin committed; the unique
-key on ledger entries is the backstop.
+key on ledger entries is the backstop. The low-balance alert is decided under the same
+lock, by `alerts.watch_balance` as each entry is posted.
 
 `at` backdates an entry (demo data, imports); left out, entries are stamped now.
 """
@@ -24,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from portal.accounts.models import User
 from portal.db import db, locked
 from portal.errors import InsufficientCredits, ValidationError
+from portal.ledger.alerts import watch_balance
 from portal.ledger.models import (
     CreditLot,
     DayEndBalance,
@@ -97,6 +99,8 @@ def _post(
     for lot, amount in moves:
         lot.credits_remaining += amount
         db.session.add(LotAllocation(entry=entry, lot=lot, credits=amount))
+    # Still under the account's lock, and before the flush writes the row once.
+    watch_balance(account, kind)
     db.session.flush()
     _record_day_end(account.id, entry.created_at.astimezone(UTC).date(), entry.balance_after)
     return entry

@@ -12,6 +12,7 @@ from portal.accounts.models import AccountStatus, User, UserSession
 from portal.audit import AuditLogEntry
 from portal.billing.models import Purchase
 from portal.db import db
+from portal.ledger import alerts
 from portal.ledger.models import LedgerEntry
 from portal.notifications.models import OutboxEmail
 from portal.refunds.eligibility import RequestReason
@@ -32,6 +33,7 @@ from tests.factories import (
 def test_export_contains_every_kind_of_record(client):
     user = make_user()
     purchase = make_purchase(user, "pro")
+    alerts.set_alert(user.id, 150)
     spend_history(user, 3)
     file_request(
         user, purchase, RequestReason.OTHER, "please refund the rest", "", None, False, [], utcnow()
@@ -47,7 +49,8 @@ def test_export_contains_every_kind_of_record(client):
         "jobs.csv",
         "refund_requests.json",
     }
-    assert json.loads(archive.read("account.json"))["email"] == user.email
+    account = json.loads(archive.read("account.json"))
+    assert (account["email"], account["low_balance_threshold"]) == (user.email, 150)
     ledger = list(csv.reader(io.StringIO(archive.read("ledger.csv").decode())))
     assert len(ledger) == 1 + 4
     requests = json.loads(archive.read("refund_requests.json"))
@@ -75,6 +78,7 @@ def close(client, password=DEFAULT_PASSWORD, confirm=True):
 def test_closing_erases_personal_data_and_keeps_financial_records(client):
     user = make_user(email="leaving@example.com")
     purchase = make_purchase(user, "basic")
+    alerts.set_alert(user.id, 100)
     file_request(
         user, purchase, RequestReason.OTHER, "my private story here", "", None, False, [], utcnow()
     )
@@ -85,6 +89,7 @@ def test_closing_erases_personal_data_and_keeps_financial_records(client):
     closed = db.session.get(User, user.id)
     assert closed.status == AccountStatus.CLOSED
     assert closed.email == f"closed-{user.id}@closed.invalid"
+    assert (closed.low_balance_threshold, closed.low_balance_alert_armed) == (None, False)
     assert db.session.scalar(select(func.count()).select_from(Purchase)) == 1
     assert db.session.scalar(select(func.count()).select_from(LedgerEntry)) == 1
     assert "leaving@example.com" not in db.session.scalars(select(OutboxEmail.to_address)).all()

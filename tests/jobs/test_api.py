@@ -9,12 +9,16 @@ from portal.accounts.models import User
 from portal.db import db
 from portal.jobs.models import Job
 from portal.jobs.openapi import OPENAPI_DOCUMENT
+from portal.ledger import alerts
 from portal.ledger.models import EntryKind, LedgerEntry
+from portal.notifications.models import OutboxEmail
 from tests.factories import QueryCounter, make_purchase, make_staff, make_user
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DOCUMENTED_JOB_FIELDS = set(OPENAPI_DOCUMENT["components"]["schemas"]["Job"]["properties"])
+# What answers that can change the balance add to the job: the balance and the alert's state.
+BALANCE_FIELDS = {"balance_after", "low_balance_threshold", "balance_below_threshold"}
 
 
 @pytest.fixture(autouse=True)
@@ -501,7 +505,7 @@ def test_reading_a_job(client, customer):
     document = response.get_json()
     assert document["id"] == job_id
     assert document["status"] == "running"
-    assert set(document) == DOCUMENTED_JOB_FIELDS - {"balance_after"}
+    assert set(document) == DOCUMENTED_JOB_FIELDS - BALANCE_FIELDS
 
 
 def test_reading_an_unknown_job_is_404(client):
@@ -527,13 +531,99 @@ def test_job_ids_beyond_any_stored_id_are_404_not_500(client, customer, job_id, 
     assert response.get_json()["error"] == "not_found"
 
 
+# -- the customer's low-balance alert in the answers ---------------------------------------
+
+
+def alert_emails(email: str) -> int:
+    return count(
+        OutboxEmail, OutboxEmail.to_address == email, OutboxEmail.subject.contains("below")
+    )
+
+
+def test_without_an_alert_the_answer_says_so(client, customer):
+    document = post_job(client).get_json()
+
+    assert document["balance_after"] == 45
+    assert document["low_balance_threshold"] is None
+    assert document["balance_below_threshold"] is False
+
+
+def test_every_answer_that_changes_the_balance_says_where_it_stands_against_the_alert(
+    client, customer
+):
+    alerts.set_alert(customer.id, 46)
+
+    charged = post_job(client)
+    repeated = post_job(client)
+    completed = complete(client, charged.get_json()["id"])
+    returned = fail(client, create_job(client, external_id="platform-2"))
+
+    for answer, balance in [(charged, 45), (repeated, 45), (completed, 45), (returned, 45)]:
+        document = answer.get_json()
+        assert document["balance_after"] == balance
+        assert document["low_balance_threshold"] == 46
+        assert document["balance_below_threshold"] is True
+    # The failed job's credits came back, but 45 is still below 46: one fall, one e-mail.
+    assert alert_emails(customer.email) == 1
+
+
+def test_a_job_that_leaves_the_balance_on_the_threshold_is_not_below_it(client, customer):
+    alerts.set_alert(customer.id, 45)
+
+    document = post_job(client).get_json()
+
+    assert (document["balance_after"], document["balance_below_threshold"]) == (45, False)
+    assert alert_emails(customer.email) == 0
+
+
+def test_the_charge_that_crosses_the_threshold_queues_one_e_mail(client, customer):
+    alerts.set_alert(customer.id, 40)
+
+    answers = [post_job(client, external_id=f"crossing-{n}").get_json() for n in range(4)]
+
+    assert [(a["balance_after"], a["balance_below_threshold"]) for a in answers] == [
+        (45, False),
+        (40, False),
+        (35, True),
+        (30, True),
+    ]
+    assert alert_emails(customer.email) == 1
+
+
+def test_reading_a_balance_with_an_alert(client, customer):
+    alerts.set_alert(customer.id, 100)
+
+    response = call(client, "GET", "/api/v1/customers/buyer@example.com/balance")
+
+    assert response.get_json() == {
+        "customer_email": "buyer@example.com",
+        "balance": 50,
+        "low_balance_threshold": 100,
+        "balance_below_threshold": True,
+    }
+
+
+def test_the_openapi_document_describes_the_alert_wherever_the_balance_is():
+    schemas = OPENAPI_DOCUMENT["components"]["schemas"]
+
+    for schema in ("Job", "Balance"):
+        properties = schemas[schema]["properties"]
+        assert properties["low_balance_threshold"]["nullable"] is True
+        assert properties["balance_below_threshold"]["type"] == "boolean"
+
+
 def test_reading_a_balance(client, customer):
     create_job(client)
 
     response = call(client, "GET", "/api/v1/customers/Buyer@Example.com/balance")
 
     assert response.status_code == 200
-    assert response.get_json() == {"customer_email": "buyer@example.com", "balance": 45}
+    assert response.get_json() == {
+        "customer_email": "buyer@example.com",
+        "balance": 45,
+        "low_balance_threshold": None,
+        "balance_below_threshold": False,
+    }
 
 
 @pytest.mark.parametrize(

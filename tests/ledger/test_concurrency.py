@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 from sqlalchemy import func, select
 
@@ -6,8 +8,10 @@ from portal.db import db
 from portal.errors import InsufficientCredits
 from portal.jobs import services as jobs
 from portal.jobs.models import FailureReason, Job, JobStatus
+from portal.ledger import alerts
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry
+from portal.notifications.models import OutboxEmail
 from tests.concurrency import run_together
 from tests.factories import make_user
 
@@ -109,3 +113,86 @@ def test_twenty_identical_posts_at_once_create_one_job_and_one_charge(threaded_a
     assert entries(EntryKind.JOB_CHARGE) == 1
     assert balance_of(user_id) == 43
     assert ledger.check_books() == []
+
+
+def alert_emails_to(email: str) -> list[OutboxEmail]:
+    return list(
+        db.session.scalars(
+            select(OutboxEmail).where(
+                OutboxEmail.to_address == email, OutboxEmail.subject.contains("below")
+            )
+        )
+    )
+
+
+def test_twenty_charges_crossing_the_threshold_at_once_send_one_alert(threaded_app):
+    user = customer_with(100)
+    alerts.set_alert(user.id, 90)
+    user_id, email = user.id, user.email
+
+    def post(index: int):
+        body = {
+            "external_id": f"crossing-{index}",
+            "customer_email": email,
+            "operation": "upscale",
+            "credits": 3,
+        }
+        response = threaded_app.test_client().post(
+            "/api/v1/jobs", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        return response.status_code, response.get_json()
+
+    outcomes = run_together(threaded_app, 20, post)
+
+    assert not [outcome for outcome in outcomes if isinstance(outcome, Exception)], outcomes
+    assert [status for status, _ in outcomes] == [201] * 20, outcomes
+    # Each answer gives the balance as it stood once its call was done (later charges may
+    # already be in it) and whether that is below 90; the last charge to commit sees 40.
+    answers = [(doc["balance_after"], doc["balance_below_threshold"]) for _, doc in outcomes]
+    assert all(below == (balance < 90) for balance, below in answers), answers
+    assert {balance for balance, _ in answers} <= set(range(40, 100, 3)), answers
+    assert min(balance for balance, _ in answers) == 40
+    [alert] = alert_emails_to(email)
+    # The charge that crossed is the one that took the balance from 91 to 88.
+    assert "Your balance is 88 credits, below the 90 credits" in alert.body_text
+    assert balance_of(user_id) == 40
+    assert db.session.get(User, user_id).low_balance_alert_armed is False
+    assert ledger.check_books() == []
+
+
+def test_a_purchase_racing_charges_re_arms_at_most_once_per_fall(threaded_app):
+    # Ten charges and a grant that can lift the balance back above the threshold, all at
+    # once: however they interleave, the balance starts at 60 and ends at 40, so it fell
+    # below 50 once or (re-armed by the grant in between) twice. Each fall the ledger's
+    # entries show is one e-mail.
+    user = customer_with(60)
+    alerts.set_alert(user.id, 50)
+    user_id, email = user.id, user.email
+
+    def work(index: int):
+        if index == 10:
+            return ledger_grant(user_id, 30)
+        return jobs.charge_job(f"mixed-{index}", email, "upscale", 5)
+
+    outcomes = run_together(threaded_app, 11, work)
+
+    assert not [outcome for outcome in outcomes if isinstance(outcome, Exception)], outcomes
+    balances = [60] + list(
+        db.session.scalars(
+            select(LedgerEntry.balance_after)
+            .where(LedgerEntry.user_id == user_id)
+            .order_by(LedgerEntry.id)
+            .offset(1)
+        )
+    )
+    falls = sum(1 for before, after in itertools.pairwise(balances) if before >= 50 > after)
+    assert falls in (1, 2), balances
+    assert len(alert_emails_to(email)) == falls
+    assert balance_of(user_id) == 40
+    assert db.session.get(User, user_id).low_balance_alert_armed is False
+    assert ledger.check_books() == []
+
+
+def ledger_grant(user_id: int, credits: int):
+    ledger.grant(user_id, credits, f"grant:{user_id}:top-up", "top-up")
+    db.session.commit()

@@ -120,6 +120,7 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "accounts.settings": {"GET": members(OK), "POST": members(to("/account"))},
     "accounts.browser_timezone": {"POST": members(OK)},
     "accounts.export_data": {"GET": members(OK)},
+    "accounts.turn_off_low_balance_alert": {"POST": members(to("/account"))},
     # (sent with a wrong password: the matrix must not erase its own users)
     "accounts.close_account": {"POST": members(to("/account"))},
     "accounts.reset_request": {"GET": everyone(OK), "POST": everyone(to("/login"))},
@@ -290,6 +291,8 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call("/account", {"tz-timezone": "Europe/Paris", "tz-csrf_token": actor.csrf})
         case ("accounts.export_data", _):
             return Call("/account/export")
+        case ("accounts.turn_off_low_balance_alert", _):
+            return Call("/account/low-balance-alert/off", {})
         case ("accounts.close_account", _):
             form = {
                 "close-current_password": "not the password at all",

@@ -178,16 +178,18 @@ def test_second_factor(app, world, errors, pairs):
 
 SETTINGS_FORMS = {
     "/account": (
-        ("tz-csrf_token", "pw-csrf_token"),
+        ("tz-csrf_token", "pw-csrf_token", "alert-csrf_token"),
         form(
             **{
                 "tz-timezone": field("Europe/Paris", "UTC", "Mars/Olympus"),
                 "pw-current_password": field("wrong password entirely"),
                 "pw-password": field(NEW_PASSWORD),
                 "pw-confirm": field(NEW_PASSWORD),
+                "alert-threshold": field("500", "1,300", "0", "100001", "1e3", "٥", "-1"),
             }
         ),
     ),
+    "/account/low-balance-alert/off": (("csrf_token",), form()),
     "/account/close": (
         ("close-csrf_token",),
         form(

@@ -6,6 +6,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from portal.accounts.models import User
 from portal.billing.models import Refund
 from portal.db import db
 from portal.jobs.models import Job
@@ -82,6 +83,33 @@ def test_staff_approve_amount_refuses_anything_but_plain_dollars(app, open_reque
     approved = staff.post(path, {"amount": "5.00", "justification": "Goodwill."})
     assert approved.status_code == 303
     assert refunds_of(open_request.id) == 1
+
+
+def test_low_balance_threshold_refuses_anything_but_plain_credits(app):
+    customer = make_user()
+    browser = Actor(app, "customer", customer)
+    wrong = []
+    with ServerErrors() as errors:
+        # "1,000" is the one spelling of a credit count that a dollar amount may not have.
+        for text in [amount for amount in NOT_AMOUNTS if amount != "1,000"]:
+            response = browser.post("/account", alert_form(browser, text), csrf=False)
+            if response.status_code >= 500:
+                wrong.append(f"{text!r}: {response.status_code} {errors.describe()}")
+            elif response.status_code != 400 or threshold_of(customer.id) is not None:
+                wrong.append(f"{text!r} was taken as a threshold")
+    assert wrong == [], "\n".join(wrong)
+    taken = browser.post("/account", alert_form(browser, "1,000"), csrf=False)
+    assert taken.status_code == 303
+    assert threshold_of(customer.id) == 1_000
+
+
+def alert_form(browser: Actor, threshold: str) -> dict:
+    return {"alert-threshold": threshold, "alert-csrf_token": browser.csrf}
+
+
+def threshold_of(user_id: int) -> int | None:
+    db.session.expire_all()
+    return db.session.get(User, user_id).low_balance_threshold
 
 
 NOT_CREDITS = [
