@@ -50,10 +50,10 @@ def start_checkout(
         raise ValidationError("Choose one of the packages.", field="package")
     if user.is_terminated:
         raise AccountTerminated("terminated accounts cannot buy credits")
-    purchase = _pending_purchase(user, package)
+    purchase = _pending_purchase(user, package, save_card)
     customer_id = stripe_customer(user)
     params = _session_params(customer_id, user, purchase, package, success_url, cancel_url)
-    if save_card:
+    if purchase.saves_card:
         params["payment_intent_data"]["setup_future_usage"] = "off_session"
     session = gateway().create_checkout_session(params, _checkout_key(purchase))
     purchase.stripe_checkout_session_id = session.id
@@ -61,14 +61,16 @@ def start_checkout(
     return session.url
 
 
-def _pending_purchase(user: User, package: policy.Package) -> Purchase:
-    """The customer's recent pending purchase of `package`, or a new one (committed, so
-    that Stripe can be called without a transaction open)."""
+def _pending_purchase(user: User, package: policy.Package, save_card: bool) -> Purchase:
+    """The customer's recent pending purchase of `package` made with the same choice
+    about saving the card, or a new one (committed, so that Stripe can be called without
+    a transaction open)."""
     purchase = db.session.scalar(
         select(Purchase)
         .where(
             Purchase.user_id == user.id,
             Purchase.package_code == package.code,
+            Purchase.saves_card == save_card,
             Purchase.status == PurchaseStatus.PENDING,
             Purchase.created_at >= utcnow() - PENDING_REUSE_WINDOW,
         )
@@ -82,6 +84,7 @@ def _pending_purchase(user: User, package: policy.Package) -> Purchase:
             credits=package.credits,
             amount_cents=package.price_cents,
             currency=package.currency,
+            saves_card=save_card,
         )
         db.session.add(purchase)
         db.session.commit()

@@ -3,7 +3,7 @@
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.accounts.models import User
@@ -76,6 +76,10 @@ class Purchase(db.Model):
     payment_method_brand: Mapped[str | None] = mapped_column(String(32))
     payment_method_last4: Mapped[str | None] = mapped_column(String(4))
     payment_method_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # Whether the customer asked to save their card: part of the Checkout Session's
+    # parameters, so a second click reuses this pending purchase only with the same choice
+    # (Stripe refuses an idempotency key sent again with other parameters).
+    saves_card: Mapped[bool] = mapped_column(default=False, server_default=false())
     # The invoice Checkout made for the payment (`invoice_creation`): its number, and
     # Stripe's hosted page and PDF, which the receipt links to.
     stripe_invoice_id: Mapped[str | None] = mapped_column(String(255), unique=True)

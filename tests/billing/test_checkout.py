@@ -544,3 +544,16 @@ def test_manage_cards_and_invoices_opens_stripes_billing_portal(client, customer
     assert portal_page.status_code == 200
     assert "Saved cards" in plain(portal_page) and "Invoices" in plain(portal_page)
     assert client.post("/account/billing").status_code == 400  # no CSRF token
+
+
+def test_changing_the_save_card_choice_opens_a_new_checkout_instead_of_failing(client, customer):
+    """The choice is part of the session's parameters: a second click with the other
+    choice would reuse the idempotency key with other parameters, which Stripe refuses."""
+    plain_session = buy(client, "pro")
+    saving = session_id_of(post_buy(client, "pro", save_card=True))
+    again = session_id_of(post_buy(client, "pro", save_card=True))
+
+    assert saving != plain_session and again == saving
+    assert "setup_future_usage" not in session_at_stripe(plain_session)["payment_intent_data"]
+    assert session_at_stripe(saving)["payment_intent_data"]["setup_future_usage"] == ("off_session")
+    assert [p.saves_card for p in purchases_of(customer.id)] == [False, True]
