@@ -13,9 +13,12 @@ Which entries send it: job charges only. A refund's claw-back or a dispute's hol
 lowers the balance, but the customer asked for that refund or raised that dispute and
 hears about it in its own words; a "buy more credits" e-mail on top would be out of place.
 Such an entry leaves the alert armed instead, so the next job charged below the threshold
-sends it: the warning still comes, when the customer is actually using credits. Anything
-that brings the balance back to the threshold or above (a purchase, a returned job, a
-grant, credits released) re-arms it.
+sends it: the warning still comes, when the customer is actually using credits.
+
+What re-arms it: credits the customer gains (a purchase, a grant, credits released or put
+back) that bring the balance back to the threshold or above. A failed job's credits coming
+back do not: during an outage a platform retrying a job would otherwise charge, fail and
+return it over and over, and each charge would send another e-mail for the same fall.
 """
 
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ SUGGESTED_DAYS_OF_USE = 7
 
 # The entries whose crossing is told at once (see the module's docstring).
 SENDS_ALERT = frozenset({EntryKind.JOB_CHARGE})
+# Entries that raise the balance without re-arming a sent alert (see the docstring).
+KEEPS_ALERT_USED = frozenset({EntryKind.JOB_REFUND})
 
 
 def watch_balance(account: User, kind: EntryKind) -> None:
@@ -48,7 +53,8 @@ def watch_balance(account: User, kind: EntryKind) -> None:
     if threshold is None:
         return
     if account.credits_balance >= threshold:
-        account.low_balance_alert_armed = True
+        if kind not in KEEPS_ALERT_USED:
+            account.low_balance_alert_armed = True
     elif account.low_balance_alert_armed and kind in SENDS_ALERT:
         account.low_balance_alert_armed = False
         _queue_alert(account, threshold)

@@ -159,14 +159,19 @@ def test_a_purchase_that_leaves_the_balance_below_does_not_re_arm():
     assert account(user).low_balance_alert_armed is False
 
 
-def test_a_failed_job_given_back_re_arms_the_alert():
-    user = customer_with(100, 50)
-    job = charge(user, 60)
+def test_a_platform_retrying_failing_jobs_gets_one_alert_not_one_per_retry():
+    """Charge, fail, credits back, charge again: the balance keeps crossing the threshold
+    but it is one fall, told once; a purchase re-arms the alert."""
+    user = customer_with(55, 50)
+    for attempt in range(5):
+        job = charge(user, 10)  # 45
+        jobs.fail_job(job.id, FailureReason.PLATFORM_ERROR, f"GPU node lost {attempt}")  # 55
+    assert account(user).low_balance_alert_armed is False
+    assert len(alert_emails(user)) == 1
 
-    jobs.fail_job(job.id, FailureReason.PLATFORM_ERROR, "GPU node lost")  # back to 100
+    make_purchase(user, "starter")  # 105: re-armed
     assert account(user).low_balance_alert_armed is True
-    charge(user, 70)
-
+    charge(user, 60)
     assert len(alert_emails(user)) == 2
 
 
