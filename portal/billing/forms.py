@@ -14,6 +14,6 @@ class BuyForm(FlaskForm):
             AnyOf(list(policy.PACKAGES_BY_CODE), message="Choose one of the packages."),
         ]
     )
-    # Each package's button has its own form, so each carries the box; the page shows it
-    # once per package beside the button.
+    # The page is one form: each package's button sends `package`, and this one box goes
+    # with whichever is pressed.
     save_card = BooleanField("Save my card for next time")

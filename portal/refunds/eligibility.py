@@ -268,9 +268,12 @@ def duplicate_rule(snapshot: Snapshot, now: datetime) -> RuleResult:
     # are untouched: a customer who used them, or paid with another card, meant to buy
     # twice.
     earlier = [other for other in snapshot.other_purchases if _paid_again(other, purchase)]
+    same_card = [other for other in earlier if not _other_card(other, purchase)]
     if earlier:
-        first = earlier[-1]
-        if _other_card(first, purchase):
+        # The payment this one repeats: the latest earlier one made with the same card;
+        # only when every earlier one was on another card is this a second purchase.
+        first = (same_card or earlier)[-1]
+        if not same_card:
             return RuleResult(
                 "duplicate",
                 title,

@@ -346,6 +346,24 @@ def test_a_duplicate_is_paid_with_the_same_card(first_card, second_card, duplica
         assert asked_on_second.verdict == Verdict.NEEDS_REVIEW
 
 
+def test_a_payment_on_another_card_in_between_does_not_hide_the_duplicate():
+    """Card A, then card B, then card A again, minutes apart and unused: the third payment
+    repeats the first; the one on card B in between is a purchase of its own."""
+    first = purchase_facts(paid_at=PAID - timedelta(minutes=3), purchase_id=1, card="fp_a")
+    between = purchase_facts(paid_at=PAID - timedelta(minutes=1), purchase_id=2, card="fp_b")
+    third = purchase_facts(paid_at=PAID, purchase_id=3, card="fp_a")
+
+    check = precheck(
+        snapshot(third, reason=RequestReason.CHARGED_TWICE, other_purchases=(first, between)),
+        NOW,
+    )
+
+    duplicate = rule(check, "duplicate")
+    assert duplicate.outcome == Outcome.PASS
+    assert "3 minutes earlier (purchase 1)" in duplicate.explanation
+    assert check.recommended_cents == 2000
+
+
 def test_asked_on_the_first_payment_the_check_names_the_later_one_as_the_duplicate():
     # The first payment's credits are the ones spent first, so they may be used already:
     # refunding it in full would refund used credits.
