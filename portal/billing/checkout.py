@@ -54,7 +54,11 @@ def start_checkout(
     customer_id = stripe_customer(user)
     params = _session_params(customer_id, user, purchase, package, success_url, cancel_url)
     if purchase.saves_card:
-        params["payment_intent_data"]["setup_future_usage"] = "off_session"
+        # Saved for the customer's own next checkouts (no charge is ever made without
+        # them), and shown again there: a card saved this way is otherwise "limited",
+        # which Checkout does not offer.
+        params["payment_intent_data"]["setup_future_usage"] = "on_session"
+        params["payment_method_data"] = {"allow_redisplay": "always"}
     session = gateway().create_checkout_session(params, _checkout_key(purchase))
     purchase.stripe_checkout_session_id = session.id
     db.session.commit()
@@ -127,11 +131,13 @@ def saved_card_words(user: User) -> list[str]:
         cards = gateway().saved_cards(user.stripe_customer_id)
     except PaymentProviderError:
         return []
+    # One line per card, however many times it was saved.
+    by_fingerprint = {
+        card["card"]["fingerprint"]: card["card"] for card in cards if card.get("card")
+    }
     return [
-        f"{PAYMENT_METHOD_NAMES.get(card['card']['brand'], 'Card')} ending in "
-        f"{card['card']['last4']}"
-        for card in cards
-        if card.get("card")
+        f"{PAYMENT_METHOD_NAMES.get(card['brand'], 'Card')} ending in {card['last4']}"
+        for card in by_fingerprint.values()
     ]
 
 

@@ -177,12 +177,18 @@ class StripeGateway:
         return customer["id"]
 
     def saved_cards(self, customer_id: str) -> list[dict]:
-        """The cards saved to a customer, as Stripe has them now."""
+        """The cards saved to a customer that Checkout offers again, as Stripe has them
+        now (those saved for redisplay: Checkout shows only `always`)."""
         self._check_id("customer", customer_id)
         page = self._call(
             "saved card listing",
             lambda: self.client.v1.payment_methods.list(
-                params={"customer": customer_id, "type": "card", "limit": 10}
+                params={
+                    "customer": customer_id,
+                    "type": "card",
+                    "allow_redisplay": "always",
+                    "limit": 10,
+                }
             ),
         )
         return page["data"]

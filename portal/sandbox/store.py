@@ -329,6 +329,7 @@ class SandboxStore:
             "customer_details": {"email": params.get("customer_email")},
             "payment_intent": None,
             "payment_intent_data": params.get("payment_intent_data") or {},
+            "payment_method_data": params.get("payment_method_data") or {},
             "invoice": None,
             "invoice_creation": _invoice_creation(params.get("invoice_creation")),
             "saved_payment_method_options": _saved_options(
@@ -352,7 +353,9 @@ class SandboxStore:
         return session
 
     def public_session(self, session_id: str, expand: list[str] = ()) -> dict:
-        session = {k: v for k, v in self.session(session_id).items() if k != "payment_intent_data"}
+        # The session's parameters that Stripe does not echo as fields.
+        private = ("payment_intent_data", "payment_method_data")
+        session = {k: v for k, v in self.session(session_id).items() if k not in private}
         if "line_items" in expand:
             session["line_items"] = self.list_of(
                 self.line_items[session_id], f"/v1/checkout/sessions/{session_id}/line_items"
@@ -502,9 +505,14 @@ class SandboxStore:
             self.refund_fails_for.add(charge["id"])
         future_usage = session["payment_intent_data"].get("setup_future_usage")
         if session["customer"] and (save or future_usage):
-            saved = self._save_card(session["customer"], method)
+            # As Checkout does: a card the customer chose to save on the page is shown
+            # again ("always"); one saved by `setup_future_usage` alone is "limited"
+            # unless the session's `payment_method_data` says otherwise.
+            redisplay = (session.get("payment_method_data") or {}).get("allow_redisplay")
+            redisplay = redisplay or ("always" if save else "limited")
+            saved = self._save_card(session["customer"], method, redisplay)
             intent["payment_method"] = saved["id"]
-            intent["setup_future_usage"] = future_usage or "off_session"
+            intent["setup_future_usage"] = future_usage or "on_session"
         session["payment_status"] = "paid"
         if session["invoice_creation"]["enabled"]:
             session["invoice"] = self._paid_invoice(session, intent)["id"]
@@ -555,7 +563,7 @@ class SandboxStore:
             raise _no_such("customer", customer_id)
         return customer
 
-    def _save_card(self, customer_id: str, card_number: str) -> dict:
+    def _save_card(self, customer_id: str, card_number: str, redisplay: str) -> dict:
         """The customer's saved card for `card_number`: Checkout saves a card once, so
         paying again with it reuses the saved one (same fingerprint)."""
         details = _payment_method_details(card_number)
@@ -564,6 +572,8 @@ class SandboxStore:
                 saved["customer"] == customer_id
                 and saved["card"]["fingerprint"] == details["card"]["fingerprint"]
             ):
+                if redisplay == "always":
+                    saved["allow_redisplay"] = "always"
                 return saved
         saved = {
             "id": _new_id("pm"),
@@ -574,7 +584,7 @@ class SandboxStore:
                 for key in ("brand", "last4", "fingerprint", "exp_month", "exp_year", "funding")
             },
             "customer": customer_id,
-            "allow_redisplay": "always",
+            "allow_redisplay": redisplay,
             "billing_details": {"email": self.customer(customer_id)["email"]},
             "livemode": False,
             "created": int(time.time()),
@@ -583,11 +593,15 @@ class SandboxStore:
         self.card_numbers[saved["id"]] = card_number
         return saved
 
-    def saved_cards(self, customer_id: str) -> list[dict]:
+    def saved_cards(self, customer_id: str, redisplay: list[str] | None = None) -> list[dict]:
+        """The customer's saved cards; with `redisplay`, only those whose `allow_redisplay`
+        is one of its values (what Checkout and the list filter by)."""
         return [
             saved
             for saved in self.payment_methods.values()
-            if saved["customer"] == customer_id and saved["type"] == "card"
+            if saved["customer"] == customer_id
+            and saved["type"] == "card"
+            and (redisplay is None or saved["allow_redisplay"] in redisplay)
         ]
 
     def list_payment_methods(self, filters: dict) -> dict:
@@ -595,7 +609,8 @@ class SandboxStore:
         if not customer_id:
             raise _missing("customer")
         self.customer(customer_id)
-        return self.list_of(self.saved_cards(customer_id), "/v1/payment_methods")
+        redisplay = [filters["allow_redisplay"]] if filters.get("allow_redisplay") else None
+        return self.list_of(self.saved_cards(customer_id, redisplay), "/v1/payment_methods")
 
     def detach_payment_method(self, method_id: str) -> dict:
         saved = self.payment_methods.get(method_id)

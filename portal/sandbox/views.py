@@ -279,8 +279,10 @@ def checkout(session_id: str):
         if session is None:
             abort(404)
         items = list(store().line_items[session_id])
-        saved = store().saved_cards(session["customer"]) if session["customer"] else []
-    options = session.get("saved_payment_method_options") or {}
+        options = session.get("saved_payment_method_options") or {}
+        # Checkout offers the saved cards its filters allow (by default, "always").
+        redisplay = options.get("allow_redisplay_filters") or ["always"]
+        saved = store().saved_cards(session["customer"], redisplay) if session["customer"] else []
     return render_template(
         "sandbox/checkout.html",
         session=session,

@@ -499,13 +499,16 @@ def test_saving_the_card_asks_checkout_to_keep_it_and_the_next_checkout_offers_i
     response = post_buy(client, "starter", save_card=True)
     session_id = session_id_of(response)
     assert session_at_stripe(session_id)["payment_intent_data"]["setup_future_usage"] == (
-        "off_session"
+        "on_session"
     )
     pay_on_page(client, session_id, CARD_SUCCEEDS)
     customer_id = stripe_customer_of(customer.id)
     with sandbox().lock:
         [saved] = sandbox().saved_cards(customer_id)
     assert saved["card"]["last4"] == "4242"
+    # Saved for redisplay: Checkout offers only "always" cards.
+    assert session_at_stripe(session_id)["payment_method_data"] == {"allow_redisplay": "always"}
+    assert saved["allow_redisplay"] == "always"
 
     # The next checkout shows it, and paying with it is one press on Stripe's page.
     second = buy(client, "starter")
@@ -555,5 +558,32 @@ def test_changing_the_save_card_choice_opens_a_new_checkout_instead_of_failing(c
 
     assert saving != plain_session and again == saving
     assert "setup_future_usage" not in session_at_stripe(plain_session)["payment_intent_data"]
-    assert session_at_stripe(saving)["payment_intent_data"]["setup_future_usage"] == ("off_session")
+    assert session_at_stripe(saving)["payment_intent_data"]["setup_future_usage"] == ("on_session")
     assert [p.saves_card for p in purchases_of(customer.id)] == [False, True]
+
+
+def test_a_card_saved_only_by_setup_future_usage_is_not_offered_again(client, customer):
+    """As Stripe does: without `payment_method_data.allow_redisplay`, a card saved through
+    `setup_future_usage` is "limited", and neither Checkout nor the buy page offers it."""
+    from portal.billing.checkout import stripe_customer
+
+    customer_id = stripe_customer(customer)
+    params = {
+        "mode": "payment",
+        "customer": customer_id,
+        "line_items": [
+            {"quantity": 1, "price_data": {"currency": "usd", "unit_amount": 500}},
+        ],
+        "payment_intent_data": {"setup_future_usage": "on_session"},
+        "success_url": "http://portal.test/credits/success",
+        "cancel_url": "http://portal.test/credits/cancel",
+    }
+    with sandbox().lock:
+        session = sandbox().create_session(params, lambda sid: f"/sandbox/checkout/{sid}")
+        sandbox().pay(session["id"], CARD_SUCCEEDS)
+        [saved] = sandbox().saved_cards(customer_id)
+    assert saved["allow_redisplay"] == "limited"
+
+    second = buy(client, "starter")
+    assert saved["id"] not in client.get(f"/sandbox/checkout/{second}").get_data(as_text=True)
+    assert "Visa ending in 4242" not in plain(client.get("/credits/buy"))
