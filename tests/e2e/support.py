@@ -763,6 +763,17 @@ CARD_DECLINED = "Card 4000 0000 0000 0002: the bank declines it"
 CARD_DISPUTED = "Card 4000 0000 0000 0259: payment succeeds, then is disputed as fraud"
 
 
+def customer_with_starter(browse: Browsing, server: LiveServer, **tab) -> tuple[str, Page]:
+    """A logged-in customer who just bought Starter (50 credits, $5); (e-mail, tab)."""
+    email = create_customer(server)
+    page = browse.open("customer", **tab)
+    log_in(browse, page, email)
+    pay_in_sandbox(browse, page, "Starter", CARD_OK, "$5.00")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Credits added")
+    browse.check(page, "50 credits added")
+    return email, page
+
+
 def customer_with_partly_used_pro(browse: Browsing, server: LiveServer, platform: Platform, **tab):
     """A logged-in customer who bought Pro (300 credits, $20) and spent 60 of them."""
     email = create_customer(server)

@@ -5,9 +5,12 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.e2e.support import CARD_OK, PHONE, create_customer, log_in, main_nav, pay_in_sandbox
-
-PHONE_CONTEXT = {"viewport": PHONE, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
+from tests.e2e.support import (
+    PHONE_CONTEXT,
+    customer_with_starter,
+    log_in,
+    main_nav,
+)
 
 
 def alert_section(page):
@@ -17,12 +20,7 @@ def alert_section(page):
 def test_an_alert_set_on_the_account_page_sends_one_e_mail_when_jobs_cross_it(
     browse, live_server, platform
 ):
-    email = create_customer(live_server)
-    page = browse.open("customer")
-    log_in(browse, page, email)
-    pay_in_sandbox(browse, page, "Starter", CARD_OK, "$5.00")
-    expect(page.get_by_role("heading", level=1)).to_have_text("Credits added")
-    browse.check(page, "50 credits added")
+    email, page = customer_with_starter(browse, live_server)
     # A week of use at this rate suggests 7 credits (30 in 30 days, 1 a day, times 7).
     platform.complete(platform.charge(email, 30, "upscale")["id"])
 

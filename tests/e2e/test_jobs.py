@@ -4,18 +4,16 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.e2e.support import CARD_OK, create_customer, log_in, main_nav, pay_in_sandbox
+from tests.e2e.support import (
+    customer_with_starter,
+    main_nav,
+)
 
 
 def test_platform_charges_jobs_and_a_platform_error_returns_the_credits(
     browse, live_server, platform
 ):
-    email = create_customer(live_server)
-    page = browse.open("customer")
-    log_in(browse, page, email)
-    pay_in_sandbox(browse, page, "Starter", CARD_OK, "$5.00")
-    expect(page.get_by_role("heading", level=1)).to_have_text("Credits added")
-    browse.check(page, "50 credits added")
+    email, page = customer_with_starter(browse, live_server)
 
     upscale = platform.charge(email, 4, "upscale")
     colorize = platform.charge(email, 6, "colorize")

@@ -5,7 +5,7 @@ import re
 from playwright.sync_api import expect
 
 from tests.e2e.support import (
-    PHONE,
+    PHONE_CONTEXT,
     STAFF_PASSWORD,
     create_staff,
     customer_with_partly_used_pro,
@@ -13,8 +13,6 @@ from tests.e2e.support import (
     main_nav,
     open_refund_form,
 )
-
-PHONE_CONTEXT = {"viewport": PHONE, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
 
 
 def test_dashboard_history_refund_form_and_queue_fit_a_phone(browse, live_server, platform):

@@ -6,9 +6,7 @@ import re
 import pyotp
 from playwright.sync_api import expect
 
-from tests.e2e.support import PHONE, STAFF_PASSWORD, create_staff, main_nav
-
-PHONE_CONTEXT = {"viewport": PHONE, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
+from tests.e2e.support import PHONE_CONTEXT, STAFF_PASSWORD, create_staff, main_nav
 
 
 def _password_step(browse, page, email: str) -> None:
