@@ -99,18 +99,7 @@ class StripeGateway:
         try:
             return call().to_dict()
         except stripe.StripeError as error:
-            log.warning("Stripe refused or failed %s: %s", what, error.user_message or error)
-            status = error.http_status or 0
-            if isinstance(error, stripe.InvalidRequestError) and status == 404:
-                raise NoSuchObject(
-                    error.user_message or str(error), retryable=False, code=error.code
-                ) from error
-            retryable = (
-                isinstance(error, stripe.APIConnectionError) or status >= 500 or status == 429
-            )
-            raise PaymentProviderError(
-                error.user_message or str(error), retryable=retryable, code=error.code
-            ) from error
+            raise _provider_error(what, error) from error
 
     @staticmethod
     def _check_id(kind: str, object_id) -> None:
@@ -203,6 +192,120 @@ class StripeGateway:
             ),
         )
         return portal_session["url"]
+
+    # -- auto-recharge: the card set up for it, off-session charges, their invoices ----
+
+    def retrieve_setup_session(self, session_id: str) -> dict:
+        """A setup-mode Checkout Session with its SetupIntent and the card it saved."""
+        self._check_id("checkout.session", session_id)
+        return self._call(
+            "setup session lookup",
+            lambda: self.client.v1.checkout.sessions.retrieve(
+                session_id, params={"expand": ["setup_intent.payment_method"]}
+            ),
+        )
+
+    def charge_saved_card(self, params: dict, idempotency_key: str) -> dict:
+        """Create and confirm a PaymentIntent; return it as Stripe has it, paid or not.
+
+        A card error (a decline, `authentication_required`) is an answer here, not a
+        failure: Stripe sends the PaymentIntent it left unpaid along with the error.
+
+        :raises PaymentProviderError: Stripe refused the request or could not be reached.
+        """
+        try:
+            intent = self.client.v1.payment_intents.create(
+                params=params, options={"idempotency_key": idempotency_key}
+            )
+        except stripe.CardError as error:
+            body = (error.json_body or {}).get("error") or {}
+            if isinstance(body.get("payment_intent"), dict):
+                log.info("Stripe did not charge the saved card: %s", body.get("code"))
+                return body["payment_intent"]
+            raise _provider_error("off-session charge", error) from error
+        except stripe.StripeError as error:
+            raise _provider_error("off-session charge", error) from error
+        return intent.to_dict()
+
+    def confirm_payment_intent(self, intent_id: str, payment_method: str, return_url: str) -> dict:
+        """Confirm a PaymentIntent with the customer present; the answer's `next_action`
+        says where to send them to authenticate, and `return_url` brings them back."""
+        self._check_id("payment_intent", intent_id)
+        return self._call(
+            "payment intent confirmation",
+            lambda: self.client.v1.payment_intents.confirm(
+                intent_id, params={"payment_method": payment_method, "return_url": return_url}
+            ),
+        )
+
+    def cancel_payment_intent(self, intent_id: str) -> dict:
+        self._check_id("payment_intent", intent_id)
+        return self._call(
+            "payment intent cancellation",
+            lambda: self.client.v1.payment_intents.cancel(
+                intent_id, params={"cancellation_reason": "abandoned"}
+            ),
+        )
+
+    def invoice_payment(
+        self,
+        customer_id: str,
+        payment_intent: str,
+        line: dict,
+        metadata: dict,
+        idempotency_key: str,
+    ) -> dict:
+        """A numbered, paid invoice for a payment made outside Checkout; return it.
+
+        The invoice is made as a draft with one line (`line`: amount, currency,
+        description), finalised without collecting, and paid by attaching the succeeded
+        PaymentIntent. Each step has its own key, so calling again after a failure part
+        way resumes where it stopped.
+        """
+        self._check_id("payment_intent", payment_intent)
+        options = lambda step: {"idempotency_key": f"{idempotency_key}-{step}"}  # noqa: E731
+        invoices = self.client.v1.invoices
+        invoice = self._call(
+            "invoice creation",
+            lambda: invoices.create(
+                params={
+                    "customer": customer_id,
+                    "currency": line["currency"],
+                    "collection_method": "charge_automatically",
+                    "auto_advance": False,
+                    "pending_invoice_items_behavior": "exclude",
+                    "description": line["description"],
+                    "metadata": metadata,
+                },
+                options=options("invoice"),
+            ),
+        )
+        self._call(
+            "invoice item creation",
+            lambda: self.client.v1.invoice_items.create(
+                params={
+                    "customer": customer_id,
+                    "invoice": invoice["id"],
+                    "amount": line["amount"],
+                    "currency": line["currency"],
+                    "description": line["description"],
+                    "metadata": metadata,
+                },
+                options=options("line"),
+            ),
+        )
+        self._call(
+            "invoice finalisation",
+            lambda: invoices.finalize_invoice(
+                invoice["id"], params={"auto_advance": False}, options=options("finalize")
+            ),
+        )
+        return self._call(
+            "invoice payment",
+            lambda: invoices.attach_payment(
+                invoice["id"], params={"payment_intent": payment_intent}, options=options("pay")
+            ),
+        )
 
     def retrieve_payment_intent(self, intent_id: str) -> dict:
         self._check_id("payment_intent", intent_id)
@@ -319,6 +422,19 @@ def _depth(document) -> int:
             children = value.values() if isinstance(value, dict) else value
             pending.extend((child, depth + 1) for child in children)
     return deepest
+
+
+def _provider_error(what: str, error: stripe.StripeError) -> PaymentProviderError:
+    """The portal's error for one of Stripe's: `NoSuchObject` for its 404, and retryable
+    when asking again may help (no connection, Stripe's 5xx, its rate limit)."""
+    log.warning("Stripe refused or failed %s: %s", what, error.user_message or error)
+    status = error.http_status or 0
+    if isinstance(error, stripe.InvalidRequestError) and status == 404:
+        return NoSuchObject(error.user_message or str(error), retryable=False, code=error.code)
+    retryable = isinstance(error, stripe.APIConnectionError) or status >= 500 or status == 429
+    return PaymentProviderError(
+        error.user_message or str(error), retryable=retryable, code=error.code
+    )
 
 
 def purchase_id_of(stripe_object: dict) -> int | None:
