@@ -23,3 +23,13 @@ def external_url(endpoint: str, **values) -> str:
     if base:
         return base + url_for(endpoint, **values)
     return url_for(endpoint, _external=True, **values)
+
+
+def external_url_or_none(endpoint: str, **values) -> str | None:
+    """`external_url`, or None where there is no address to link to (outside a request
+    with no PORTAL_BASE_URL): an e-mail then names the page instead, since no payment or
+    charge may fail over an e-mail's link."""
+    try:
+        return external_url(endpoint, **values)
+    except RuntimeError:
+        return None

@@ -52,6 +52,15 @@ def company_date(moment: datetime) -> date:
     return moment.astimezone(COMPANY_TZ).date()
 
 
+def company_month(moment: datetime) -> tuple[datetime, datetime]:
+    """The company-calendar month `moment` falls in: its first moment, and the next
+    month's first moment (both in UTC)."""
+    local = moment.astimezone(COMPANY_TZ)
+    start = datetime(local.year, local.month, 1, tzinfo=COMPANY_TZ)
+    following = datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=COMPANY_TZ)
+    return start.astimezone(UTC), following.astimezone(UTC)
+
+
 def company_deadline(moment: datetime | None) -> str:
     """A deadline as the company keeps it, its zone named: "Fri, Dec 11, 2026, 11:59 PM PST".
 

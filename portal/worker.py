@@ -1,5 +1,5 @@
-"""The background worker: answers sign-ups and resets, sends due refunds and outbox
-e-mails, runs periodic tasks.
+"""The background worker: answers sign-ups and resets, sends due refunds, charges
+auto-recharges, sends outbox e-mails, runs periodic tasks.
 
 Run with `flask --app portal worker`. On SIGTERM or SIGINT it finishes the item in hand
 and stops claiming more.
@@ -18,6 +18,7 @@ from flask import Flask
 
 from portal.accounts.services import answer_account_requests
 from portal.accounts.views import account_links
+from portal.billing import auto_recharge
 from portal.billing.money_back.sending import send_due_refunds
 from portal.db import roll_back
 from portal.notifications.services import deliver_pending
@@ -65,6 +66,7 @@ class Worker:
         """
         steps: dict[str, Callable[[datetime], int]] = {
             "refunds": send_due_refunds,
+            "recharges": auto_recharge.run,
             "account_requests": lambda now: answer_account_requests(now, account_links()),
         }
         if self.app.config["MAIL_BACKEND"] == "smtp":

@@ -38,6 +38,10 @@ class User(UserMixin, db.Model):
             "low_balance_threshold IS NULL OR low_balance_threshold > 0",
             name="low_balance_threshold_positive",
         ),
+        CheckConstraint(
+            "auto_recharge_below IS NULL OR auto_recharge_below > 0",
+            name="auto_recharge_below_positive",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -63,6 +67,12 @@ class User(UserMixin, db.Model):
     # every balance change takes, which is what makes one crossing one e-mail.
     low_balance_threshold: Mapped[int | None]
     low_balance_alert_armed: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Auto-recharge's trigger (portal/ledger/recharge_trigger.py): the balance below which
+    # a job charge asks for a recharge, None while auto-recharge is off; and whether one
+    # has been asked for and not yet taken up by the worker. Set under the same row lock
+    # as the balance, so twenty charges crossing the threshold at once ask once.
+    auto_recharge_below: Mapped[int | None]
+    auto_recharge_wanted: Mapped[bool] = mapped_column(default=False, server_default=false())
     # None until the browser reports one or the customer picks one; pages then use UTC.
     timezone: Mapped[str | None] = mapped_column(String(64))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from portal import audit
 from portal.billing.gateway import gateway, purchase_id_of
-from portal.billing.models import Purchase, PurchaseStatus
+from portal.billing.models import Purchase, PurchaseOrigin, PurchaseStatus
 from portal.billing.money_back import disputes, state
 from portal.billing.money_back.state import lock_purchase
 from portal.db import transactional
@@ -120,11 +120,76 @@ def _fulfil(session_id: str) -> Fulfilment:
         return Fulfilment.ALREADY_CREDITED
     if not paid:
         return Fulfilment.PROCESSING if session.get("status") == "complete" else Fulfilment.NOT_PAID
-    _record_payment(purchase, payment)
-    if session.get("amount_total") != purchase.amount_cents or (
-        (session.get("currency") or "").lower() != purchase.currency
+    return _credit_paid(
+        purchase,
+        payment,
+        session.get("amount_total"),
+        session.get("currency"),
+        f"Checkout session {session_id}",
+    )
+
+
+def fulfil_payment_intent(intent_id: str) -> Fulfilment:
+    """Credit the auto-recharge behind a succeeded PaymentIntent, exactly once (see
+    `_fulfil_intent`)."""
+    outcome = _fulfil_intent(intent_id)
+    FULFILMENTS.labels(outcome.value).inc()
+    return outcome
+
+
+@transactional
+def _fulfil_intent(intent_id: str) -> Fulfilment:
+    """Credit the auto-recharge behind a succeeded PaymentIntent, exactly once.
+
+    A recharge has no Checkout Session: its PaymentIntent is what was paid. Only
+    recharges are credited this way; a Checkout purchase's PaymentIntent is followed
+    through its session (`_fulfil`), so each purchase has one way in. Otherwise as
+    `_fulfil`: Stripe is asked first, then the purchase row is locked, and the ledger key
+    makes a second crediting impossible.
+
+    :raises PaymentProviderError: Stripe could not be asked; `NoSuchObject` when Stripe
+        has no such PaymentIntent.
+    """
+    intent = gateway().retrieve_payment_intent(intent_id)
+    purchase_id = purchase_id_of(intent)
+    if purchase_id is None:
+        log.warning("payment intent %s names no purchase", intent_id)
+        return Fulfilment.UNKNOWN
+    paid = intent.get("status") == "succeeded"
+    payment = _payment_of_intent(intent) if paid else _Payment(None, None)
+
+    purchase = lock_purchase(purchase_id)
+    if (
+        purchase is None
+        or purchase.origin != PurchaseOrigin.AUTO_RECHARGE
+        or purchase.stripe_payment_intent_id not in (None, intent_id)
     ):
-        return _hold_mismatch(purchase, session)
+        log.warning("payment intent %s is not purchase %s's recharge", intent_id, purchase_id)
+        return Fulfilment.UNKNOWN
+    purchase.stripe_payment_intent_id = intent_id
+    if purchase.credited_at is not None:
+        return Fulfilment.ALREADY_CREDITED
+    if not paid:
+        processing = intent.get("status") == "processing"
+        return Fulfilment.PROCESSING if processing else Fulfilment.NOT_PAID
+    purchase.needs_customer_since = None
+    return _credit_paid(
+        purchase,
+        payment,
+        intent.get("amount_received"),
+        intent.get("currency"),
+        f"PaymentIntent {intent_id}",
+    )
+
+
+def _credit_paid(
+    purchase: Purchase, payment: _Payment, paid_cents, currency, paid_through: str
+) -> Fulfilment:
+    """Record a locked purchase's payment and add its credits, unless the amount is not
+    the package's or the money already went back."""
+    _record_payment(purchase, payment)
+    if paid_cents != purchase.amount_cents or (currency or "").lower() != purchase.currency:
+        return _hold_mismatch(purchase, paid_cents, currency, paid_through)
     if purchase.status not in CREDITABLE or purchase.refunded_cents >= purchase.amount_cents:
         # Refunded or disputed before we ever credited it: those credits must not exist.
         if purchase.refunded_cents >= purchase.amount_cents:
@@ -135,18 +200,32 @@ def _fulfil(session_id: str) -> Fulfilment:
         PurchaseStatus.PARTIALLY_REFUNDED if purchase.refunded_cents else PurchaseStatus.CREDITED
     )
     purchase.credited_at = now
-    ledger.credit_purchase(purchase, purchase.credit_key)
+    ledger.credit_purchase(purchase, purchase.credit_key, memo=purchase.history_memo)
     if purchase.refunded_cents:
         # Refunded through Stripe before its credits were added: that share goes again.
         state.settle(purchase, refunded_is_fresh=True)
     audit.record("purchase.credited", "purchase", purchase.id, after={"credits": purchase.credits})
-    queue_email(
-        purchase.user.email,
-        f"{purchase.credits:,} credits added to your account",
-        f"Thank you for your purchase. {purchase.credits:,} credits "
-        f"({format_cents(purchase.amount_cents, purchase.currency)}) are now in your balance.",
-    )
+    queue_email(purchase.user.email, *_credited_email(purchase))
     return Fulfilment.CREDITED
+
+
+def _credited_email(purchase: Purchase) -> tuple[str, str]:
+    """The subject and text telling the customer their credits are in."""
+    paid = format_cents(purchase.amount_cents, purchase.currency)
+    if purchase.origin == PurchaseOrigin.AUTO_RECHARGE:
+        card = purchase.payment_method_words or "your saved card"
+        return (
+            f"Auto-recharge added {purchase.credits:,} credits",
+            f"Your balance fell below the amount you chose for auto-recharge, so we charged "
+            f"{paid} to {card} for the {purchase.package_code.capitalize()} package. "
+            f"{purchase.credits:,} credits are now in your balance. The receipt and the "
+            "invoice are under Purchases in the portal.",
+        )
+    return (
+        f"{purchase.credits:,} credits added to your account",
+        f"Thank you for your purchase. {purchase.credits:,} credits ({paid}) are now in "
+        "your balance.",
+    )
 
 
 def _record_payment(purchase: Purchase, payment: _Payment) -> None:
@@ -166,24 +245,24 @@ def _record_payment(purchase: Purchase, payment: _Payment) -> None:
         purchase.invoice_pdf_url = payment.invoice.get("invoice_pdf")
 
 
-def _hold_mismatch(purchase: Purchase, session: dict) -> Fulfilment:
+def _hold_mismatch(purchase: Purchase, paid_cents, currency, paid_through: str) -> Fulfilment:
     """Keep a payment whose amount does not match its package away from the balance."""
     if purchase.status == PurchaseStatus.PAID:
         # Already held and reported when fulfilment first saw it.
         return Fulfilment.AMOUNT_MISMATCH
     purchase.status = PurchaseStatus.PAID
-    paid = format_cents(session.get("amount_total") or 0, session.get("currency") or "usd")
+    paid = format_cents(paid_cents or 0, currency or "usd")
     expected = format_cents(purchase.amount_cents, purchase.currency)
     audit.record(
         "purchase.amount_mismatch",
         "purchase",
         purchase.id,
         before={"expected_cents": purchase.amount_cents, "currency": purchase.currency},
-        after={"paid_cents": session.get("amount_total"), "currency": session.get("currency")},
+        after={"paid_cents": paid_cents, "currency": currency},
     )
     notify_staff(
         f"Payment anomaly on purchase {purchase.id}",
-        f"Checkout session {session.get('id')} was paid {paid}, but purchase {purchase.id} "
+        f"{paid_through} was paid {paid}, but purchase {purchase.id} "
         f"({purchase.package_code}) expected {expected}. No credits were added; please review.",
     )
     return Fulfilment.AMOUNT_MISMATCH

@@ -3,7 +3,7 @@
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, false
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, false, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.accounts.models import User
@@ -20,6 +20,13 @@ class PurchaseStatus(StrEnum):
     REFUNDED = "refunded"
     PARTIALLY_REFUNDED = "partially_refunded"
     DISPUTED = "disputed"
+
+
+class PurchaseOrigin(StrEnum):
+    # The customer bought it through Stripe Checkout.
+    CHECKOUT = "checkout"
+    # Auto-recharge charged the customer's saved card (a PaymentIntent, no session).
+    AUTO_RECHARGE = "auto_recharge"
 
 
 # How a receipt names the payment methods Stripe reports (card brands, bank accounts).
@@ -55,6 +62,14 @@ class Purchase(db.Model):
         Index("ix_purchases_user_created", "user_id", "created_at"),
         # The purchases pages list a customer's purchases newest first, by id.
         Index("ix_purchases_user_id_desc", "user_id", "id"),
+        # At most one auto-recharge in flight per customer, whatever races to start one.
+        Index(
+            "uq_purchases_one_recharge_in_flight",
+            "user_id",
+            unique=True,
+            postgresql_where=text("origin = 'auto_recharge' AND status = 'pending'"),
+            sqlite_where=text("origin = 'auto_recharge' AND status = 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -66,6 +81,12 @@ class Purchase(db.Model):
     status: Mapped[PurchaseStatus] = mapped_column(
         enum_type(PurchaseStatus), default=PurchaseStatus.PENDING
     )
+    origin: Mapped[PurchaseOrigin] = mapped_column(
+        enum_type(PurchaseOrigin), default=PurchaseOrigin.CHECKOUT, server_default="checkout"
+    )
+    # An auto-recharge whose bank asked for the cardholder: since when it has waited for
+    # them to confirm it on-session (None otherwise).
+    needs_customer_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_charge_id: Mapped[str | None] = mapped_column(String(255), unique=True)
@@ -123,6 +144,16 @@ class Purchase(db.Model):
         if self.committed_refund_cents >= self.amount_cents:
             return "Full refund on its way"
         return None
+
+    @property
+    def is_recharge(self) -> bool:
+        return self.origin == PurchaseOrigin.AUTO_RECHARGE
+
+    @property
+    def history_memo(self) -> str:
+        """How the balance history names the credits this purchase added."""
+        package = f"{self.package_code.capitalize()} package"
+        return f"{package}, auto-recharge" if self.is_recharge else package
 
     @property
     def payment_method_words(self) -> str | None:
@@ -284,3 +315,48 @@ class StripeEvent(db.Model):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     outcome: Mapped[str | None] = mapped_column(String(255))
+
+
+class AutoRecharge(db.Model):
+    """A customer's auto-recharge: the package to buy, the most to spend in a month, and
+    the card they set up for charges made without them.
+
+    Whether it is on, and below which balance it starts, lives on the account
+    (`User.auto_recharge_below`), where the ledger decides under the balance's own lock.
+    This row keeps everything else, and the customer's choices while it is off.
+    """
+
+    __tablename__ = "auto_recharges"
+    __table_args__ = (
+        CheckConstraint("threshold > 0", name="threshold_positive"),
+        CheckConstraint("monthly_cap_cents > 0", name="monthly_cap_positive"),
+        CheckConstraint("failures_in_a_row >= 0", name="failures_not_negative"),
+    )
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    threshold: Mapped[int]
+    package_code: Mapped[str] = mapped_column(String(32))
+    monthly_cap_cents: Mapped[int]
+    # The card saved for off-session charges (a setup-mode Checkout Session), as Stripe
+    # names it, and as the page names it to the customer.
+    payment_method_id: Mapped[str | None] = mapped_column(String(255))
+    card_brand: Mapped[str | None] = mapped_column(String(32))
+    card_last4: Mapped[str | None] = mapped_column(String(4))
+    # Declined recharges since the last one paid; at THREE it switches itself off.
+    failures_in_a_row: Mapped[int] = mapped_column(default=0)
+    # Why it last switched itself off, for the page; cleared when switched on again.
+    switched_off_because: Mapped[str | None] = mapped_column(Text)
+    # The company-calendar month ("2026-12") whose cap the customer was last told of, so
+    # that reaching it is one e-mail a month.
+    cap_told_for: Mapped[str | None] = mapped_column(String(7))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    user: Mapped[User] = relationship()
+
+    @property
+    def card_words(self) -> str | None:
+        """The card as the page names it ("Visa ending in 4242"); None before one is set up."""
+        if not self.card_last4:
+            return None
+        brand = PAYMENT_METHOD_NAMES.get(self.card_brand or "", "Card")
+        return f"{brand} ending in {self.card_last4}"

@@ -2,7 +2,7 @@
 
 from sqlalchemy import func, select
 
-from portal.billing.models import Purchase
+from portal.billing.models import Purchase, PurchaseOrigin
 from portal.db import db
 from portal.errors import NotFound
 from portal.ledger.models import CreditLot
@@ -41,3 +41,13 @@ def purchase_for_customer(user_id: int, purchase_id: int):
     if row is None:
         raise NotFound("no such purchase")
     return row
+
+
+def recent_recharges(user_id: int, limit: int = 5) -> list[Purchase]:
+    """The customer's latest auto-recharges, newest first."""
+    return db.session.scalars(
+        select(Purchase)
+        .where(Purchase.user_id == user_id, Purchase.origin == PurchaseOrigin.AUTO_RECHARGE)
+        .order_by(Purchase.id.desc())
+        .limit(limit)
+    ).all()

@@ -6,8 +6,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 
 from portal import limits, policy
-from portal.billing import checkout, fulfilment, queries
-from portal.billing.forms import BuyForm
+from portal.billing import auto_recharge, checkout, fulfilment, queries
+from portal.billing.forms import AutoRechargeForm, BuyForm
 from portal.billing.models import PurchaseStatus
 from portal.errors import AccountTerminated, NotFound, PaymentProviderError, ValidationError
 from portal.extensions import limiter
@@ -176,3 +176,181 @@ def purchase(purchase_id: int):
         package=policy.PACKAGES_BY_CODE.get(purchase.package_code),
         pending=PurchaseStatus.PENDING,
     )
+
+
+# -- auto-recharge --------------------------------------------------------------------
+
+
+def _auto_recharge_form(settings) -> AutoRechargeForm:
+    """The settings form, filled with the customer's choices when they have made some."""
+    if settings is None:
+        return AutoRechargeForm()
+    return AutoRechargeForm(
+        threshold=str(settings.threshold),
+        package=settings.package_code,
+        monthly_cap=str(settings.monthly_cap_cents // 100),
+    )
+
+
+@bp.route("/account/auto-recharge", methods=["GET", "POST"])
+@login_required
+def auto_recharge_settings():
+    if current_user.is_staff:
+        abort(404)
+    settings = auto_recharge.settings_of(current_user.id)
+    form = _auto_recharge_form(settings) if request.method == "GET" else AutoRechargeForm()
+    if form.validate_on_submit():
+        try:
+            on = auto_recharge.choose(
+                current_user.id, form.credits, form.package.data, form.cap_cents
+            )
+        except ValidationError as error:
+            getattr(form, error.field, form.threshold).errors.append(str(error))
+        else:
+            if on:
+                flash("Auto-recharge is on with these settings.", "success")
+                return redirect(url_for("billing.auto_recharge_settings"), 303)
+            return _to_card_setup()
+    status = 400 if request.method == "POST" else 200
+    return render_template(
+        "billing/auto_recharge.html",
+        form=form,
+        settings=settings,
+        on=auto_recharge.is_on(current_user),
+        recharges=queries.recent_recharges(current_user.id),
+        spent=auto_recharge.spent_this_month(current_user.id, utcnow()),
+        failures_before_off=auto_recharge.FAILURES_BEFORE_OFF,
+    ), status
+
+
+def _to_card_setup():
+    """Send the customer to Stripe to save a card for auto-recharge."""
+    success_url = external_url("billing.auto_recharge_card_saved")
+    # {CHECKOUT_SESSION_ID} is filled in by Stripe, so it must stay unescaped.
+    success_url += "?session_id={CHECKOUT_SESSION_ID}"
+    try:
+        setup_url = auto_recharge.start_card_setup(
+            current_user, success_url, external_url("billing.auto_recharge_settings")
+        )
+    except PaymentProviderError:
+        flash(
+            "Your settings are saved, but we could not reach our payment provider to set up "
+            "your card. Please try again in a minute.",
+            "error",
+        )
+        return redirect(url_for("billing.auto_recharge_settings"), 303)
+    return redirect(setup_url, 303)
+
+
+@bp.post("/account/auto-recharge/card")
+@login_required
+def auto_recharge_card():
+    """Set up (another) card for auto-recharge."""
+    if not EmptyForm().validate_on_submit() or current_user.is_staff:
+        abort(400)
+    if auto_recharge.settings_of(current_user.id) is None:
+        return redirect(url_for("billing.auto_recharge_settings"), 303)
+    return _to_card_setup()
+
+
+@bp.get("/account/auto-recharge/card")
+@login_required
+def auto_recharge_card_saved():
+    """Where Stripe sends the customer back after saving the card."""
+    session_id = request.args.get("session_id", "")
+    try:
+        taken = auto_recharge.card_set_up(session_id, user_id=current_user.id)
+    except PaymentProviderError:
+        taken = False
+        flash(
+            "We could not confirm your card with our payment provider yet. If you finished "
+            "saving it, auto-recharge switches on within a few minutes.",
+            "info",
+        )
+    else:
+        if taken:
+            flash("Card saved: auto-recharge is on.", "success")
+    return redirect(url_for("billing.auto_recharge_settings"), 303)
+
+
+@bp.post("/account/auto-recharge/off")
+@login_required
+def auto_recharge_off():
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    try:
+        auto_recharge.switch_off(current_user.id)
+    except NotFound:
+        abort(404)
+    flash("Auto-recharge is off: nothing will be charged without you.", "success")
+    return redirect(url_for("billing.auto_recharge_settings"), 303)
+
+
+@bp.get("/purchases/<id:purchase_id>/confirm")
+@login_required
+def confirm_recharge(purchase_id: int):
+    """The page an e-mail links to when the bank wants the cardholder to confirm a recharge."""
+    try:
+        purchase = auto_recharge.waiting_recharge(current_user.id, purchase_id)
+    except NotFound:
+        return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+    return render_template(
+        "billing/confirm_recharge.html",
+        purchase=purchase,
+        settings=auto_recharge.settings_of(current_user.id),
+        wait=auto_recharge.WAIT_FOR_CUSTOMER,
+    )
+
+
+@bp.post("/purchases/<id:purchase_id>/confirm")
+@login_required
+def confirm_recharge_now(purchase_id: int):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    return_url = external_url("billing.recharge_confirmed", purchase_id=purchase_id)
+    try:
+        bank_url = auto_recharge.confirm_on_session(current_user.id, purchase_id, return_url)
+    except NotFound:
+        return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+    except PaymentProviderError as error:
+        flash(
+            "Your card was declined; nothing was charged."
+            if error.code == "card_declined"
+            else "We could not reach our payment provider. Please try again in a minute.",
+            "error",
+        )
+        return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+    if bank_url:
+        return redirect(bank_url, 303)
+    return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+
+
+@bp.get("/purchases/<id:purchase_id>/confirmed")
+@login_required
+def recharge_confirmed(purchase_id: int):
+    """Where the bank's page sends the customer back: ask Stripe how it went."""
+    try:
+        purchase, _ = queries.purchase_for_customer(current_user.id, purchase_id)
+    except NotFound:
+        abort(404)
+    try:
+        auto_recharge.settle(purchase.id)
+    except PaymentProviderError:
+        flash("We could not reach our payment provider yet; this page updates shortly.", "info")
+    return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+
+
+@bp.post("/purchases/<id:purchase_id>/confirm/cancel")
+@login_required
+def cancel_recharge(purchase_id: int):
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    try:
+        auto_recharge.cancel_waiting(current_user.id, purchase_id)
+    except NotFound:
+        pass
+    except PaymentProviderError:
+        flash("We could not reach our payment provider. Please try again in a minute.", "error")
+    else:
+        flash("The payment is cancelled. Nothing was charged.", "info")
+    return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)

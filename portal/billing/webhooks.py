@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from portal.billing import fulfilment
+from portal.billing import auto_recharge, fulfilment
 from portal.billing.gateway import STRIPE_ID, InvalidWebhook, NoSuchObject, gateway
 from portal.billing.models import StripeEvent
 from portal.billing.money_back import reported
@@ -35,8 +35,23 @@ def _session_id(obj: dict) -> str:
     return obj["id"]
 
 
+def _checkout_completed(obj: dict):
+    # A session's mode never changes, so the event's copy can say which life cycle it
+    # belongs to: a card set up for auto-recharge, or a purchase paid.
+    if obj.get("mode") == "setup":
+        return auto_recharge.card_set_up(_session_id(obj))
+    return fulfilment.fulfil_checkout(_session_id(obj))
+
+
+def _payment_failed(obj: dict):
+    # A recharge is settled as Stripe has it; a Checkout purchase's declined attempt is
+    # marked failed (the customer may still try another card in Checkout).
+    settled = auto_recharge.payment_intent_changed(obj)
+    return settled if settled is not None else fulfilment.payment_attempt_failed(obj)
+
+
 HANDLERS = {
-    "checkout.session.completed": lambda obj: fulfilment.fulfil_checkout(_session_id(obj)),
+    "checkout.session.completed": _checkout_completed,
     "checkout.session.async_payment_succeeded": lambda obj: fulfilment.fulfil_checkout(
         _session_id(obj)
     ),
@@ -44,7 +59,10 @@ HANDLERS = {
         _session_id(obj)
     ),
     "checkout.session.expired": lambda obj: fulfilment.checkout_expired(_session_id(obj)),
-    "payment_intent.payment_failed": fulfilment.payment_attempt_failed,
+    "payment_intent.payment_failed": _payment_failed,
+    # A recharge has no session: its PaymentIntent's events are the ones to follow.
+    "payment_intent.succeeded": auto_recharge.payment_intent_changed,
+    "payment_intent.canceled": auto_recharge.payment_intent_changed,
     "charge.refunded": lambda obj: reported.sync_refunds(obj.get("payment_intent")),
     "refund.created": lambda obj: reported.refund_changed(obj["id"]),
     "refund.updated": lambda obj: reported.refund_changed(obj["id"]),

@@ -30,7 +30,7 @@ from portal.accounts.models import User
 from portal.db import db, locked, transactional
 from portal.errors import NotFound, ValidationError
 from portal.ledger.models import EntryKind, LedgerEntry
-from portal.links import external_url
+from portal.links import external_url_or_none
 from portal.money import format_credits
 from portal.notifications.services import queue_email
 
@@ -64,18 +64,9 @@ def _credits(count: int) -> str:
     return f"{format_credits(count)} credit{'' if count == 1 else 's'}"
 
 
-def _link(endpoint: str) -> str | None:
-    try:
-        return external_url(endpoint)
-    except RuntimeError:
-        # Outside a request with no PORTAL_BASE_URL there is no address to link to; a
-        # charge must never fail over an e-mail's link, so the page is named instead.
-        return None
-
-
 def _queue_alert(account: User, threshold: int) -> None:
-    buy = _link("billing.buy")
-    settings = _link("accounts.settings")
+    buy = external_url_or_none("billing.buy")
+    settings = external_url_or_none("accounts.settings")
     body = (
         f"Your balance is {_credits(account.credits_balance)}, below the "
         f"{_credits(threshold)} you asked us to warn you at. Jobs are charged from this "

@@ -7,8 +7,9 @@ write exactly one ledger entry with its lot allocations and the balance after it
 
 Locking the account row first serialises every balance change of one customer, so the
 idempotency check after the lock sees any entry a concurrent twin committed; the unique
-key on ledger entries is the backstop. The low-balance alert is decided under the same
-lock, by `alerts.watch_balance` as each entry is posted.
+key on ledger entries is the backstop. The low-balance alert and the asking for an
+auto-recharge are decided under the same lock, by `alerts.watch_balance` and
+`recharge_trigger.watch_for_recharge` as each entry is posted.
 
 `at` backdates an entry (demo data, imports); left out, entries are stamped now.
 """
@@ -34,6 +35,7 @@ from portal.ledger.models import (
     LotAllocation,
     LotOrigin,
 )
+from portal.ledger.recharge_trigger import watch_for_recharge
 from portal.timeutil import utcnow
 
 if TYPE_CHECKING:  # the ledger sits below billing: purchases are only passed in
@@ -101,6 +103,7 @@ def _post(
         db.session.add(LotAllocation(entry=entry, lot=lot, credits=amount))
     # Still under the account's lock, and before the flush writes the row once.
     watch_balance(account, kind)
+    watch_for_recharge(account, kind)
     db.session.flush()
     _record_day_end(account.id, entry.created_at.astimezone(UTC).date(), entry.balance_after)
     return entry
@@ -129,9 +132,10 @@ def _require_positive(credits: int) -> None:
 
 
 def credit_purchase(
-    purchase: Purchase, idempotency_key: str, at: datetime | None = None
+    purchase: Purchase, idempotency_key: str, at: datetime | None = None, memo: str | None = None
 ) -> LedgerEntry:
-    """Add a paid purchase's credits as a new lot; a purchase is credited at most once."""
+    """Add a paid purchase's credits as a new lot; a purchase is credited at most once.
+    The history names it `memo`, or the package."""
     account = lock_account(purchase.user_id)
     if entry := _existing(idempotency_key):
         return entry
@@ -149,7 +153,7 @@ def credit_purchase(
         EntryKind.PURCHASE_CREDIT,
         [(lot, purchase.credits)],
         idempotency_key,
-        f"{purchase.package_code.capitalize()} package",
+        memo or f"{purchase.package_code.capitalize()} package",
         at=at,
         purchase_id=purchase.id,
     )

@@ -1,0 +1,683 @@
+"""Auto-recharge: buying the customer's chosen package with their saved card whenever a
+job leaves the balance below the threshold they chose, never past a monthly cap.
+
+This module owns the whole life cycle:
+
+- Settings. `choose` records the threshold, package and cap; the card is set up for
+  charges made without the customer through a setup-mode Checkout Session
+  (`start_card_setup`, then `card_set_up` from the return page or the webhook).
+  Auto-recharge is on once both are there (`User.auto_recharge_below` is set).
+- Asking. A job charge that leaves the balance below the threshold raises
+  `User.auto_recharge_wanted` under the balance's own lock (ledger/recharge_trigger.py).
+- Starting (the worker, `run`). `_start` locks the account, takes the flag down and
+  decides: nothing if a recharge is in flight, the cap would be passed or a purchase
+  came in meanwhile; otherwise it records a pending recharge purchase. One transaction,
+  and a partial unique index, so one recharge is in flight per customer however many
+  workers race.
+- Charging. `_charge` sends an off-session PaymentIntent under the purchase's own
+  idempotency key: a worker that dies before the answer sends the same request again
+  and Stripe charges once.
+- Settling. `_apply` acts on the PaymentIntent as Stripe has it: paid is credited by
+  fulfilment's exactly-once path and invoiced; declined fails the purchase, and three
+  declines in a row switch auto-recharge off; a bank asking for the cardholder leaves it
+  waiting for them, with an e-mail linking to the page where they confirm it
+  (`confirm_on_session`), for WAIT_FOR_CUSTOMER at most.
+
+Stripe is never called while a database lock is held.
+"""
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from portal import policy
+from portal.accounts.models import AccountStatus, Role, User
+from portal.billing import fulfilment
+from portal.billing.checkout import stripe_customer
+from portal.billing.gateway import gateway, purchase_id_of
+from portal.billing.models import AutoRecharge, Purchase, PurchaseOrigin, PurchaseStatus
+from portal.billing.money_back.state import lock_purchase
+from portal.db import db, locked, transactional
+from portal.errors import NotFound, PaymentProviderError, ValidationError
+from portal.links import external_url_or_none
+from portal.money import format_cents
+from portal.notifications.services import queue_email
+from portal.timeutil import company_date, company_month, utcnow
+
+log = logging.getLogger(__name__)
+
+# The choices a customer may make.
+THRESHOLD_MIN = 1
+THRESHOLD_MAX = 100_000
+CAP_MAX_CENTS = 500_000  # $5,000 a month
+# Declined recharges in a row after which auto-recharge switches itself off.
+FAILURES_BEFORE_OFF = 3
+# How long a recharge waits for the cardholder to confirm it before it is cancelled.
+WAIT_FOR_CUSTOMER = timedelta(days=3)
+# Stripe's codes for a payment that needs the cardholder, not a decline.
+NEEDS_CUSTOMER = frozenset({"authentication_required", "payment_intent_authentication_failure"})
+# The most accounts one worker round starts recharges for.
+BATCH = 100
+
+
+# -- settings -----------------------------------------------------------------------
+
+
+def settings_of(user_id: int) -> AutoRecharge | None:
+    return db.session.get(AutoRecharge, user_id)
+
+
+def is_on(user: User) -> bool:
+    return user.auto_recharge_below is not None
+
+
+@transactional
+def choose(user_id: int, threshold: int, package_code: str, monthly_cap_cents: int) -> bool:
+    """Record the customer's auto-recharge settings; return whether it is on now.
+
+    With a card already set up, the settings take effect (and auto-recharge is switched
+    on) at once; without one, they wait for the card.
+
+    :raises ValidationError: a value out of range, naming its field.
+    :raises NotFound: no such customer account.
+    """
+    package = policy.PACKAGES_BY_CODE.get(package_code)
+    if package is None:
+        raise ValidationError("Choose one of the packages.", field="package")
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise ValidationError("Write a whole number of credits.", field="threshold")
+    if not THRESHOLD_MIN <= threshold <= THRESHOLD_MAX:
+        raise ValidationError(
+            f"Choose between {THRESHOLD_MIN:,} and {THRESHOLD_MAX:,} credits.", field="threshold"
+        )
+    if isinstance(monthly_cap_cents, bool) or not isinstance(monthly_cap_cents, int):
+        raise ValidationError("Write a whole number of dollars.", field="monthly_cap")
+    if not package.price_cents <= monthly_cap_cents <= CAP_MAX_CENTS:
+        raise ValidationError(
+            f"Choose between {format_cents(package.price_cents)} (one {package.name} "
+            f"package) and {format_cents(CAP_MAX_CENTS)} a month.",
+            field="monthly_cap",
+        )
+    account = _lock_customer(user_id)
+    settings = db.session.get(AutoRecharge, user_id)
+    if settings is None:
+        settings = AutoRecharge(user_id=user_id, failures_in_a_row=0)
+        db.session.add(settings)
+    settings.threshold = threshold
+    settings.package_code = package.code
+    settings.monthly_cap_cents = monthly_cap_cents
+    if settings.payment_method_id:
+        _switch_on(account, settings)
+    return is_on(account)
+
+
+@transactional
+def switch_off(user_id: int) -> None:
+    """Stop recharging; the choices are kept for switching on again.
+
+    :raises NotFound: no such customer account.
+    """
+    account = _lock_customer(user_id)
+    account.auto_recharge_below = None
+    account.auto_recharge_wanted = False
+
+
+def _lock_customer(user_id: int) -> User:
+    account = locked(User, User.id == user_id)
+    if account is None or account.role != Role.CUSTOMER:
+        raise NotFound("no such account")
+    return account
+
+
+def _switch_on(account: User, settings: AutoRecharge) -> None:
+    account.auto_recharge_below = settings.threshold
+    settings.failures_in_a_row = 0
+    settings.switched_off_because = None
+
+
+def start_card_setup(user: User, success_url: str, cancel_url: str) -> str:
+    """Open a setup-mode Checkout Session that saves a card for charges made without the
+    customer; return its URL. `success_url` gets the session's id appended by Stripe.
+
+    :raises PaymentProviderError: Stripe refused or could not be reached.
+    """
+    references = {"user_id": str(user.id), "purpose": "auto_recharge"}
+    params = {
+        "mode": "setup",
+        "customer": stripe_customer(user),
+        "payment_method_types": ["card"],
+        "metadata": references,
+        "setup_intent_data": {"description": "Card for auto-recharge", "metadata": references},
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    # A double click within the same second opens one session, not two.
+    key = f"auto-recharge-card-{user.id}-{utcnow():%Y%m%dT%H%M%S}"
+    return gateway().create_checkout_session(params, key).url
+
+
+def card_set_up(session_id: str, user_id: int | None = None) -> bool:
+    """Keep the card a completed setup session saved, and switch auto-recharge on with
+    it; return whether a new card was taken.
+
+    Called from the return page (with the signed-in customer's id, which must match the
+    session's) and from the webhook. A session already applied changes nothing, so a
+    late or repeated event cannot switch back on what the customer has since switched
+    off.
+
+    :raises PaymentProviderError: Stripe could not be asked; `NoSuchObject` when it has
+        no such session.
+    """
+    session = gateway().retrieve_setup_session(session_id)
+    metadata = session.get("metadata") or {}
+    owner = purchase_id_of({"metadata": {"purchase_id": metadata.get("user_id")}})
+    intent = session.get("setup_intent")
+    if (
+        session.get("mode") != "setup"
+        or metadata.get("purpose") != "auto_recharge"
+        or owner is None
+        or (user_id is not None and owner != user_id)
+        or session.get("status") != "complete"
+        or not isinstance(intent, dict)
+        or intent.get("status") != "succeeded"
+        or not isinstance(intent.get("payment_method"), dict)
+    ):
+        return False
+    return _keep_card(owner, session.get("customer"), intent["payment_method"])
+
+
+@transactional
+def _keep_card(user_id: int, customer_id: str | None, method: dict) -> bool:
+    account = locked(User, User.id == user_id)
+    settings = db.session.get(AutoRecharge, user_id)
+    if (
+        account is None
+        or settings is None
+        or customer_id is None
+        or account.stripe_customer_id != customer_id
+        or settings.payment_method_id == method.get("id")
+    ):
+        return False
+    card = method.get("card") or {}
+    settings.payment_method_id = method["id"]
+    settings.card_brand = card.get("brand")
+    settings.card_last4 = card.get("last4")
+    _switch_on(account, settings)
+    return True
+
+
+# -- the worker's round -------------------------------------------------------------
+
+
+def run(now: datetime) -> int:
+    """Start the recharges job charges asked for, follow up those left half done, and
+    invoice paid ones; return how many purchases were acted on."""
+    done = 0
+    wanted = db.session.scalars(
+        select(User.id).where(User.auto_recharge_wanted.is_(True)).limit(BATCH)
+    ).all()
+    db.session.rollback()
+    for user_id in wanted:
+        purchase_id = _start(user_id, now)
+        if purchase_id is not None:
+            _settle_safely(purchase_id)
+            done += 1
+    for purchase in _unfinished(now):
+        _settle_safely(purchase.id)
+        done += 1
+    for purchase_id in _uninvoiced():
+        _invoice_safely(purchase_id)
+        done += 1
+    return done
+
+
+def _unfinished(now: datetime) -> list[Purchase]:
+    """Pending recharges to follow up: never charged (the worker stopped before Stripe
+    answered), charged but not settled, or waiting for the cardholder too long."""
+    pending = db.session.scalars(
+        select(Purchase).where(
+            Purchase.origin == PurchaseOrigin.AUTO_RECHARGE,
+            Purchase.status == PurchaseStatus.PENDING,
+            Purchase.created_at < now - timedelta(seconds=30),
+        )
+    ).all()
+    db.session.rollback()
+    return [
+        purchase
+        for purchase in pending
+        if purchase.needs_customer_since is None
+        or purchase.needs_customer_since < now - WAIT_FOR_CUSTOMER
+    ]
+
+
+def _uninvoiced() -> list[int]:
+    ids = db.session.scalars(
+        select(Purchase.id).where(
+            Purchase.origin == PurchaseOrigin.AUTO_RECHARGE,
+            Purchase.credited_at.is_not(None),
+            Purchase.stripe_invoice_id.is_(None),
+        )
+    ).all()
+    db.session.rollback()
+    return ids
+
+
+@transactional
+def _start(user_id: int, now: datetime) -> int | None:
+    """Take up the account's request for a recharge: record a pending recharge purchase
+    if one is due, and return its id."""
+    account = locked(User, User.id == user_id)
+    if account is None or not account.auto_recharge_wanted:
+        return None
+    account.auto_recharge_wanted = False
+    settings = db.session.get(AutoRecharge, user_id)
+    if (
+        account.status != AccountStatus.ACTIVE
+        or account.auto_recharge_below is None
+        or account.credits_balance >= account.auto_recharge_below
+        or settings is None
+        or not settings.payment_method_id
+        or _in_flight(user_id)
+    ):
+        return None
+    package = policy.PACKAGES_BY_CODE[settings.package_code]
+    if spent_this_month(user_id, now) + package.price_cents > settings.monthly_cap_cents:
+        _tell_cap_reached(account, settings, now)
+        return None
+    purchase = Purchase(
+        user_id=user_id,
+        origin=PurchaseOrigin.AUTO_RECHARGE,
+        package_code=package.code,
+        credits=package.credits,
+        amount_cents=package.price_cents,
+        currency=package.currency,
+    )
+    db.session.add(purchase)
+    db.session.flush()
+    return purchase.id
+
+
+def _in_flight(user_id: int) -> bool:
+    return (
+        db.session.scalar(
+            select(Purchase.id).where(
+                Purchase.user_id == user_id,
+                Purchase.origin == PurchaseOrigin.AUTO_RECHARGE,
+                Purchase.status == PurchaseStatus.PENDING,
+            )
+        )
+        is not None
+    )
+
+
+def spent_this_month(user_id: int, now: datetime) -> int:
+    """What recharges this company-calendar month cost or may still cost: every one but
+    those that did not go through (refunds do not give room back: the cap is on
+    charges)."""
+    start, _ = company_month(now)
+    return db.session.scalar(
+        select(func.coalesce(func.sum(Purchase.amount_cents), 0)).where(
+            Purchase.user_id == user_id,
+            Purchase.origin == PurchaseOrigin.AUTO_RECHARGE,
+            Purchase.status.not_in([PurchaseStatus.FAILED, PurchaseStatus.EXPIRED]),
+            Purchase.created_at >= start,
+        )
+    )
+
+
+def _tell_cap_reached(account: User, settings: AutoRecharge, now: datetime) -> None:
+    month = f"{company_date(now):%Y-%m}"
+    if settings.cap_told_for == month:
+        return
+    settings.cap_told_for = month
+    page = external_url_or_none("billing.auto_recharge")
+    queue_email(
+        account.email,
+        "Auto-recharge paused until next month",
+        f"Your balance is below {account.auto_recharge_below:,} credits, but another "
+        f"{settings.package_code.capitalize()} package would take this month's auto-recharge "
+        f"past the {format_cents(settings.monthly_cap_cents)} you set as its limit, so "
+        "nothing was charged. Auto-recharge starts again on the 1st of next month "
+        f"({policy.COMPANY_TIMEZONE_NAME} time).\n\n"
+        "You can buy credits yourself at any time, or raise the limit "
+        + (f"on the Auto-recharge page: {page}" if page else "on the Auto-recharge page."),
+    )
+
+
+# -- charging and settling ------------------------------------------------------------
+
+
+def _settle_safely(purchase_id: int) -> None:
+    """Charge or settle one recharge; Stripe being away leaves it for the next round."""
+    try:
+        settle(purchase_id)
+    except PaymentProviderError as error:
+        db.session.rollback()
+        log.warning("recharge %s left for the next round: %s", purchase_id, error)
+
+
+def settle(purchase_id: int) -> None:
+    """Bring a pending recharge to where Stripe says its payment is: charge it if it was
+    never charged, else ask Stripe how its PaymentIntent stands and apply that.
+
+    :raises PaymentProviderError: Stripe could not be reached (nothing changed).
+    """
+    purchase = db.session.get(Purchase, purchase_id)
+    if purchase is None or not purchase.is_recharge:
+        return
+    intent_id, pending = (
+        purchase.stripe_payment_intent_id,
+        purchase.status == PurchaseStatus.PENDING,
+    )
+    db.session.rollback()
+    if intent_id is None:
+        if pending:
+            _charge(purchase_id)
+        return
+    intent = gateway().retrieve_payment_intent(intent_id)
+    if pending and intent.get("status") in CANCELABLE and _waited_too_long(purchase_id):
+        intent = gateway().cancel_payment_intent(intent_id)
+    _apply(purchase_id, intent)
+
+
+def _charge(purchase_id: int) -> None:
+    purchase = db.session.get(Purchase, purchase_id)
+    settings = db.session.get(AutoRecharge, purchase.user_id)
+    customer_id = purchase.user.stripe_customer_id
+    payment_method = settings.payment_method_id if settings else None
+    references = {"purchase_id": str(purchase.id), "user_id": str(purchase.user_id)}
+    params = {
+        "amount": purchase.amount_cents,
+        "currency": purchase.currency,
+        "customer": customer_id,
+        "payment_method": payment_method,
+        "off_session": True,
+        "confirm": True,
+        "description": f"Auto-recharge: {purchase.package_code.capitalize()} package, "
+        f"{purchase.credits:,} credits",
+        "metadata": references,
+        "expand": ["latest_charge"],
+    }
+    key = f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-recharge"
+    db.session.rollback()
+    if not (customer_id and payment_method):
+        _declined(purchase_id, "there is no card set up for auto-recharge")
+        return
+    try:
+        intent = gateway().charge_saved_card(params, key)
+    except PaymentProviderError as error:
+        if error.retryable:
+            raise
+        # Stripe refused the request itself: the card was removed in the billing
+        # portal, or the customer is gone. Sending it again would not change that.
+        _declined(
+            purchase_id, "the card set up for it is no longer saved with our payment provider"
+        )
+        return
+    _apply(purchase_id, intent)
+
+
+CANCELABLE = frozenset({"requires_payment_method", "requires_action", "requires_confirmation"})
+
+
+def _waited_too_long(purchase_id: int) -> bool:
+    since = db.session.get(Purchase, purchase_id).needs_customer_since
+    db.session.rollback()
+    return since is not None and since < utcnow() - WAIT_FOR_CUSTOMER
+
+
+def _apply(purchase_id: int, intent: dict) -> None:
+    """Act on a recharge's PaymentIntent as Stripe answered it."""
+    _remember_intent(purchase_id, intent["id"])
+    status = intent.get("status")
+    error = intent.get("last_payment_error") or {}
+    if status == "succeeded":
+        fulfilment.fulfil_payment_intent(intent["id"])
+        _paid(purchase_id)
+        _invoice_safely(purchase_id)
+    elif status == "canceled":
+        _declined(purchase_id, None)
+    elif status == "requires_action" or error.get("code") in NEEDS_CUSTOMER:
+        _needs_customer(purchase_id)
+    elif status == "requires_payment_method":
+        _declined(purchase_id, _decline_words(error))
+    # "processing" and the like: Stripe tells us later (webhook, or the next round).
+
+
+@transactional
+def _remember_intent(purchase_id: int, intent_id: str) -> None:
+    purchase = lock_purchase(purchase_id)
+    if purchase is not None and purchase.stripe_payment_intent_id is None:
+        purchase.stripe_payment_intent_id = intent_id
+
+
+DECLINE_WORDS = {
+    "insufficient_funds": "the card has insufficient funds",
+    "expired_card": "the card has expired",
+    "lost_card": "the card was reported lost",
+    "stolen_card": "the card was reported stolen",
+    "card_velocity_exceeded": "the card is over its limit",
+}
+
+
+def _decline_words(error: dict) -> str:
+    return DECLINE_WORDS.get(
+        error.get("decline_code") or error.get("code") or "", "the bank declined it"
+    )
+
+
+@transactional
+def _paid(purchase_id: int) -> None:
+    """A recharge went through: declines are no longer in a row."""
+    purchase = lock_purchase(purchase_id)
+    settings = db.session.get(AutoRecharge, purchase.user_id) if purchase else None
+    if settings is not None and purchase.credited_at is not None:
+        settings.failures_in_a_row = 0
+
+
+@transactional
+def _declined(purchase_id: int, why: str | None) -> None:
+    """Fail a pending recharge: `why` the bank said no, counted towards switching
+    auto-recharge off; None when it was cancelled (nobody declined anything)."""
+    purchase = lock_purchase(purchase_id)
+    if purchase is None or purchase.status != PurchaseStatus.PENDING:
+        return
+    purchase.status = PurchaseStatus.FAILED
+    purchase.needs_customer_since = None
+    if why is None:
+        return
+    account = locked(User, User.id == purchase.user_id)
+    settings = db.session.get(AutoRecharge, purchase.user_id)
+    settings.failures_in_a_row += 1
+    amount = format_cents(purchase.amount_cents, purchase.currency)
+    card = settings.card_words or "your card"
+    page = external_url_or_none("billing.auto_recharge")
+    where = f"the Auto-recharge page: {page}" if page else "the Auto-recharge page in the portal"
+    if settings.failures_in_a_row >= FAILURES_BEFORE_OFF and is_on(account):
+        account.auto_recharge_below = None
+        account.auto_recharge_wanted = False
+        settings.switched_off_because = (
+            f"{FAILURES_BEFORE_OFF} recharges in a row did not go through; the last because {why}."
+        )
+        queue_email(
+            account.email,
+            "Auto-recharge is off: your card was declined",
+            f"We tried to charge {amount} to {card} for auto-recharge, and it did not go "
+            f"through because {why}. That is {FAILURES_BEFORE_OFF} attempts in a row, so "
+            "we have switched auto-recharge off: nothing more will be charged.\n\n"
+            "Jobs are charged from your balance as usual; once it runs out, new jobs are "
+            f"refused until you buy credits. To switch auto-recharge on again, with this "
+            f"card or another, go to {where}",
+        )
+        return
+    left = FAILURES_BEFORE_OFF - settings.failures_in_a_row
+    queue_email(
+        account.email,
+        "Auto-recharge could not charge your card",
+        f"We tried to charge {amount} to {card} for auto-recharge, and it did not go through "
+        f"because {why}. No credits were added and nothing was charged.\n\n"
+        "We will try again the next time a job leaves your balance below "
+        f"{account.auto_recharge_below or settings.threshold:,} credits. After {left} more "
+        f"attempt{'s' if left != 1 else ''} that do{'' if left != 1 else 'es'} not go "
+        "through, auto-recharge switches itself off. To use another card, go to " + where,
+    )
+
+
+@transactional
+def _needs_customer(purchase_id: int) -> None:
+    """The bank wants the cardholder to confirm this recharge: wait for them, and tell
+    them where to do it (once)."""
+    purchase = lock_purchase(purchase_id)
+    if (
+        purchase is None
+        or purchase.status != PurchaseStatus.PENDING
+        or purchase.needs_customer_since is not None
+    ):
+        return
+    purchase.needs_customer_since = utcnow()
+    page = external_url_or_none("billing.confirm_recharge", purchase_id=purchase.id)
+    amount = format_cents(purchase.amount_cents, purchase.currency)
+    queue_email(
+        purchase.user.email,
+        "Please confirm your auto-recharge payment",
+        f"Your balance fell below the amount you chose for auto-recharge, so we started a "
+        f"payment of {amount} for the {purchase.package_code.capitalize()} package "
+        f"({purchase.credits:,} credits). Your bank asks you to confirm it before it goes "
+        "through; until you do, nothing is charged and no credits are added.\n\n"
+        + (f"Confirm the payment: {page}" if page else "Confirm it under Purchases in the portal.")
+        + f"\n\nIf it is not confirmed within {WAIT_FOR_CUSTOMER.days} days we cancel it.",
+    )
+
+
+# -- the cardholder confirming a recharge ------------------------------------------------
+
+
+def waiting_recharge(user_id: int, purchase_id: int) -> Purchase:
+    """The customer's recharge that waits for them to confirm it.
+
+    :raises NotFound: no such purchase of theirs, or it is not waiting for them.
+    """
+    purchase = db.session.get(Purchase, purchase_id)
+    if (
+        purchase is None
+        or purchase.user_id != user_id
+        or not purchase.is_recharge
+        or purchase.status != PurchaseStatus.PENDING
+        or purchase.needs_customer_since is None
+        or purchase.stripe_payment_intent_id is None
+    ):
+        raise NotFound("no recharge waiting for you")
+    return purchase
+
+
+def confirm_on_session(user_id: int, purchase_id: int, return_url: str) -> str | None:
+    """Confirm a waiting recharge with the customer present; return where to send them to
+    authenticate with their bank, or None when Stripe settled it at once.
+
+    :raises NotFound: nothing of theirs waits for confirmation.
+    :raises PaymentProviderError: Stripe could not be reached, or refused the card.
+    """
+    purchase = waiting_recharge(user_id, purchase_id)
+    intent_id = purchase.stripe_payment_intent_id
+    db.session.rollback()
+    intent = gateway().retrieve_payment_intent(intent_id)
+    error = intent.get("last_payment_error") or {}
+    method = intent.get("payment_method") or error.get("payment_method")
+    method_id = method.get("id") if isinstance(method, dict) else method
+    if intent.get("status") == "requires_action":
+        return _redirect_of(intent) or None
+    try:
+        intent = gateway().confirm_payment_intent(intent_id, method_id, return_url)
+    except PaymentProviderError:
+        settle(purchase_id)
+        raise
+    redirect = _redirect_of(intent)
+    if redirect:
+        return redirect
+    _apply(purchase_id, intent)
+    return None
+
+
+def _redirect_of(intent: dict) -> str | None:
+    action = intent.get("next_action") or {}
+    if intent.get("status") == "requires_action" and action.get("type") == "redirect_to_url":
+        return (action.get("redirect_to_url") or {}).get("url")
+    return None
+
+
+def cancel_waiting(user_id: int, purchase_id: int) -> None:
+    """The customer does not want the waiting recharge: cancel it at Stripe and fail it
+    (not counted as a decline).
+
+    :raises NotFound: nothing of theirs waits for confirmation.
+    :raises PaymentProviderError: Stripe could not be reached.
+    """
+    purchase = waiting_recharge(user_id, purchase_id)
+    intent_id = purchase.stripe_payment_intent_id
+    db.session.rollback()
+    intent = gateway().retrieve_payment_intent(intent_id)
+    if intent.get("status") in CANCELABLE:
+        intent = gateway().cancel_payment_intent(intent_id)
+    _apply(purchase_id, intent)
+
+
+# -- invoices -------------------------------------------------------------------------
+
+
+def _invoice_safely(purchase_id: int) -> None:
+    try:
+        invoice(purchase_id)
+    except PaymentProviderError as error:
+        db.session.rollback()
+        log.warning("invoice for recharge %s left for the next round: %s", purchase_id, error)
+
+
+def invoice(purchase_id: int) -> None:
+    """Give a paid recharge its numbered invoice, paid by the recharge's own payment.
+
+    :raises PaymentProviderError: Stripe could not be reached; the next round resumes.
+    """
+    purchase = db.session.get(Purchase, purchase_id)
+    if purchase is None or purchase.credited_at is None or purchase.stripe_invoice_id:
+        return
+    references = {"purchase_id": str(purchase.id), "user_id": str(purchase.user_id)}
+    line = {
+        "amount": purchase.amount_cents,
+        "currency": purchase.currency,
+        "description": f"{purchase.history_memo}: {purchase.credits:,} credits",
+    }
+    customer_id, intent_id = purchase.user.stripe_customer_id, purchase.stripe_payment_intent_id
+    key = f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-invoice"
+    db.session.rollback()
+    paid = gateway().invoice_payment(customer_id, intent_id, line, references, key)
+    _record_invoice(purchase_id, paid)
+
+
+@transactional
+def _record_invoice(purchase_id: int, paid: dict) -> None:
+    purchase = lock_purchase(purchase_id)
+    if purchase is None or purchase.stripe_invoice_id:
+        return
+    purchase.stripe_invoice_id = paid["id"]
+    purchase.invoice_number = paid.get("number")
+    purchase.invoice_url = paid.get("hosted_invoice_url")
+    purchase.invoice_pdf_url = paid.get("invoice_pdf")
+
+
+# -- Stripe's events -------------------------------------------------------------------
+
+
+def payment_intent_changed(intent: dict) -> bool | None:
+    """Settle the recharge an event's PaymentIntent is for, as Stripe has it now; None
+    when the PaymentIntent is not a recharge's (a Checkout purchase's is followed through
+    its session).
+
+    :raises PaymentProviderError: Stripe could not be asked.
+    """
+    purchase_id = purchase_id_of(intent)
+    purchase = db.session.get(Purchase, purchase_id) if purchase_id is not None else None
+    if purchase is None or not purchase.is_recharge:
+        return None
+    settle(purchase_id)
+    return True
