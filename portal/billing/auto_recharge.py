@@ -331,7 +331,7 @@ def _tell_cap_reached(account: User, settings: AutoRecharge, now: datetime) -> N
     if settings.cap_told_for == month:
         return
     settings.cap_told_for = month
-    page = external_url_or_none("billing.auto_recharge")
+    page = external_url_or_none("billing.auto_recharge_settings")
     queue_email(
         account.email,
         "Auto-recharge paused until next month",
@@ -492,7 +492,7 @@ def _declined(purchase_id: int, why: str | None) -> None:
     settings.failures_in_a_row += 1
     amount = format_cents(purchase.amount_cents, purchase.currency)
     card = settings.card_words or "your card"
-    page = external_url_or_none("billing.auto_recharge")
+    page = external_url_or_none("billing.auto_recharge_settings")
     where = f"the Auto-recharge page: {page}" if page else "the Auto-recharge page in the portal"
     if settings.failures_in_a_row >= FAILURES_BEFORE_OFF and is_on(account):
         account.auto_recharge_below = None
