@@ -146,7 +146,8 @@ def start_card_setup(user: User, success_url: str, cancel_url: str) -> str:
     params = {
         "mode": "setup",
         "customer": stripe_customer(user),
-        "payment_method_types": ["card"],
+        # Cards only: a recharge must be paid when it is made, not days later by a bank.
+        "allowed_payment_method_types": ["card"],
         "metadata": references,
         "setup_intent_data": {"description": "Card for auto-recharge", "metadata": references},
         "success_url": success_url,
@@ -553,50 +554,42 @@ def _needs_customer(purchase_id: int) -> None:
 # -- the cardholder confirming a recharge ------------------------------------------------
 
 
-def waiting_recharge(user_id: int, purchase_id: int) -> Purchase:
-    """The customer's recharge that waits for them to confirm it.
-
-    :raises NotFound: no such purchase of theirs, or it is not waiting for them.
-    """
-    purchase = db.session.get(Purchase, purchase_id)
-    if (
-        purchase is None
-        or purchase.user_id != user_id
-        or not purchase.is_recharge
-        or purchase.status != PurchaseStatus.PENDING
-        or purchase.needs_customer_since is None
-        or purchase.stripe_payment_intent_id is None
-    ):
-        raise NotFound("no recharge waiting for you")
-    return purchase
+def waits_for_customer(purchase: Purchase) -> bool:
+    """Whether the recharge waits for its cardholder to confirm it."""
+    return (
+        purchase.is_recharge
+        and purchase.status == PurchaseStatus.PENDING
+        and purchase.needs_customer_since is not None
+        and purchase.stripe_payment_intent_id is not None
+    )
 
 
-def confirm_on_session(user_id: int, purchase_id: int, return_url: str) -> str | None:
+def confirm_on_session(purchase: Purchase, return_url: str) -> str | None:
     """Confirm a waiting recharge with the customer present; return where to send them to
-    authenticate with their bank, or None when Stripe settled it at once.
+    authenticate with their bank, or None when there is nothing to confirm (any more) or
+    Stripe settled it at once.
 
-    :raises NotFound: nothing of theirs waits for confirmation.
     :raises PaymentProviderError: Stripe could not be reached, or refused the card.
     """
-    purchase = waiting_recharge(user_id, purchase_id)
-    intent_id = purchase.stripe_payment_intent_id
+    if not waits_for_customer(purchase):
+        return None
+    purchase_id, intent_id = purchase.id, purchase.stripe_payment_intent_id
     db.session.rollback()
     intent = gateway().retrieve_payment_intent(intent_id)
+    if intent.get("status") == "requires_action":
+        return _redirect_of(intent)
     error = intent.get("last_payment_error") or {}
     method = intent.get("payment_method") or error.get("payment_method")
     method_id = method.get("id") if isinstance(method, dict) else method
-    if intent.get("status") == "requires_action":
-        return _redirect_of(intent) or None
     try:
         intent = gateway().confirm_payment_intent(intent_id, method_id, return_url)
     except PaymentProviderError:
         settle(purchase_id)
         raise
     redirect = _redirect_of(intent)
-    if redirect:
-        return redirect
-    _apply(purchase_id, intent)
-    return None
+    if redirect is None:
+        _apply(purchase_id, intent)
+    return redirect
 
 
 def _redirect_of(intent: dict) -> str | None:
@@ -606,20 +599,21 @@ def _redirect_of(intent: dict) -> str | None:
     return None
 
 
-def cancel_waiting(user_id: int, purchase_id: int) -> None:
+def cancel_waiting(purchase: Purchase) -> bool:
     """The customer does not want the waiting recharge: cancel it at Stripe and fail it
-    (not counted as a decline).
+    (not counted as a decline). Return whether there was one to cancel.
 
-    :raises NotFound: nothing of theirs waits for confirmation.
     :raises PaymentProviderError: Stripe could not be reached.
     """
-    purchase = waiting_recharge(user_id, purchase_id)
-    intent_id = purchase.stripe_payment_intent_id
+    if not waits_for_customer(purchase):
+        return False
+    purchase_id, intent_id = purchase.id, purchase.stripe_payment_intent_id
     db.session.rollback()
     intent = gateway().retrieve_payment_intent(intent_id)
     if intent.get("status") in CANCELABLE:
         intent = gateway().cancel_payment_intent(intent_id)
     _apply(purchase_id, intent)
+    return True
 
 
 # -- invoices -------------------------------------------------------------------------

@@ -181,6 +181,31 @@ def purchase(purchase_id: int):
 # -- auto-recharge --------------------------------------------------------------------
 
 
+# Auto-recharge's pages, and those of them that start or make a payment.
+AUTO_RECHARGE_ENDPOINTS = (
+    "billing.auto_recharge",
+    "billing.confirm_recharge",
+    "billing.cancel_recharge",
+    "billing.recharge_confirmed",
+)
+AUTO_RECHARGE_PAYING = frozenset({"billing.auto_recharge_card", "billing.confirm_recharge_now"})
+
+
+@bp.before_request
+def _auto_recharge_is_for_customers():
+    """Staff hold no credits: auto-recharge's pages do not exist for them. An account
+    terminated for a breach of the terms may read them, switch off and cancel, not pay."""
+    if not (request.endpoint or "").startswith(AUTO_RECHARGE_ENDPOINTS):
+        return None
+    if not current_user.is_authenticated:
+        return None
+    if current_user.is_staff:
+        abort(404)
+    if current_user.is_terminated and request.endpoint in AUTO_RECHARGE_PAYING:
+        abort(403)
+    return None
+
+
 def _auto_recharge_form(settings) -> AutoRechargeForm:
     """The settings form, filled with the customer's choices when they have made some."""
     if settings is None:
@@ -195,8 +220,8 @@ def _auto_recharge_form(settings) -> AutoRechargeForm:
 @bp.route("/account/auto-recharge", methods=["GET", "POST"])
 @login_required
 def auto_recharge_settings():
-    if current_user.is_staff:
-        abort(404)
+    if request.method == "POST" and current_user.is_terminated:
+        abort(403)
     settings = auto_recharge.settings_of(current_user.id)
     form = _auto_recharge_form(settings) if request.method == "GET" else AutoRechargeForm()
     if form.validate_on_submit():
@@ -205,7 +230,7 @@ def auto_recharge_settings():
                 current_user.id, form.credits, form.package.data, form.cap_cents
             )
         except ValidationError as error:
-            getattr(form, error.field, form.threshold).errors.append(str(error))
+            getattr(form, error.field or "threshold", form.threshold).errors.append(str(error))
         else:
             if on:
                 flash("Auto-recharge is on with these settings.", "success")
@@ -225,8 +250,8 @@ def auto_recharge_settings():
 
 def _to_card_setup():
     """Send the customer to Stripe to save a card for auto-recharge."""
-    success_url = external_url("billing.auto_recharge_card_saved")
     # {CHECKOUT_SESSION_ID} is filled in by Stripe, so it must stay unescaped.
+    success_url = external_url("billing.auto_recharge_card_saved")
     success_url += "?session_id={CHECKOUT_SESSION_ID}"
     try:
         setup_url = auto_recharge.start_card_setup(
@@ -246,9 +271,10 @@ def _to_card_setup():
 @login_required
 def auto_recharge_card():
     """Set up (another) card for auto-recharge."""
-    if not EmptyForm().validate_on_submit() or current_user.is_staff:
+    if not EmptyForm().validate_on_submit():
         abort(400)
     if auto_recharge.settings_of(current_user.id) is None:
+        flash("Choose your settings first; then you save the card.", "info")
         return redirect(url_for("billing.auto_recharge_settings"), 303)
     return _to_card_setup()
 
@@ -257,11 +283,11 @@ def auto_recharge_card():
 @login_required
 def auto_recharge_card_saved():
     """Where Stripe sends the customer back after saving the card."""
-    session_id = request.args.get("session_id", "")
     try:
-        taken = auto_recharge.card_set_up(session_id, user_id=current_user.id)
+        taken = auto_recharge.card_set_up(
+            request.args.get("session_id", ""), user_id=current_user.id
+        )
     except PaymentProviderError:
-        taken = False
         flash(
             "We could not confirm your card with our payment provider yet. If you finished "
             "saving it, auto-recharge switches on within a few minutes.",
@@ -278,22 +304,31 @@ def auto_recharge_card_saved():
 def auto_recharge_off():
     if not EmptyForm().validate_on_submit():
         abort(400)
-    try:
-        auto_recharge.switch_off(current_user.id)
-    except NotFound:
-        abort(404)
+    auto_recharge.switch_off(current_user.id)
     flash("Auto-recharge is off: nothing will be charged without you.", "success")
     return redirect(url_for("billing.auto_recharge_settings"), 303)
+
+
+def _own_purchase(purchase_id: int):
+    try:
+        purchase, _ = queries.purchase_for_customer(current_user.id, purchase_id)
+    except NotFound:
+        abort(404)
+    return purchase
+
+
+def _back_to(purchase_id: int):
+    return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
 
 
 @bp.get("/purchases/<id:purchase_id>/confirm")
 @login_required
 def confirm_recharge(purchase_id: int):
-    """The page an e-mail links to when the bank wants the cardholder to confirm a recharge."""
-    try:
-        purchase = auto_recharge.waiting_recharge(current_user.id, purchase_id)
-    except NotFound:
-        return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+    """The page an e-mail links to when the bank wants the cardholder to confirm a
+    recharge; once it no longer waits, the purchase's own page."""
+    purchase = _own_purchase(purchase_id)
+    if not auto_recharge.waits_for_customer(purchase):
+        return _back_to(purchase_id)
     return render_template(
         "billing/confirm_recharge.html",
         purchase=purchase,
@@ -307,11 +342,10 @@ def confirm_recharge(purchase_id: int):
 def confirm_recharge_now(purchase_id: int):
     if not EmptyForm().validate_on_submit():
         abort(400)
+    purchase = _own_purchase(purchase_id)
     return_url = external_url("billing.recharge_confirmed", purchase_id=purchase_id)
     try:
-        bank_url = auto_recharge.confirm_on_session(current_user.id, purchase_id, return_url)
-    except NotFound:
-        return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+        bank_url = auto_recharge.confirm_on_session(purchase, return_url)
     except PaymentProviderError as error:
         flash(
             "Your card was declined; nothing was charged."
@@ -319,25 +353,20 @@ def confirm_recharge_now(purchase_id: int):
             else "We could not reach our payment provider. Please try again in a minute.",
             "error",
         )
-        return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
-    if bank_url:
-        return redirect(bank_url, 303)
-    return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+        return _back_to(purchase_id)
+    return redirect(bank_url, 303) if bank_url else _back_to(purchase_id)
 
 
 @bp.get("/purchases/<id:purchase_id>/confirmed")
 @login_required
 def recharge_confirmed(purchase_id: int):
     """Where the bank's page sends the customer back: ask Stripe how it went."""
-    try:
-        purchase, _ = queries.purchase_for_customer(current_user.id, purchase_id)
-    except NotFound:
-        abort(404)
+    purchase = _own_purchase(purchase_id)
     try:
         auto_recharge.settle(purchase.id)
     except PaymentProviderError:
         flash("We could not reach our payment provider yet; this page updates shortly.", "info")
-    return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+    return _back_to(purchase_id)
 
 
 @bp.post("/purchases/<id:purchase_id>/confirm/cancel")
@@ -345,12 +374,12 @@ def recharge_confirmed(purchase_id: int):
 def cancel_recharge(purchase_id: int):
     if not EmptyForm().validate_on_submit():
         abort(400)
+    purchase = _own_purchase(purchase_id)
     try:
-        auto_recharge.cancel_waiting(current_user.id, purchase_id)
-    except NotFound:
-        pass
+        cancelled = auto_recharge.cancel_waiting(purchase)
     except PaymentProviderError:
         flash("We could not reach our payment provider. Please try again in a minute.", "error")
     else:
-        flash("The payment is cancelled. Nothing was charged.", "info")
-    return redirect(url_for("billing.purchase", purchase_id=purchase_id), 303)
+        if cancelled:
+            flash("The payment is cancelled. Nothing was charged.", "info")
+    return _back_to(purchase_id)

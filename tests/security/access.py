@@ -136,6 +136,20 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "billing.purchases": {"GET": members(OK)},
     "billing.purchase": {"GET": owner_only(OK)},
     "billing.manage_billing": {"POST": members(REDIRECT)},
+    # auto-recharge: customers only; a terminated account may look and switch off, not pay
+    "billing.auto_recharge_settings": {
+        "GET": members(OK, staff=MISSING),
+        "POST": members(REDIRECT, staff=MISSING, terminated=FORBIDDEN),
+    },
+    "billing.auto_recharge_card": {"POST": members(REDIRECT, staff=MISSING, terminated=FORBIDDEN)},
+    "billing.auto_recharge_card_saved": {
+        "GET": members(to("/account/auto-recharge"), staff=MISSING)
+    },
+    "billing.auto_recharge_off": {"POST": members(to("/account/auto-recharge"), staff=MISSING)},
+    "billing.confirm_recharge": {"GET": owner_only(REDIRECT)},
+    "billing.confirm_recharge_now": {"POST": owner_only(REDIRECT, terminated=FORBIDDEN)},
+    "billing.recharge_confirmed": {"GET": owner_only(REDIRECT)},
+    "billing.cancel_recharge": {"POST": owner_only(REDIRECT)},
     # the customer's pages
     "ledger.dashboard": {"GET": members(OK)},
     "ledger.history": {"GET": members(OK)},
@@ -327,6 +341,25 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
             return Call(f"/purchases/{mine.purchase_id}")
         case ("billing.manage_billing", _):
             return Call("/account/billing", {})
+        case ("billing.auto_recharge_settings", "GET"):
+            return Call("/account/auto-recharge")
+        case ("billing.auto_recharge_settings", "POST"):
+            form = {"threshold": "100", "package": "pro", "monthly_cap": "100"}
+            return Call("/account/auto-recharge", form | {"csrf_token": actor.csrf})
+        case ("billing.auto_recharge_card", _):
+            return Call("/account/auto-recharge/card", {})
+        case ("billing.auto_recharge_card_saved", _):
+            return Call("/account/auto-recharge/card?session_id=cs_not_theirs")
+        case ("billing.auto_recharge_off", _):
+            return Call("/account/auto-recharge/off", {})
+        case ("billing.confirm_recharge", _):
+            return Call(f"/purchases/{mine.purchase_id}/confirm")
+        case ("billing.confirm_recharge_now", _):
+            return Call(f"/purchases/{mine.purchase_id}/confirm", {})
+        case ("billing.recharge_confirmed", _):
+            return Call(f"/purchases/{mine.purchase_id}/confirmed")
+        case ("billing.cancel_recharge", _):
+            return Call(f"/purchases/{mine.purchase_id}/confirm/cancel", {})
         case ("ledger.dashboard", _):
             return Call("/dashboard")
         case ("ledger.history", _):

@@ -199,6 +199,15 @@ SETTINGS_FORMS = {
             }
         ),
     ),
+    "/account/auto-recharge": (
+        ("csrf_token",),
+        form(
+            threshold=field("100", "1,300", "0", "100001", "1e3", "٥", "-1"),
+            package=field("pro", "starter", "PRO", "enterprise"),
+            monthly_cap=field("100", "$100", "19", "5000", "5001", "20.50", "1e3"),
+        ),
+    ),
+    "/account/auto-recharge/off": (("csrf_token",), form()),
     "/account/browser-timezone": (
         ("csrf_token",),
         form(timezone=field("America/Vancouver", "Etc/GMT+12", "../../etc/localtime")),

@@ -177,3 +177,26 @@ def test_jobs_api_takes_a_plain_integer(app):
     response = api.open("POST", "/api/v1/jobs", json=body)
     assert response.status_code == 201
     assert balance_of(customer.id) == before - 5
+
+
+def test_auto_recharge_refuses_anything_but_plain_credits_and_dollars(app):
+    from portal.billing.models import AutoRecharge
+
+    customer = make_user()
+    browser = Actor(app, "customer", customer)
+    wrong = []
+    with ServerErrors() as errors:
+        for text in [amount for amount in NOT_AMOUNTS if amount != "1,000"]:
+            for field_name in ("threshold", "monthly_cap"):
+                form = {"threshold": "100", "package": "pro", "monthly_cap": "100"}
+                form[field_name] = text
+                form["csrf_token"] = browser.csrf
+                response = browser.post("/account/auto-recharge", form, csrf=False)
+                if response.status_code >= 500:
+                    wrong.append(
+                        f"{field_name} {text!r}: {response.status_code} {errors.describe()}"
+                    )
+                elif response.status_code != 400 or db.session.get(AutoRecharge, customer.id):
+                    wrong.append(f"{field_name} {text!r} was taken")
+                db.session.expire_all()
+    assert wrong == [], "\n".join(wrong)
