@@ -63,11 +63,13 @@ from stripe import (
     ErrorObject,
     Event,
     Invoice,
+    InvoiceItem,
     ListObject,
     PaymentIntent,
     PaymentMethod,
     Refund,
     RequestOptions,
+    SetupIntent,
     StripeObject,
 )
 from stripe._stripe_object import UntypedStripeObject  # metadata's type; not exported
@@ -77,6 +79,13 @@ from stripe.params import (
     CustomerCreateParams,
     DisputeListParams,
     DisputeRetrieveParams,
+    InvoiceAttachPaymentParams,
+    InvoiceCreateParams,
+    InvoiceFinalizeInvoiceParams,
+    InvoiceItemCreateParams,
+    PaymentIntentCancelParams,
+    PaymentIntentConfirmParams,
+    PaymentIntentCreateParams,
     PaymentIntentRetrieveParams,
     PaymentMethodListParams,
     RefundCreateParams,
@@ -113,6 +122,9 @@ ENDPOINTS = (
     Endpoint("GET", "/v1/checkout/sessions/{id}", SessionRetrieveParams, CheckoutSession),
     Endpoint("POST", "/v1/checkout/sessions/{id}/expire", SessionExpireParams, CheckoutSession),
     Endpoint("GET", "/v1/payment_intents/{id}", PaymentIntentRetrieveParams, PaymentIntent),
+    Endpoint("POST", "/v1/payment_intents", PaymentIntentCreateParams, PaymentIntent),
+    Endpoint("POST", "/v1/payment_intents/{id}/confirm", PaymentIntentConfirmParams, PaymentIntent),
+    Endpoint("POST", "/v1/payment_intents/{id}/cancel", PaymentIntentCancelParams, PaymentIntent),
     Endpoint("POST", "/v1/refunds", RefundCreateParams, Refund),
     Endpoint("GET", "/v1/refunds/{id}", RefundRetrieveParams, Refund),
     Endpoint("GET", "/v1/disputes", DisputeListParams, ListObject[Dispute]),
@@ -122,6 +134,10 @@ ENDPOINTS = (
     Endpoint(
         "POST", "/v1/billing_portal/sessions", PortalSessionCreateParams, BillingPortalSession
     ),
+    Endpoint("POST", "/v1/invoices", InvoiceCreateParams, Invoice),
+    Endpoint("POST", "/v1/invoiceitems", InvoiceItemCreateParams, InvoiceItem),
+    Endpoint("POST", "/v1/invoices/{id}/finalize", InvoiceFinalizeInvoiceParams, Invoice),
+    Endpoint("POST", "/v1/invoices/{id}/attach_payment", InvoiceAttachPaymentParams, Invoice),
 )
 
 # The objects an event can be about, by their `object` field.
@@ -136,6 +152,8 @@ RESOURCES = {
         Customer,
         PaymentMethod,
         Invoice,
+        InvoiceItem,
+        SetupIntent,
     )
 }
 

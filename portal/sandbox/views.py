@@ -1,6 +1,7 @@
 """The sandbox's Stripe API (/sandbox/v1/...), its hosted Checkout page and its dashboard."""
 
 import hmac
+import json
 import re
 import threading
 
@@ -22,7 +23,7 @@ from portal.extensions import csrf
 from portal.forms import EmptyForm
 from portal.sandbox.pdf import one_page_pdf
 from portal.sandbox.store import (
-    CARD_DECLINED,
+    DECLINES,
     DELAYED_METHOD,
     DISPUTE_OPEN,
     TEST_CARDS,
@@ -118,7 +119,9 @@ def _idempotent(handler):
                 status, body = 200, handler(params)
             except StripeError as error:
                 status, body = error.status, error.body
-            # Stripe saves the result of a request that reached it, errors included.
+            # Stripe saves the result of a request that reached it, errors included, and
+            # replays it as it was then, whatever happened to the object since.
+            body = json.loads(json.dumps(body))
             sandbox.remember(key, (status, body))
     response = jsonify(body)
     response.status_code = status
@@ -146,7 +149,7 @@ def list_sessions():
 
 @api.get("/checkout/sessions/<session_id>")
 def retrieve_session(session_id: str):
-    expand = decode_params(request.args.items(multi=True)).get("expand") or []
+    expand = _expand(decode_params(request.args.items(multi=True)))
     with store().lock:
         return jsonify(store().public_session(session_id, expand))
 
@@ -165,23 +168,52 @@ def expire_session(session_id: str):
     return _idempotent(lambda params: store().expire_session(session_id))
 
 
+def _expand(params: dict) -> list:
+    return params.get("expand") or []
+
+
 @api.get("/payment_intents/<intent_id>")
 def retrieve_payment_intent(intent_id: str):
+    expand = _expand(decode_params(request.args.items(multi=True)))
     with store().lock:
-        intent = store().payment_intents.get(intent_id)
-        if intent is None:
-            raise StripeError(
-                404,
-                "invalid_request_error",
-                f"No such payment_intent: '{intent_id}'",
-                "resource_missing",
-                "intent",
-            )
-        expand = decode_params(request.args.items(multi=True)).get("expand") or []
-        body = dict(intent)
-        if "latest_charge" in expand and intent["latest_charge"]:
-            body["latest_charge"] = dict(store().charges[intent["latest_charge"]])
-        return jsonify(body)
+        return jsonify(store().public_payment_intent(intent_id, expand))
+
+
+@api.post("/payment_intents")
+def create_payment_intent():
+    return _idempotent(lambda params: store().create_payment_intent(params, _expand(params)))
+
+
+@api.post("/payment_intents/<intent_id>/confirm")
+def confirm_payment_intent(intent_id: str):
+    return _idempotent(
+        lambda params: store().confirm_payment_intent(intent_id, params, _expand(params))
+    )
+
+
+@api.post("/payment_intents/<intent_id>/cancel")
+def cancel_payment_intent(intent_id: str):
+    return _idempotent(lambda params: store().cancel_payment_intent(intent_id, params))
+
+
+@api.post("/invoices")
+def create_invoice():
+    return _idempotent(lambda params: store().create_invoice(params, _expand(params)))
+
+
+@api.post("/invoiceitems")
+def create_invoice_item():
+    return _idempotent(lambda params: store().create_invoice_item(params))
+
+
+@api.post("/invoices/<invoice_id>/finalize")
+def finalize_invoice(invoice_id: str):
+    return _idempotent(lambda params: store().finalize_invoice(invoice_id, params, _expand(params)))
+
+
+@api.post("/invoices/<invoice_id>/attach_payment")
+def attach_payment(invoice_id: str):
+    return _idempotent(lambda params: store().attach_payment(invoice_id, params, _expand(params)))
 
 
 @api.post("/customers")
@@ -283,22 +315,30 @@ def checkout(session_id: str):
         # Checkout offers the saved cards its filters allow (by default, "always").
         redisplay = options.get("allow_redisplay_filters") or ["always"]
         saved = store().saved_cards(session["customer"], redisplay) if session["customer"] else []
+    setting_up = session["mode"] == "setup"
     return render_template(
         "sandbox/checkout.html",
         session=session,
         items=items,
-        saved=saved,
+        # Setting a card up for later offers new cards only (no bank debit).
+        saved=[] if setting_up else saved,
         offer_to_save=bool(session["customer"])
+        and not setting_up
         and options.get("payment_method_save") == "enabled"
         and not session["payment_intent_data"].get("setup_future_usage"),
-        cards=TEST_CARDS,
+        cards=_cards_to_set_up() if setting_up else TEST_CARDS,
         form=EmptyForm(),
         declined=request.args.get("declined") == "1",
     )
 
 
+def _cards_to_set_up() -> dict:
+    return {number: label for number, label in TEST_CARDS.items() if number != DELAYED_METHOD}
+
+
 @pages.post("/checkout/<session_id>/pay")
 def pay(session_id: str):
+    """Pay (payment mode) or save the card (setup mode) as the customer chose on the page."""
     if not EmptyForm().validate_on_submit():
         abort(400)
     method = request.form.get("card", "")
@@ -306,14 +346,21 @@ def pay(session_id: str):
     with sandbox.lock:
         if session_id not in sandbox.sessions:
             abort(404)
-        if method not in TEST_CARDS and method not in sandbox.payment_methods:
+        if sandbox.sessions[session_id]["mode"] == "setup":
+            if method not in _cards_to_set_up():
+                abort(400)
+            outcome = sandbox.save_card_on_page(session_id, method)
+        elif method not in TEST_CARDS and method not in sandbox.payment_methods:
             abort(400)
-        outcome = sandbox.pay(session_id, method, save=request.form.get("save") == "y")
+        else:
+            outcome = sandbox.pay(session_id, method, save=request.form.get("save") == "y")
         session = dict(sandbox.sessions[session_id])
     if outcome == "declined" and method not in TEST_CARDS:
         abort(400)  # a saved card of someone else
-    if outcome == "declined" and method == CARD_DECLINED:
+    if outcome == "declined" and method in DECLINES:
         return redirect(url_for("sandbox.checkout", session_id=session_id, declined=1), 303)
+    if outcome == "saved":
+        return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
     if outcome not in ("paid", "processing"):
         return redirect(url_for("sandbox.checkout", session_id=session_id), 303)
     if method == DELAYED_METHOD:
@@ -325,13 +372,19 @@ def pay(session_id: str):
     return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
 
 
+def _finalised_invoice(invoice_id: str) -> dict:
+    """The invoice, if Stripe would show it: a draft has no pages yet."""
+    invoice = store().invoices.get(invoice_id)
+    if invoice is None or invoice["status"] == "draft":
+        abort(404)
+    return invoice
+
+
 @pages.get("/invoices/<invoice_id>")
 def hosted_invoice(invoice_id: str):
     """Stands in for Stripe's hosted invoice page (anyone with the link may read it)."""
     with store().lock:
-        invoice = store().invoices.get(invoice_id)
-        if invoice is None:
-            abort(404)
+        invoice = _finalised_invoice(invoice_id)
         invoice = dict(invoice)
         customer = store().customers.get(invoice["customer"] or "", {})
     return render_template("sandbox/invoice.html", invoice=invoice, customer=customer)
@@ -341,14 +394,13 @@ def hosted_invoice(invoice_id: str):
 def invoice_pdf(invoice_id: str):
     """Stands in for Stripe's invoice PDF: a one-page PDF naming the invoice."""
     with store().lock:
-        invoice = store().invoices.get(invoice_id)
-        if invoice is None:
-            abort(404)
-        invoice = dict(invoice)
+        invoice = dict(_finalised_invoice(invoice_id))
+    paid = invoice["status"] == "paid"
+    amount = invoice["amount_paid"] if paid else invoice["amount_remaining"]
     return Response(
         one_page_pdf(
-            f"Invoice {invoice['number']}: {invoice['amount_paid'] / 100:.2f} "
-            f"{invoice['currency'].upper()} paid (sandbox)"
+            f"Invoice {invoice['number']}: {amount / 100:.2f} "
+            f"{invoice['currency'].upper()} {'paid' if paid else 'due'} (sandbox)"
         ),
         mimetype="application/pdf",
         headers={"Content-Disposition": f'inline; filename="{invoice["number"]}.pdf"'},
@@ -377,7 +429,11 @@ def billing_portal(session_id: str):
             return redirect(url_for("sandbox.billing_portal", session_id=session_id), 303)
         cards = [dict(card) for card in sandbox.saved_cards(customer_id)]
         invoices = sorted(
-            (dict(i) for i in sandbox.invoices.values() if i["customer"] == customer_id),
+            (
+                dict(i)
+                for i in sandbox.invoices.values()
+                if i["customer"] == customer_id and i["status"] != "draft"
+            ),
             key=lambda invoice: invoice["created"],
             reverse=True,
         )
@@ -387,6 +443,29 @@ def billing_portal(session_id: str):
         cards=cards,
         invoices=invoices,
         form=form,
+    )
+
+
+@pages.route("/authenticate/<intent_id>", methods=["GET", "POST"])
+def authenticate(intent_id: str):
+    """Stands in for the bank's 3-D Secure page that a PaymentIntent's `next_action`
+    sends the customer to: they complete or fail the check, then go back to the
+    confirmation's return_url."""
+    sandbox = store()
+    form = EmptyForm()
+    with sandbox.lock:
+        intent = sandbox.payment_intents.get(intent_id)
+        if intent is None:
+            abort(404)
+        if request.method == "POST":
+            if not form.validate_on_submit():
+                abort(400)
+            target = sandbox.authenticate(intent_id, request.form.get("outcome") == "complete")
+            return redirect(target or url_for("sandbox.authenticate", intent_id=intent_id), 303)
+        intent = dict(intent)
+        method = sandbox.payment_methods.get(intent["payment_method"] or "")
+    return render_template(
+        "sandbox/authenticate.html", intent=intent, card=method and method["card"], form=form
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from portal.accounts.models import User
 from portal.audit import AuditLogEntry
 from portal.billing import checkout
+from portal.billing.gateway import gateway
 from portal.billing.models import Purchase, Refund, StripeEvent
 from portal.db import db
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry
@@ -142,6 +143,82 @@ def payment_intent_of(session_id: str) -> str:
     intent = session_at_stripe(session_id)["payment_intent"]
     assert intent, f"session {session_id} has no payment intent"
     return intent
+
+
+# -- auto-recharge: a card saved for later, charged off-session ---------------------------
+
+SETUP_SUCCESS_URL = "http://portal.test/account/auto-recharge/card?session_id={CHECKOUT_SESSION_ID}"
+SETUP_CANCEL_URL = "http://portal.test/account/auto-recharge"
+AUTHENTICATED_URL = "http://portal.test/account/auto-recharge/authenticated"
+
+
+def open_card_setup(user: User) -> str:
+    """Start saving a card for auto-recharge, with the request the portal sends; return
+    the setup-mode Checkout Session id."""
+    metadata = {"user_id": str(user.id), "purpose": "auto_recharge"}
+    params = {
+        "mode": "setup",
+        "customer": checkout.stripe_customer(user),
+        # Named payment_method_types before the API version the portal pins.
+        "allowed_payment_method_types": ["card"],
+        "metadata": metadata,
+        "setup_intent_data": {"description": "Card for auto-recharge", "metadata": metadata},
+        "success_url": SETUP_SUCCESS_URL,
+        "cancel_url": SETUP_CANCEL_URL,
+    }
+    return gateway().create_checkout_session(params, f"card-setup-{secrets.token_hex(6)}").id
+
+
+def set_up_card(client: FlaskClient, user: User, card: str = CARD_SUCCEEDS) -> str:
+    """Save `card` for `user` on the sandbox's setup page; return the PaymentMethod id."""
+    session_id = open_card_setup(user)
+    response = pay_on_page(client, session_id, card)
+    assert response.status_code == 303, response.get_data(as_text=True)
+    assert session_id in response.headers["Location"]
+    session = gateway().retrieve_setup_session(session_id)
+    return session["setup_intent"]["payment_method"]["id"]
+
+
+def recharge_params(user: User, payment_method: str, amount_cents: int = 2000) -> dict:
+    """The off-session charge the auto-recharge worker sends for `user`."""
+    return {
+        "amount": amount_cents,
+        "currency": "usd",
+        "customer": user.stripe_customer_id,
+        "payment_method": payment_method,
+        "off_session": True,
+        "confirm": True,
+        "description": "Auto-recharge: Pro package, 300 credits",
+        # No purchase of this id exists: the webhook handlers find nothing to change.
+        "metadata": {"purchase_id": "999999", "user_id": str(user.id)},
+        "expand": ["latest_charge"],
+    }
+
+
+def charge_saved_card(user: User, payment_method: str, key: str | None = None) -> dict:
+    """Charge `payment_method` off-session through the gateway; the PaymentIntent."""
+    return gateway().charge_saved_card(
+        recharge_params(user, payment_method), key or f"recharge-{secrets.token_hex(6)}"
+    )
+
+
+def invoice_recharge(user: User, payment_intent: str, key: str | None = None) -> dict:
+    """Invoice a paid recharge through the gateway, as the portal will; the invoice."""
+    return gateway().invoice_payment(
+        user.stripe_customer_id,
+        payment_intent,
+        {"amount": 2000, "currency": "usd", "description": "Pro package, 300 credits"},
+        {"purchase_id": "999999"},
+        key or f"recharge-invoice-{secrets.token_hex(6)}",
+    )
+
+
+def authenticate_on_page(client: FlaskClient, intent_id: str, outcome: str = "complete"):
+    """Complete (or fail) the bank's check on the sandbox's 3-D Secure page."""
+    token = csrf_token(client, f"/sandbox/authenticate/{intent_id}")
+    return client.post(
+        f"/sandbox/authenticate/{intent_id}", data={"outcome": outcome, "csrf_token": token}
+    )
 
 
 # -- events and webhooks ----------------------------------------------------------------

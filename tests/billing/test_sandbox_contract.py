@@ -21,6 +21,8 @@ from portal.billing.gateway import gateway
 from portal.billing.money_back import sending
 from portal.errors import PaymentProviderError
 from portal.sandbox.store import (
+    CARD_AUTHENTICATES,
+    CARD_CHARGES_FAIL,
     CARD_DECLINED,
     CARD_DISPUTED,
     CARD_REFUND_FAILS,
@@ -29,10 +31,14 @@ from portal.sandbox.store import (
 )
 from portal.timeutil import utcnow
 from tests.billing.helpers import (
+    AUTHENTICATED_URL,
+    authenticate_on_page,
     buy,
+    charge_saved_card,
     close_dispute_in_store,
     deliver,
     fake_event,
+    invoice_recharge,
     open_checkout,
     pay_on_page,
     payment_intent_of,
@@ -41,6 +47,7 @@ from tests.billing.helpers import (
     purchase,
     refund_in_store,
     session_id_of,
+    set_up_card,
     settle_delayed,
     the_event,
 )
@@ -137,7 +144,39 @@ def stripe_says_no(client, customer):
         gateway().retrieve_refund("re_test_anything")
 
 
+def auto_recharge_paid_and_invoiced(client, customer):
+    """The card saved on the setup page pays an off-session recharge, then the paid
+    recharge gets its numbered invoice."""
+    intent = charge_saved_card(customer, set_up_card(client, customer))
+    assert intent["status"] == "succeeded"
+    invoice = invoice_recharge(customer, intent["id"])
+    assert invoice["status"] == "paid"
+
+
+def auto_recharge_declined(client, customer):
+    intent = charge_saved_card(customer, set_up_card(client, customer, CARD_CHARGES_FAIL))
+    assert intent["last_payment_error"]["code"] == "card_declined"
+
+
+def auto_recharge_authenticated_on_session(client, customer):
+    """The bank wants the cardholder: the customer comes back, confirms the same
+    PaymentIntent and passes the check on the bank's page."""
+    method = set_up_card(client, customer, CARD_AUTHENTICATES)
+    intent = charge_saved_card(customer, method)
+    assert intent["last_payment_error"]["code"] == "authentication_required"
+    intent = gateway().confirm_payment_intent(intent["id"], method, AUTHENTICATED_URL)
+    assert intent["status"] == "requires_action"
+    authenticate_on_page(client, intent["id"])
+    assert gateway().retrieve_payment_intent(intent["id"])["status"] == "succeeded"
+
+
+def auto_recharge_abandoned(client, customer):
+    intent = charge_saved_card(customer, set_up_card(client, customer, CARD_AUTHENTICATES))
+    assert gateway().cancel_payment_intent(intent["id"])["status"] == "canceled"
+
+
 SESSIONS = "/v1/checkout/sessions"
+INVOICES = "/v1/invoices"
 
 # Each flow, with the calls it must make (more is fine): together they reach every line
 # of the endpoint table.
@@ -164,6 +203,28 @@ FLOWS = {
             },
         ),
         (stripe_says_no, {f"GET {SESSIONS}/{{id}}", "GET /v1/refunds/{id}"}),
+        (
+            auto_recharge_paid_and_invoiced,
+            {
+                f"POST {SESSIONS}",
+                f"GET {SESSIONS}/{{id}}",
+                "POST /v1/payment_intents",
+                f"POST {INVOICES}",
+                "POST /v1/invoiceitems",
+                f"POST {INVOICES}/{{id}}/finalize",
+                f"POST {INVOICES}/{{id}}/attach_payment",
+            },
+        ),
+        (auto_recharge_declined, {"POST /v1/payment_intents"}),
+        (
+            auto_recharge_authenticated_on_session,
+            {
+                "POST /v1/payment_intents",
+                "POST /v1/payment_intents/{id}/confirm",
+                "GET /v1/payment_intents/{id}",
+            },
+        ),
+        (auto_recharge_abandoned, {"POST /v1/payment_intents/{id}/cancel"}),
     )
 }
 
@@ -435,8 +496,8 @@ def test_an_event_about_an_unknown_kind_of_object_fails():
 
     assert event_problems(event) == [
         "event product.created.data.object is a 'product' object; the contract knows "
-        "['charge', 'checkout.session', 'customer', 'dispute', 'invoice', 'payment_intent', "
-        "'payment_method', 'refund']"
+        "['charge', 'checkout.session', 'customer', 'dispute', 'invoice', 'invoiceitem', "
+        "'payment_intent', 'payment_method', 'refund', 'setup_intent']"
     ]
 
 

@@ -185,6 +185,8 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "sandbox.hosted_invoice": {"GET": everyone(OK)},
     "sandbox.invoice_pdf": {"GET": everyone(OK)},
     "sandbox.billing_portal": {"GET": everyone(OK), "POST": everyone(MISSING)},
+    # the bank's 3-D Secure page: its link is the key to it (aimed at no payment here)
+    "sandbox.authenticate": {"GET": everyone(MISSING), "POST": everyone(MISSING)},
     # the sandbox's Stripe API wants a secret key, which no browser or service token is
     "sandbox_api.create_session": {"POST": everyone(UNAUTHORIZED)},
     "sandbox_api.list_sessions": {"GET": everyone(UNAUTHORIZED)},
@@ -200,6 +202,13 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "sandbox_api.create_customer": {"POST": everyone(UNAUTHORIZED)},
     "sandbox_api.list_payment_methods": {"GET": everyone(UNAUTHORIZED)},
     "sandbox_api.create_portal_session": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.create_payment_intent": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.confirm_payment_intent": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.cancel_payment_intent": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.create_invoice": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.create_invoice_item": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.finalize_invoice": {"POST": everyone(UNAUTHORIZED)},
+    "sandbox_api.attach_payment": {"POST": everyone(UNAUTHORIZED)},
     # staff: the blueprint is guarded as a whole
     "staff.queue": {"GET": staff_only(OK)},
     "staff.request_detail": {"GET": staff_only(OK)},
@@ -445,6 +454,26 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
         case ("sandbox.billing_portal", "POST"):
             # Removing a card that is not this customer's: no such card here.
             return Call(f"/sandbox/billing/{world.sandbox_portal_session_id}", {"remove": "pm_x"})
+        case ("sandbox.authenticate", "GET"):
+            return Call("/sandbox/authenticate/pi_unknown")
+        case ("sandbox.authenticate", "POST"):
+            return Call("/sandbox/authenticate/pi_unknown", {"outcome": "complete"})
+        case ("sandbox_api.create_payment_intent", _):
+            return Call("/sandbox/v1/payment_intents", {"amount": "2000", "currency": "usd"})
+        case ("sandbox_api.confirm_payment_intent", _):
+            return Call("/sandbox/v1/payment_intents/pi_unknown/confirm", {})
+        case ("sandbox_api.cancel_payment_intent", _):
+            return Call("/sandbox/v1/payment_intents/pi_unknown/cancel", {})
+        case ("sandbox_api.create_invoice", _):
+            return Call("/sandbox/v1/invoices", {"customer": "cus_unknown"})
+        case ("sandbox_api.create_invoice_item", _):
+            return Call("/sandbox/v1/invoiceitems", {"customer": "cus_unknown", "amount": "1"})
+        case ("sandbox_api.finalize_invoice", _):
+            return Call("/sandbox/v1/invoices/in_unknown/finalize", {})
+        case ("sandbox_api.attach_payment", _):
+            return Call(
+                "/sandbox/v1/invoices/in_unknown/attach_payment", {"payment_intent": "pi_x"}
+            )
         case ("sandbox_api.create_customer", _):
             return Call("/sandbox/v1/customers", {"email": "x@example.com"})
         case ("sandbox_api.list_payment_methods", _):

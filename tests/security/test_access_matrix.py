@@ -156,6 +156,8 @@ def test_sandbox_pages_answer_404_for_ids_they_do_not_know(app):
             ("/sandbox/checkout/cs_unknown/cancel", {}),
             ("/sandbox/sessions/cs_unknown/settle", {"outcome": "succeeded"}),
             ("/sandbox/refunds/re_unknown/settle", {}),
+            ("/sandbox/authenticate/pi_unknown", None),
+            ("/sandbox/authenticate/pi_unknown", {"outcome": "complete"}),
         ):
             status, _ = status_and_body(
                 lambda path=path, form=form: (
