@@ -153,8 +153,9 @@ def start_card_setup(user: User, success_url: str, cancel_url: str) -> str:
         "success_url": success_url,
         "cancel_url": cancel_url,
     }
-    # A double click within the same second opens one session, not two.
-    key = f"auto-recharge-card-{user.id}-{utcnow():%Y%m%dT%H%M%S}"
+    # A double click within the same second opens one session, not two. The account's
+    # creation time keeps keys apart if ids restart against the same Stripe account.
+    key = f"auto-recharge-card-{user.id}-{user.created_at:%Y%m%dT%H%M%S%f}-{utcnow():%Y%m%dT%H%M%S}"
     return gateway().create_checkout_session(params, key).url
 
 
@@ -225,7 +226,10 @@ def run(now: datetime) -> int:
             _settle_safely(purchase_id)
             done += 1
     for purchase in _unfinished(now):
-        _settle_safely(purchase.id)
+        if purchase.needs_customer_since is None:
+            _settle_safely(purchase.id)
+        else:
+            _stop_waiting_safely(purchase.id)
         done += 1
     for purchase_id in _uninvoiced():
         _invoice_safely(purchase_id)
@@ -376,10 +380,7 @@ def settle(purchase_id: int) -> None:
         if pending:
             _charge(purchase_id)
         return
-    intent = gateway().retrieve_payment_intent(intent_id)
-    if pending and intent.get("status") in CANCELABLE and _waited_too_long(purchase_id):
-        intent = gateway().cancel_payment_intent(intent_id)
-    _apply(purchase_id, intent)
+    _apply(purchase_id, gateway().retrieve_payment_intent(intent_id))
 
 
 def _charge(purchase_id: int) -> None:
@@ -422,14 +423,26 @@ def _charge(purchase_id: int) -> None:
 CANCELABLE = frozenset({"requires_payment_method", "requires_action", "requires_confirmation"})
 
 
-def _waited_too_long(purchase_id: int) -> bool:
-    since = db.session.get(Purchase, purchase_id).needs_customer_since
+def _stop_waiting_safely(purchase_id: int) -> None:
+    """Cancel a recharge its cardholder did not confirm within WAIT_FOR_CUSTOMER, and say
+    so; Stripe being away leaves it for the next round."""
+    purchase = db.session.get(Purchase, purchase_id)
+    intent_id = purchase.stripe_payment_intent_id
     db.session.rollback()
-    return since is not None and since < utcnow() - WAIT_FOR_CUSTOMER
+    try:
+        intent = gateway().retrieve_payment_intent(intent_id)
+        if intent.get("status") in CANCELABLE:
+            intent = gateway().cancel_payment_intent(intent_id)
+    except PaymentProviderError as error:
+        db.session.rollback()
+        log.warning("recharge %s left for the next round: %s", purchase_id, error)
+        return
+    _apply(purchase_id, intent, unconfirmed=True)
 
 
-def _apply(purchase_id: int, intent: dict) -> None:
-    """Act on a recharge's PaymentIntent as Stripe answered it."""
+def _apply(purchase_id: int, intent: dict, unconfirmed: bool = False) -> None:
+    """Act on a recharge's PaymentIntent as Stripe answered it (`unconfirmed`: cancelled
+    because the cardholder never confirmed it)."""
     _remember_intent(purchase_id, intent["id"])
     status = intent.get("status")
     error = intent.get("last_payment_error") or {}
@@ -438,7 +451,7 @@ def _apply(purchase_id: int, intent: dict) -> None:
         _paid(purchase_id)
         _invoice_safely(purchase_id)
     elif status == "canceled":
-        _declined(purchase_id, None)
+        _cancelled(purchase_id, tell=unconfirmed)
     elif status == "requires_action" or error.get("code") in NEEDS_CUSTOMER:
         _needs_customer(purchase_id)
     elif status == "requires_payment_method":
@@ -478,16 +491,35 @@ def _paid(purchase_id: int) -> None:
 
 
 @transactional
-def _declined(purchase_id: int, why: str | None) -> None:
-    """Fail a pending recharge: `why` the bank said no, counted towards switching
-    auto-recharge off; None when it was cancelled (nobody declined anything)."""
+def _cancelled(purchase_id: int, tell: bool) -> None:
+    """Fail a cancelled recharge; nobody declined anything, so it is not counted. `tell`:
+    the customer did not ask for it (they never confirmed it), so say what happened."""
     purchase = lock_purchase(purchase_id)
     if purchase is None or purchase.status != PurchaseStatus.PENDING:
         return
     purchase.status = PurchaseStatus.FAILED
     purchase.needs_customer_since = None
-    if why is None:
+    if tell:
+        queue_email(
+            purchase.user.email,
+            "Auto-recharge payment cancelled",
+            f"The {format_cents(purchase.amount_cents, purchase.currency)} auto-recharge "
+            f"payment your bank asked you to confirm was not confirmed within "
+            f"{WAIT_FOR_CUSTOMER.days} days, so we cancelled it. Nothing was charged and no "
+            "credits were added. Auto-recharge stays on and tries again the next time a job "
+            "leaves your balance below your amount.",
+        )
+
+
+@transactional
+def _declined(purchase_id: int, why: str) -> None:
+    """Fail a pending recharge the bank said no to (`why`, in words), counted towards
+    switching auto-recharge off."""
+    purchase = lock_purchase(purchase_id)
+    if purchase is None or purchase.status != PurchaseStatus.PENDING:
         return
+    purchase.status = PurchaseStatus.FAILED
+    purchase.needs_customer_since = None
     account = locked(User, User.id == purchase.user_id)
     settings = db.session.get(AutoRecharge, purchase.user_id)
     settings.failures_in_a_row += 1

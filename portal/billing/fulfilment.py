@@ -129,6 +129,16 @@ def _fulfil(session_id: str) -> Fulfilment:
     )
 
 
+def fulfil_purchase(purchase: Purchase) -> Fulfilment | None:
+    """Credit a purchase, exactly once, through what it was paid with: its Checkout
+    Session, or a recharge's PaymentIntent. None while it has neither yet."""
+    if purchase.stripe_checkout_session_id:
+        return fulfil_checkout(purchase.stripe_checkout_session_id)
+    if purchase.is_recharge and purchase.stripe_payment_intent_id:
+        return fulfil_payment_intent(purchase.stripe_payment_intent_id)
+    return None
+
+
 def fulfil_payment_intent(intent_id: str) -> Fulfilment:
     """Credit the auto-recharge behind a succeeded PaymentIntent, exactly once (see
     `_fulfil_intent`)."""
@@ -325,7 +335,6 @@ def dispute_changed(stripe_dispute_id: str) -> Purchase | None:
         purchase is not None
         and purchase.status == PurchaseStatus.PAID
         and purchase.credited_at is None
-        and purchase.stripe_checkout_session_id
     ):
-        fulfil_checkout(purchase.stripe_checkout_session_id)
+        fulfil_purchase(purchase)
     return purchase

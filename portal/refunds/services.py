@@ -278,9 +278,9 @@ def _settle_automatically(
 ) -> list[str]:
     """Carry out what the portal can settle itself; return what was done, in words."""
     done = []
-    if Action.ADD_MISSING_CREDITS in actions and purchase.stripe_checkout_session_id:
+    if Action.ADD_MISSING_CREDITS in actions:
         try:
-            outcome = fulfilment.fulfil_checkout(purchase.stripe_checkout_session_id)
+            outcome = fulfilment.fulfil_purchase(purchase)
         except PaymentProviderError:
             outcome = None
         if outcome in (fulfilment.Fulfilment.CREDITED, fulfilment.Fulfilment.ALREADY_CREDITED):
