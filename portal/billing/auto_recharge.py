@@ -38,7 +38,7 @@ from portal.billing.checkout import stripe_customer
 from portal.billing.gateway import gateway, purchase_id_of
 from portal.billing.models import AutoRecharge, Purchase, PurchaseOrigin, PurchaseStatus
 from portal.billing.money_back.state import lock_purchase
-from portal.db import db, locked, transactional
+from portal.db import db, locked, parse_id, transactional
 from portal.errors import NotFound, PaymentProviderError, ValidationError
 from portal.links import external_url_or_none
 from portal.money import format_cents
@@ -57,6 +57,8 @@ FAILURES_BEFORE_OFF = 3
 WAIT_FOR_CUSTOMER = timedelta(days=3)
 # Stripe's codes for a payment that needs the cardholder, not a decline.
 NEEDS_CUSTOMER = frozenset({"authentication_required", "payment_intent_authentication_failure"})
+# How long the worker keeps trying to invoice a paid recharge.
+INVOICE_RETRIES_FOR = timedelta(days=7)
 # The most accounts one worker round starts recharges for.
 BATCH = 100
 
@@ -173,7 +175,8 @@ def card_set_up(session_id: str, user_id: int | None = None) -> bool:
     """
     session = gateway().retrieve_setup_session(session_id)
     metadata = session.get("metadata") or {}
-    owner = purchase_id_of({"metadata": {"purchase_id": metadata.get("user_id")}})
+    owner = metadata.get("user_id")
+    owner = parse_id(owner) if isinstance(owner, str) else None
     intent = session.get("setup_intent")
     if (
         session.get("mode") != "setup"
@@ -231,7 +234,7 @@ def run(now: datetime) -> int:
         else:
             _stop_waiting_safely(purchase.id)
         done += 1
-    for purchase_id in _uninvoiced():
+    for purchase_id in _uninvoiced(now):
         _invoice_safely(purchase_id)
         done += 1
     return done
@@ -256,11 +259,14 @@ def _unfinished(now: datetime) -> list[Purchase]:
     ]
 
 
-def _uninvoiced() -> list[int]:
+def _uninvoiced(now: datetime) -> list[int]:
+    """Paid recharges still without an invoice (Stripe was away when they were paid), for
+    INVOICE_RETRIES_FOR: one Stripe keeps refusing is not asked for every round for ever
+    (each refusal is logged)."""
     ids = db.session.scalars(
         select(Purchase.id).where(
             Purchase.origin == PurchaseOrigin.AUTO_RECHARGE,
-            Purchase.credited_at.is_not(None),
+            Purchase.credited_at >= now - INVOICE_RETRIES_FOR,
             Purchase.stripe_invoice_id.is_(None),
         )
     ).all()
@@ -695,9 +701,12 @@ def _record_invoice(purchase_id: int, paid: dict) -> None:
 
 
 def payment_intent_changed(intent: dict) -> bool | None:
-    """Settle the recharge an event's PaymentIntent is for, as Stripe has it now; None
-    when the PaymentIntent is not a recharge's (a Checkout purchase's is followed through
-    its session).
+    """Apply an event's PaymentIntent to the recharge it is for, as Stripe has it now;
+    None when it is not a recharge's (a Checkout purchase's is followed through its
+    session), False when it is not the payment of the recharge its metadata names.
+
+    An event never starts a charge: it is news about one that was sent, and may arrive
+    before the worker has written Stripe's answer down.
 
     :raises PaymentProviderError: Stripe could not be asked.
     """
@@ -705,5 +714,12 @@ def payment_intent_changed(intent: dict) -> bool | None:
     purchase = db.session.get(Purchase, purchase_id) if purchase_id is not None else None
     if purchase is None or not purchase.is_recharge:
         return None
-    settle(purchase_id)
+    recorded = purchase.stripe_payment_intent_id
+    db.session.rollback()
+    if recorded not in (None, intent["id"]):
+        return False
+    fresh = gateway().retrieve_payment_intent(intent["id"])
+    if purchase_id_of(fresh) != purchase_id:
+        return False
+    _apply(purchase_id, fresh)
     return True

@@ -414,3 +414,28 @@ def test_a_recharge_can_be_refunded_like_any_purchase(client, funded):
     # pre-check weighs the whole $20.00, as for any purchase.
     assert 0 <= request.recommended_cents <= recharge.amount_cents
     assert request.recommended_credits == 300
+
+
+def test_an_event_about_another_payment_naming_the_recharge_changes_nothing(client, funded):
+    switch_on(client, funded, threshold="50")
+    spend(funded, 60)
+    run_worker()
+    [recharge] = recharges(funded)
+    # A second payment whose metadata names the same purchase (made outside the portal).
+    params = {
+        "amount": 2000,
+        "currency": "usd",
+        "customer": account(funded).stripe_customer_id,
+        "payment_method": settings_of(funded).payment_method_id,
+        "off_session": True,
+        "confirm": True,
+        "metadata": {"purchase_id": str(recharge.id), "user_id": str(funded.id)},
+    }
+    other = gateway().charge_saved_card(
+        params, "made-elsewhere-" + recharge.stripe_payment_intent_id
+    )
+    [event] = events_for("payment_intent.succeeded", id=other["id"])
+    answer = deliver(client, event)
+    assert answer.get_json()["outcome"] == "False"
+    assert balance(funded.id) == 340
+    assert recharges(funded)[0].stripe_payment_intent_id == recharge.stripe_payment_intent_id

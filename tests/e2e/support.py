@@ -225,6 +225,15 @@ def run_refund_worker(server: LiveServer) -> int:
         return send_due_refunds(utcnow() + timedelta(minutes=11))
 
 
+def run_recharge_worker(server: LiveServer) -> int:
+    """What `flask worker` does next for auto-recharge: start, charge and invoice."""
+    from portal.billing import auto_recharge
+    from portal.timeutil import utcnow
+
+    with server.database():
+        return auto_recharge.run(utcnow())
+
+
 # -- the processing platform ------------------------------------------------------------
 
 
@@ -761,6 +770,7 @@ def pay_in_sandbox(browse: Browsing, page: Page, package: str, card: str, price:
 CARD_OK = "Card 4242 4242 4242 4242: payment succeeds"
 CARD_DECLINED = "Card 4000 0000 0000 0002: the bank declines it"
 CARD_DISPUTED = "Card 4000 0000 0000 0259: payment succeeds, then is disputed as fraud"
+CARD_CHARGES_FAIL = "Card 4000 0000 0000 0341: can be saved, but every payment is declined"
 
 
 def customer_with_starter(browse: Browsing, server: LiveServer, **tab) -> tuple[str, Page]:
