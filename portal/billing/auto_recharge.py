@@ -27,6 +27,7 @@ Stripe is never called while a database lock is held.
 """
 
 import logging
+import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -155,9 +156,10 @@ def start_card_setup(user: User, success_url: str, cancel_url: str) -> str:
         "success_url": success_url,
         "cancel_url": cancel_url,
     }
-    # A double click within the same second opens one session, not two. The account's
-    # creation time keeps keys apart if ids restart against the same Stripe account.
-    key = f"auto-recharge-card-{user.id}-{user.created_at:%Y%m%dT%H%M%S%f}-{utcnow():%Y%m%dT%H%M%S}"
+    # A key of its own per session, kept through the library's retries. Two clicks make
+    # two sessions, which is harmless: saving a card charges nothing, and the last card
+    # saved is the one used.
+    key = f"auto-recharge-card-{user.id}-{uuid.uuid4().hex}"
     return gateway().create_checkout_session(params, key).url
 
 
@@ -483,7 +485,7 @@ DECLINE_WORDS = {
 
 def _decline_words(error: dict) -> str:
     return DECLINE_WORDS.get(
-        error.get("decline_code") or error.get("code") or "", "the bank declined it"
+        error.get("decline_code") or error.get("code") or "", "the card was declined"
     )
 
 
@@ -537,7 +539,7 @@ def _declined(purchase_id: int, why: str) -> None:
         account.auto_recharge_below = None
         account.auto_recharge_wanted = False
         settings.switched_off_because = (
-            f"{FAILURES_BEFORE_OFF} recharges in a row did not go through; the last because {why}."
+            f"{FAILURES_BEFORE_OFF} recharges in a row did not go through (the last time, {why})."
         )
         queue_email(
             account.email,

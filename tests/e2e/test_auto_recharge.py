@@ -18,6 +18,8 @@ from tests.e2e.support import (
 
 
 def open_auto_recharge(browse, page):
+    main_nav(page).get_by_role("link", name="Dashboard").click()
+    browse.check(page, "dashboard")
     main_nav(page).get_by_role("link", name="Account").click()
     section = page.get_by_role("region", name="Auto-recharge")
     expect(section).to_contain_text("Off.")
@@ -82,7 +84,9 @@ def test_auto_recharge_tops_up_once_with_an_invoice(browse, live_server, platfor
     browse.check(page, "receipt of the recharge")
     page.get_by_role("link", name="View invoice").click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Invoice SBX-")
-    expect(page.get_by_text("Basic package, auto-recharge: 120 credits")).to_be_visible()
+    expect(
+        page.get_by_text("Basic package, auto-recharge: 120 credits", exact=True)
+    ).to_be_visible()
     browse.check(page, "the recharge's invoice")
     page.go_back()
 
@@ -93,6 +97,7 @@ def test_auto_recharge_tops_up_once_with_an_invoice(browse, live_server, platfor
     # The same page on a phone, and switched off from there.
     phone = browse.open("phone", **PHONE_CONTEXT)
     log_in(browse, phone, email)
+    browse.check_phone_width(phone, "dashboard")
     phone.goto("/account/auto-recharge")
     browse.check_phone_width(phone, "auto-recharge on")
     phone.get_by_role("button", name="Switch off auto-recharge").click()
@@ -127,9 +132,9 @@ def test_three_declined_recharges_switch_it_off_with_an_e_mail(browse, live_serv
     browse.check(page, "auto-recharge switched itself off")
 
     page.goto("/messages")
-    expect(page.get_by_role("link", name="Auto-recharge could not charge your card")).to_have_count(
-        2
-    )
+    declined = page.get_by_role("link", name="Auto-recharge could not charge your card")
+    expect(declined).to_have_count(2)
+    browse.check(page, "e-mails about the declines")
     off = page.get_by_role("link", name="Auto-recharge is off: your card was declined")
     expect(off).to_have_count(1)
     off.click()

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from portal.accounts import services as accounts
 from portal.audit import Actor
-from portal.billing import checkout, fulfilment
+from portal.billing import auto_recharge, checkout, fulfilment
 from portal.billing.models import Purchase
 from portal.db import db
 from portal.demo import seed_demo_history
@@ -32,7 +32,7 @@ from portal.jobs import services as jobs
 from portal.jobs.models import FailureReason
 from portal.refunds import services as refunds
 from portal.refunds.eligibility import RequestReason
-from portal.sandbox.store import CARD_DECLINED, CARD_SUCCEEDS
+from portal.sandbox.store import CARD_AUTHENTICATES, CARD_DECLINED, CARD_SUCCEEDS
 from portal.staff import services as staff
 from portal.timeutil import utcnow
 from tests.e2e.support import (
@@ -66,6 +66,7 @@ PHONE_KEY_COLUMNS = {
     },
     "customer-history": {"*": ("Date", "What happened", "Credits", "Balance after")},
     "customer-purchases": {"*": ("Date", "Package", "Amount", "Status")},
+    "customer-auto-recharge": {"*": ("Started", "Package", "Amount", "Status")},
     "customer-jobs": {"*": ("Started", "Operation", "Credits", "Status")},
     "customer-refund-requests": {"*": ("Reference", "Status", "Answer due (Vancouver time)")},
     "customer-e-mails": {"*": ("Date", "Subject")},
@@ -147,6 +148,29 @@ def _buy_in_sandbox(server: LiveServer, email: str, package: str, card: str | No
     return purchase_id, session_id
 
 
+def _recharge_with(server: LiveServer, email: str, card: str) -> int:
+    """Set `card` up for auto-recharge (through the sandbox's setup page), charge a job
+    below the threshold and run the worker's round; the recharge's purchase id."""
+    with server.database():
+        url = auto_recharge.start_card_setup(
+            accounts.user_by_email(email),
+            f"{server.url}/account/auto-recharge/card?session_id={{CHECKOUT_SESSION_ID}}",
+            f"{server.url}/account/auto-recharge",
+        )
+    session_id = url.rstrip("/").rsplit("/", 1)[-1]
+    with server.sandbox.lock:
+        assert server.sandbox.save_card_on_page(session_id, card) == "saved"
+    with server.database():
+        assert auto_recharge.card_set_up(session_id)
+        jobs.charge_job(f"layout-job-{next(_job_numbers)}", email, "upscale", 1)
+        auto_recharge.run(utcnow())
+        return db.session.scalars(
+            select(Purchase.id)
+            .where(Purchase.user_id == accounts.user_by_email(email).id)
+            .order_by(Purchase.id.desc())
+        ).first()
+
+
 def _purchase_status(server: LiveServer, purchase_id: int) -> str:
     with server.database():
         return db.session.get(Purchase, purchase_id).status.value
@@ -225,6 +249,15 @@ def portal_data(live_server: LiveServer) -> Portal:
     )
     data.purchases["declined"], _ = _buy_in_sandbox(server, data.customer, "starter", CARD_DECLINED)
     data.purchases["pending"], _ = _buy_in_sandbox(server, data.customer, "pro", None)
+
+    # Auto-recharge below any balance: one recharge paid, then, with a card whose bank
+    # asks for the cardholder, one waiting for them to confirm it.
+    with server.database():
+        auto_recharge.choose(accounts.user_by_email(data.customer).id, 100_000, "starter", 5_000)
+    data.purchases["recharge"] = _recharge_with(server, data.customer, CARD_SUCCEEDS)
+    data.purchases["recharge to confirm"] = _recharge_with(
+        server, data.customer, CARD_AUTHENTICATES
+    )
 
     # The staff team: a reviewer per screen, one per screen who sets up an authenticator
     # during the walk, one with a long address who never logged in, and a lead.
@@ -437,6 +470,9 @@ def _walk_public_and_customer(walk: Walk, page: Page, data: Portal) -> None:
         ("customer-refund-request-refunded", f"/refunds/{requests['refunded']}"),
         ("customer-refund-unavailable", f"/refunds/new?purchase_id={purchases['refunded']}"),
         ("customer-account", "/account"),
+        ("customer-auto-recharge", "/account/auto-recharge"),
+        ("customer-recharge-receipt", f"/purchases/{purchases['recharge']}"),
+        ("customer-recharge-to-confirm", f"/purchases/{purchases['recharge to confirm']}/confirm"),
         ("customer-e-mails", "/messages"),
         ("customer-forbidden", "/staff/"),
         ("customer-refund-form", f"/refunds/new?purchase_id={purchases['kept']}"),
