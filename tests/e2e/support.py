@@ -771,6 +771,9 @@ CARD_OK = "Card 4242 4242 4242 4242: payment succeeds"
 CARD_DECLINED = "Card 4000 0000 0000 0002: the bank declines it"
 CARD_DISPUTED = "Card 4000 0000 0000 0259: payment succeeds, then is disputed as fraud"
 CARD_CHARGES_FAIL = "Card 4000 0000 0000 0341: can be saved, but every payment is declined"
+CARD_AUTHENTICATES = (
+    "Card 4000 0027 6000 3184: the bank asks the cardholder to confirm every payment"
+)
 
 
 def customer_with_starter(browse: Browsing, server: LiveServer, **tab) -> tuple[str, Page]:

@@ -1,12 +1,14 @@
 """Issue 19's auto-recharge journeys: a customer switches it on and saves a card; jobs take
 the balance below their number and the recharge is credited once, with an invoice. A card
-that saves but is then declined three times switches it off, and the customer is told."""
+that saves but is then declined three times switches it off, and the customer is told. A
+card whose bank asks for the cardholder waits until the customer confirms it."""
 
 import re
 
 from playwright.sync_api import expect
 
 from tests.e2e.support import (
+    CARD_AUTHENTICATES,
     CARD_CHARGES_FAIL,
     CARD_OK,
     PHONE_CONTEXT,
@@ -144,3 +146,43 @@ def test_three_declined_recharges_switch_it_off_with_an_e_mail(browse, live_serv
     # More jobs charge nothing to the card.
     platform.charge(email, 1, "upscale")
     assert run_recharge_worker(live_server) == 0
+
+
+def test_a_recharge_the_bank_wants_confirmed_is_paid_once_the_customer_confirms(
+    browse, live_server, platform
+):
+    email, page = customer_with_starter(browse, live_server)
+    open_auto_recharge(browse, page)
+    page.get_by_label("When a job leaves my balance below").fill("45")
+    page.get_by_label("Buy").select_option("starter")
+    page.get_by_label("Spending no more than this each month").fill("20")
+    page.get_by_role("button", name="Continue to save a card").click()
+    save_card(browse, page, CARD_AUTHENTICATES, "whose bank asks the cardholder")
+
+    platform.charge(email, 10, "upscale")
+    run_recharge_worker(live_server)
+    assert platform.balance(email) == 40
+
+    page.reload()
+    waiting = page.get_by_role("link", name="Waiting for you to confirm")
+    expect(waiting).to_have_count(1)
+    browse.check(page, "auto-recharge waiting for the customer")
+    waiting.click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Confirm your auto-recharge")
+    expect(page.get_by_text("Visa ending in 3184")).to_be_visible()
+    browse.check(page, "confirm the recharge")
+    page.get_by_role("button", name="Confirm with my bank").click()
+
+    page.wait_for_url(re.compile(r"/sandbox/authenticate/pi_"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Confirm a payment of $5.00")
+    browse.check(page, "sandbox: the bank's check")
+    page.get_by_role("button", name="Complete authentication").click()
+
+    page.wait_for_url(re.compile(r"/purchases/\d+$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Receipt: Starter package, auto-recharge"
+    )
+    expect(page.locator(".badge").first).to_have_text("Credited")
+    expect(page.get_by_role("link", name="View invoice")).to_be_visible()
+    browse.check(page, "the confirmed recharge's receipt")
+    assert platform.balance(email) == 90
