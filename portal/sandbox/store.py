@@ -46,6 +46,19 @@ DECLINES = {
     CARD_INSUFFICIENT_FUNDS: ("insufficient_funds", "Your card has insufficient funds."),
     CARD_CHARGES_FAIL: ("generic_decline", "Your card was declined."),
 }
+
+
+def _card_declined(card_number: str) -> dict:
+    """The error a declining test card leaves on what it was tried for, as Stripe's."""
+    decline_code, message = DECLINES[card_number]
+    return {
+        "type": "card_error",
+        "code": "card_declined",
+        "decline_code": decline_code,
+        "message": message,
+    }
+
+
 # Saving a card checks it with the bank, so these fail already when set up; 0341 is
 # Stripe's card for "saves fine, then every charge fails".
 DECLINED_WHEN_SAVED = (CARD_DECLINED, CARD_INSUFFICIENT_FUNDS)
@@ -674,13 +687,7 @@ class SandboxStore:
             method = self.card_numbers[saved["id"]]
         intent = self._payment_intent_for(session)
         if method in DECLINES:
-            decline_code, message = DECLINES[method]
-            intent["last_payment_error"] = {
-                "type": "card_error",
-                "code": "card_declined",
-                "decline_code": decline_code,
-                "message": message,
-            }
+            intent["last_payment_error"] = _card_declined(method)
             self.record_event("payment_intent.payment_failed", dict(intent))
             return "declined"
         session["status"] = "complete"
@@ -718,13 +725,7 @@ class SandboxStore:
             return session["status"]
         setup = self.setup_intents[session["setup_intent"]]
         if card_number in DECLINED_WHEN_SAVED:
-            decline_code, message = DECLINES[card_number]
-            setup["last_setup_error"] = {
-                "type": "card_error",
-                "code": "card_declined",
-                "decline_code": decline_code,
-                "message": message,
-            }
+            setup["last_setup_error"] = _card_declined(card_number)
             self.record_event("setup_intent.setup_failed", dict(setup))
             return "declined"
         # With no consent collected for showing it again, Checkout saves a card set up

@@ -14,7 +14,7 @@ from portal.accounts.models import User
 from portal.audit import AuditLogEntry
 from portal.billing import checkout
 from portal.billing.gateway import gateway
-from portal.billing.models import Purchase, Refund, StripeEvent
+from portal.billing.models import Purchase, PurchaseOrigin, Refund, StripeEvent
 from portal.db import db
 from portal.ledger.models import CreditLot, EntryKind, LedgerEntry
 from portal.notifications.models import OutboxEmail
@@ -339,6 +339,18 @@ def stripe_event_rows(event_id: str) -> list[StripeEvent]:
 
 def stripe_event_count() -> int:
     return _count(StripeEvent)
+
+
+def recharges_of(user_id: int) -> list[Purchase]:
+    """The customer's auto-recharges, oldest first, as the database has them now."""
+    db.session.expire_all()
+    return list(
+        db.session.scalars(
+            select(Purchase)
+            .where(Purchase.user_id == user_id, Purchase.origin == PurchaseOrigin.AUTO_RECHARGE)
+            .order_by(Purchase.id)
+        )
+    )
 
 
 def refunds_of(purchase_id: int) -> list[Refund]:

@@ -7,12 +7,11 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import select
 
 from portal.accounts.models import User
 from portal.billing import auto_recharge, fulfilment
 from portal.billing.gateway import gateway
-from portal.billing.models import AutoRecharge, Purchase, PurchaseOrigin, PurchaseStatus
+from portal.billing.models import AutoRecharge, Purchase, PurchaseStatus
 from portal.db import db
 from portal.jobs import services as jobs
 from portal.ledger import services as ledger
@@ -32,6 +31,7 @@ from tests.billing.helpers import (
     entries,
     events_for,
     pay_on_page,
+    recharges_of,
     sandbox,
 )
 from tests.factories import csrf_token
@@ -93,15 +93,20 @@ def run_worker(at=None) -> int:
     return done
 
 
-def recharges(user: User) -> list[Purchase]:
-    db.session.expire_all()
-    return list(
-        db.session.scalars(
-            select(Purchase)
-            .where(Purchase.user_id == user.id, Purchase.origin == PurchaseOrigin.AUTO_RECHARGE)
-            .order_by(Purchase.id)
-        )
-    )
+def off_session_params(user: User, purchase_id: int) -> dict:
+    """An off-session charge of $20 on the customer's auto-recharge card naming
+    `purchase_id`, as the worker sends it."""
+    return {
+        "amount": 2000,
+        "currency": "usd",
+        "customer": account(user).stripe_customer_id,
+        "payment_method": settings_of(user).payment_method_id,
+        "off_session": True,
+        "confirm": True,
+        "description": "Auto-recharge: Pro package, 300 credits",
+        "metadata": {"purchase_id": str(purchase_id), "user_id": str(user.id)},
+        "expand": ["latest_charge"],
+    }
 
 
 def subjects(user: User) -> list[str]:
@@ -177,7 +182,7 @@ def test_a_spend_below_the_threshold_is_recharged_once_with_an_invoice(client, f
     spend(funded, 60)
     assert run_worker() == 1
 
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     assert recharge.status == PurchaseStatus.CREDITED
     assert balance(funded.id) == 40 + 300
     assert recharge.payment_method_words == "Visa ending in 4242"
@@ -192,7 +197,7 @@ def test_a_spend_below_the_threshold_is_recharged_once_with_an_invoice(client, f
         deliver(client, event)
     run_worker()
     assert balance(funded.id) == 340
-    assert len(recharges(funded)) == 1
+    assert len(recharges_of(funded.id)) == 1
     assert intents_at_stripe(funded) == 1
 
     receipt = client.get(f"/purchases/{recharge.id}").get_data(as_text=True)
@@ -207,24 +212,14 @@ def test_a_worker_that_stopped_before_recording_stripes_answer_charges_once(clie
     # Stripe charged, but the worker died before it wrote the answer down.
     purchase = db.session.get(Purchase, purchase_id)
     key = f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-recharge"
-    params = {
-        "amount": 2000,
-        "currency": "usd",
-        "customer": account(funded).stripe_customer_id,
-        "payment_method": settings_of(funded).payment_method_id,
-        "off_session": True,
-        "confirm": True,
-        "description": "Auto-recharge: Pro package, 300 credits",
-        "metadata": {"purchase_id": str(purchase.id), "user_id": str(funded.id)},
-        "expand": ["latest_charge"],
-    }
+    params = off_session_params(funded, purchase.id)
     first = gateway().charge_saved_card(params, key)
     db.session.rollback()
 
     # The next round finds it unfinished and sends the same request again.
     run_worker(utcnow() + timedelta(minutes=1))
 
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     assert recharge.stripe_payment_intent_id == first["id"]
     assert recharge.status == PurchaseStatus.CREDITED
     assert balance(funded.id) == 340
@@ -237,7 +232,7 @@ def test_the_success_webhook_alone_credits_the_recharge(client, funded, inline_w
     switch_on(client, funded, threshold="50")
     spend(funded, 60)
     run_worker()
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     assert recharge.status == PurchaseStatus.CREDITED
     assert balance(funded.id) == 340
     assert fulfilment.fulfil_purchase(recharge) == fulfilment.Fulfilment.ALREADY_CREDITED
@@ -260,13 +255,13 @@ def test_three_declines_in_a_row_switch_it_off_and_say_so(client, funded, card):
     run_worker()
     spend(funded, 1)
     run_worker()
-    assert [r.status for r in recharges(funded)] == [PurchaseStatus.FAILED] * 2
+    assert [r.status for r in recharges_of(funded.id)] == [PurchaseStatus.FAILED] * 2
     assert subjects(funded).count("Auto-recharge could not charge your card") == 2
     assert account(funded).auto_recharge_below == 90
 
     spend(funded, 1)
     run_worker()
-    assert [r.status for r in recharges(funded)] == [PurchaseStatus.FAILED] * 3
+    assert [r.status for r in recharges_of(funded.id)] == [PurchaseStatus.FAILED] * 3
     assert account(funded).auto_recharge_below is None
     assert "Auto-recharge is off: your card was declined" in subjects(funded)
     assert "3 recharges in a row" in settings_of(funded).switched_off_because
@@ -276,7 +271,7 @@ def test_three_declines_in_a_row_switch_it_off_and_say_so(client, funded, card):
     spend(funded, 1)
     assert account(funded).auto_recharge_wanted is False
     run_worker()
-    assert len(recharges(funded)) == 3
+    assert len(recharges_of(funded.id)) == 3
     page = client.get("/account/auto-recharge").get_data(as_text=True)
     assert "Auto-recharge switched itself off" in page
 
@@ -298,7 +293,7 @@ def test_a_card_removed_at_stripe_fails_the_recharge_as_a_decline(client, funded
     db.session.commit()
     spend(funded, 60)
     run_worker()
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     assert recharge.status == PurchaseStatus.FAILED
     assert settings_of(funded).failures_in_a_row == 1
     [told] = [e for e in emails_to(funded.email) if "could not charge" in e.subject]
@@ -312,7 +307,7 @@ def waiting_recharge(client, customer, **webhooks) -> Purchase:
     switch_on(client, customer, CARD_AUTHENTICATES, threshold="50")
     spend(customer, 60)
     run_worker()
-    [recharge] = recharges(customer)
+    [recharge] = recharges_of(customer.id)
     return recharge
 
 
@@ -330,7 +325,7 @@ def test_a_bank_asking_for_the_cardholder_waits_for_them_to_confirm(
     # The worker leaves it waiting, and starts no other recharge meanwhile.
     spend(funded, 1)
     run_worker(utcnow() + timedelta(minutes=5))
-    assert [r.status for r in recharges(funded)] == [PurchaseStatus.PENDING]
+    assert [r.status for r in recharges_of(funded.id)] == [PurchaseStatus.PENDING]
 
     page = client.get(f"/purchases/{recharge.id}/confirm")
     assert page.status_code == 200
@@ -346,7 +341,7 @@ def test_a_bank_asking_for_the_cardholder_waits_for_them_to_confirm(
     assert f"/purchases/{recharge.id}/confirmed" in back.headers["Location"]
     client.get(back.headers["Location"])
 
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     assert recharge.status == PurchaseStatus.CREDITED
     assert recharge.needs_customer_since is None
     assert recharge.invoice_number
@@ -359,7 +354,7 @@ def test_a_failed_authentication_leaves_it_waiting_to_try_again(client, funded):
     client.post(f"/purchases/{recharge.id}/confirm", data={"csrf_token": token})
     back = authenticate_on_page(client, recharge.stripe_payment_intent_id, "fail")
     client.get(back.headers["Location"])
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     assert recharge.status == PurchaseStatus.PENDING
     assert client.get(f"/purchases/{recharge.id}/confirm").status_code == 200
 
@@ -368,7 +363,7 @@ def test_dont_pay_cancels_it_without_counting_a_decline(client, funded):
     recharge = waiting_recharge(client, funded)
     token = csrf_token(client, f"/purchases/{recharge.id}/confirm")
     client.post(f"/purchases/{recharge.id}/confirm/cancel", data={"csrf_token": token})
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     assert recharge.status == PurchaseStatus.FAILED
     assert settings_of(funded).failures_in_a_row == 0
     assert balance(funded.id) == 40
@@ -379,7 +374,7 @@ def test_dont_pay_cancels_it_without_counting_a_decline(client, funded):
 def test_a_recharge_never_confirmed_is_cancelled_after_the_wait(client, funded):
     recharge = waiting_recharge(client, funded)
     run_worker(utcnow() + auto_recharge.WAIT_FOR_CUSTOMER + timedelta(minutes=1))
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     assert recharge.status == PurchaseStatus.FAILED
     store = sandbox()
     with store.lock:
@@ -397,7 +392,7 @@ def test_a_recharge_can_be_refunded_like_any_purchase(client, funded):
     switch_on(client, funded, threshold="50")
     spend(funded, 60)
     run_worker()
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     request = refunds.file_request(
         account(funded),
         recharge,
@@ -420,17 +415,9 @@ def test_an_event_about_another_payment_naming_the_recharge_changes_nothing(clie
     switch_on(client, funded, threshold="50")
     spend(funded, 60)
     run_worker()
-    [recharge] = recharges(funded)
+    [recharge] = recharges_of(funded.id)
     # A second payment whose metadata names the same purchase (made outside the portal).
-    params = {
-        "amount": 2000,
-        "currency": "usd",
-        "customer": account(funded).stripe_customer_id,
-        "payment_method": settings_of(funded).payment_method_id,
-        "off_session": True,
-        "confirm": True,
-        "metadata": {"purchase_id": str(recharge.id), "user_id": str(funded.id)},
-    }
+    params = off_session_params(funded, recharge.id)
     other = gateway().charge_saved_card(
         params, "made-elsewhere-" + recharge.stripe_payment_intent_id
     )
@@ -438,4 +425,4 @@ def test_an_event_about_another_payment_naming_the_recharge_changes_nothing(clie
     answer = deliver(client, event)
     assert answer.get_json()["outcome"] == "False"
     assert balance(funded.id) == 340
-    assert recharges(funded)[0].stripe_payment_intent_id == recharge.stripe_payment_intent_id
+    assert recharges_of(funded.id)[0].stripe_payment_intent_id == recharge.stripe_payment_intent_id

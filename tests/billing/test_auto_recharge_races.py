@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from portal.billing import auto_recharge
 from portal.billing.models import Purchase, PurchaseOrigin, PurchaseStatus
 from portal.db import db
+from tests.billing.helpers import recharges_of
 from tests.billing.test_auto_recharge_start import customer_with
 from tests.concurrency import run_together
 
@@ -41,16 +42,6 @@ def spend(app, email: str, external_id: str, credits: int = 3):
     return response.status_code
 
 
-def recharges(user_id: int, *statuses: PurchaseStatus) -> list[Purchase]:
-    db.session.expire_all()
-    query = select(Purchase).where(
-        Purchase.user_id == user_id, Purchase.origin == PurchaseOrigin.AUTO_RECHARGE
-    )
-    if statuses:
-        query = query.where(Purchase.status.in_(statuses))
-    return list(db.session.scalars(query))
-
-
 def test_twenty_charges_crossing_the_threshold_at_once_start_one_recharge(threaded_app):
     with threaded_app.app_context():
         user = customer_with(100, threshold=90)
@@ -66,7 +57,7 @@ def test_twenty_charges_crossing_the_threshold_at_once_start_one_recharge(thread
     assert not [outcome for outcome in started if isinstance(outcome, Exception)], started
     assert len([purchase_id for purchase_id in started if purchase_id is not None]) == 1
     with threaded_app.app_context():
-        assert len(recharges(user_id)) == 1
+        assert len(recharges_of(user_id)) == 1
 
 
 def test_charges_and_workers_racing_start_one_recharge(threaded_app):
@@ -85,7 +76,7 @@ def test_charges_and_workers_racing_start_one_recharge(threaded_app):
     assert [status for status, _ in outcomes] == [201] * THREADS
     assert len([started for _, started in outcomes if started is not None]) == 1
     with threaded_app.app_context():
-        assert len(recharges(user_id)) == 1
+        assert len(recharges_of(user_id)) == 1
 
 
 def test_the_monthly_cap_holds_through_rounds_of_racing_charges_and_workers(threaded_app):
@@ -117,7 +108,7 @@ def test_the_monthly_cap_holds_through_rounds_of_racing_charges_and_workers(thre
             db.session.commit()
 
     with threaded_app.app_context():
-        assert len(recharges(user_id)) == 3
+        assert len(recharges_of(user_id)) == 3
         spent = db.session.scalar(
             select(func.sum(Purchase.amount_cents)).where(Purchase.user_id == user_id)
         )

@@ -17,6 +17,7 @@ from portal.jobs import services as jobs
 from portal.ledger import services as ledger
 from portal.notifications.models import OutboxEmail
 from portal.timeutil import utcnow
+from tests.billing.helpers import recharges_of
 from tests.factories import make_user
 
 _jobs_run = iter(range(1_000_000))
@@ -52,17 +53,6 @@ def charge(user: User, credits: int):
 def account(user: User) -> User:
     db.session.expire_all()
     return db.session.get(User, user.id)
-
-
-def recharges(user: User) -> list[Purchase]:
-    db.session.expire_all()
-    return list(
-        db.session.scalars(
-            select(Purchase)
-            .where(Purchase.user_id == user.id, Purchase.origin == PurchaseOrigin.AUTO_RECHARGE)
-            .order_by(Purchase.id)
-        )
-    )
 
 
 def emails_to(user: User, about: str) -> list[OutboxEmail]:
@@ -131,7 +121,7 @@ def test_the_worker_takes_the_request_up_and_records_one_pending_recharge():
     user = customer_with(100, threshold=50, package="pro")
     charge(user, 60)
     purchase_id = auto_recharge._start(user.id, NOW)
-    [purchase] = recharges(user)
+    [purchase] = recharges_of(user.id)
     assert purchase.id == purchase_id
     assert (purchase.status, purchase.package_code, purchase.credits, purchase.amount_cents) == (
         PurchaseStatus.PENDING,
@@ -150,24 +140,15 @@ def test_no_second_recharge_while_one_is_in_flight():
     charge(user, 5)
     assert account(user).auto_recharge_wanted is True
     assert auto_recharge._start(user.id, NOW) is None
-    assert len(recharges(user)) == 1
+    assert len(recharges_of(user.id)) == 1
     assert account(user).auto_recharge_wanted is False
 
 
 def test_the_database_refuses_a_second_recharge_in_flight():
     user = customer_with(100)
-    for _ in range(2):
-        db.session.add(
-            Purchase(
-                user_id=user.id,
-                origin=PurchaseOrigin.AUTO_RECHARGE,
-                package_code="pro",
-                credits=300,
-                amount_cents=2000,
-            )
-        )
+    _past_recharge(user, NOW, PurchaseStatus.PENDING)
     with pytest.raises(IntegrityError):
-        db.session.commit()
+        _past_recharge(user, NOW, PurchaseStatus.PENDING)
     db.session.rollback()
 
 
@@ -177,7 +158,7 @@ def test_a_purchase_that_came_in_meanwhile_makes_the_recharge_unneeded():
     ledger.grant(user.id, 100, f"grant:{user.id}:meanwhile", "meanwhile")
     db.session.commit()
     assert auto_recharge._start(user.id, NOW) is None
-    assert recharges(user) == []
+    assert recharges_of(user.id) == []
 
 
 @pytest.mark.parametrize("status", [AccountStatus.TERMINATED, AccountStatus.CLOSED])
@@ -187,10 +168,11 @@ def test_a_terminated_or_closed_account_is_never_recharged(status):
     db.session.get(User, user.id).status = status
     db.session.commit()
     assert auto_recharge._start(user.id, NOW) is None
-    assert recharges(user) == []
+    assert recharges_of(user.id) == []
 
 
-def _paid_recharge(user: User, at: datetime) -> None:
+def _past_recharge(user: User, at: datetime, status=PurchaseStatus.CREDITED) -> None:
+    """A $20 Pro recharge started at `at` that went as `status`."""
     db.session.add(
         Purchase(
             user_id=user.id,
@@ -198,7 +180,7 @@ def _paid_recharge(user: User, at: datetime) -> None:
             package_code="pro",
             credits=300,
             amount_cents=2000,
-            status=PurchaseStatus.CREDITED,
+            status=status,
             created_at=at,
         )
     )
@@ -208,13 +190,13 @@ def _paid_recharge(user: User, at: datetime) -> None:
 def test_the_monthly_cap_is_never_passed_and_said_once_a_month():
     # $50 a month allows two $20 packages: a third would make $60.
     user = customer_with(100, threshold=50, cap_cents=5_000)
-    _paid_recharge(user, NOW - timedelta(days=3))
-    _paid_recharge(user, NOW - timedelta(days=1))
+    _past_recharge(user, NOW - timedelta(days=3))
+    _past_recharge(user, NOW - timedelta(days=1))
     charge(user, 60)
     assert auto_recharge._start(user.id, NOW) is None
     charge(user, 1)
     assert auto_recharge._start(user.id, NOW) is None
-    assert len(recharges(user)) == 2
+    assert len(recharges_of(user.id)) == 2
     [told] = emails_to(user, "paused until next month")
     assert "$50.00" in told.body_text
 
@@ -222,19 +204,8 @@ def test_the_monthly_cap_is_never_passed_and_said_once_a_month():
 def test_failed_recharges_and_last_months_do_not_count_towards_the_cap():
     user = customer_with(100, threshold=50, cap_cents=2_000)
     # Vancouver's December starts at 08:00 UTC on Dec 1: this one is November's.
-    _paid_recharge(user, datetime(2026, 12, 1, 7, 59, tzinfo=UTC))
-    db.session.add(
-        Purchase(
-            user_id=user.id,
-            origin=PurchaseOrigin.AUTO_RECHARGE,
-            package_code="pro",
-            credits=300,
-            amount_cents=2000,
-            status=PurchaseStatus.FAILED,
-            created_at=NOW - timedelta(hours=1),
-        )
-    )
-    db.session.commit()
+    _past_recharge(user, datetime(2026, 12, 1, 7, 59, tzinfo=UTC))
+    _past_recharge(user, NOW - timedelta(hours=1), PurchaseStatus.FAILED)
     charge(user, 60)
     assert auto_recharge._start(user.id, NOW) is not None
 

@@ -30,6 +30,14 @@ def open_auto_recharge(browse, page):
     expect(page.get_by_role("heading", level=1)).to_have_text("Auto-recharge")
 
 
+def choose(page, threshold: str, package: str, monthly_cap: str):
+    """Fill in the settings and go on to save a card."""
+    page.get_by_label("When a job leaves my balance below").fill(threshold)
+    page.get_by_label("Buy").select_option(package)
+    page.get_by_label("Spending no more than this each month").fill(monthly_cap)
+    page.get_by_role("button", name="Continue to save a card").click()
+
+
 def save_card(browse, page, card: str, what: str):
     page.wait_for_url(re.compile(r"/sandbox/checkout/cs_"))
     expect(page.get_by_role("heading", level=1)).to_have_text("Save a card")
@@ -46,10 +54,7 @@ def test_auto_recharge_tops_up_once_with_an_invoice(browse, live_server, platfor
 
     # A limit below one package is refused with the field's own words (a 400).
     browse.allow_console_error(r"Failed to load resource: .*status of 400")
-    page.get_by_label("When a job leaves my balance below").fill("20")
-    page.get_by_label("Buy").select_option("basic")
-    page.get_by_label("Spending no more than this each month").fill("5")
-    page.get_by_role("button", name="Continue to save a card").click()
+    choose(page, "20", "basic", "5")
     expect(page.get_by_text("At least $10.00, the price of one Basic package.")).to_be_visible()
     browse.check(page, "auto-recharge, a limit below one package")
 
@@ -112,10 +117,7 @@ def test_auto_recharge_tops_up_once_with_an_invoice(browse, live_server, platfor
 def test_three_declined_recharges_switch_it_off_with_an_e_mail(browse, live_server, platform):
     email, page = customer_with_starter(browse, live_server)
     open_auto_recharge(browse, page)
-    page.get_by_label("When a job leaves my balance below").fill("45")
-    page.get_by_label("Buy").select_option("starter")
-    page.get_by_label("Spending no more than this each month").fill("50")
-    page.get_by_role("button", name="Continue to save a card").click()
+    choose(page, "45", "starter", "50")
     save_card(browse, page, CARD_CHARGES_FAIL, "that will be declined")
     expect(page.get_by_role("status")).to_contain_text("Card saved: auto-recharge is on.")
 
@@ -153,10 +155,7 @@ def test_a_recharge_the_bank_wants_confirmed_is_paid_once_the_customer_confirms(
 ):
     email, page = customer_with_starter(browse, live_server)
     open_auto_recharge(browse, page)
-    page.get_by_label("When a job leaves my balance below").fill("45")
-    page.get_by_label("Buy").select_option("starter")
-    page.get_by_label("Spending no more than this each month").fill("20")
-    page.get_by_role("button", name="Continue to save a card").click()
+    choose(page, "45", "starter", "20")
     save_card(browse, page, CARD_AUTHENTICATES, "whose bank asks the cardholder")
 
     platform.charge(email, 10, "upscale")
