@@ -17,7 +17,7 @@ from portal import audit, csvfile, storage
 from portal.accounts import sessions
 from portal.accounts.models import AccountStatus, PasswordResetToken, User
 from portal.accounts.passwords import hash_password
-from portal.billing.models import Purchase
+from portal.billing.models import AutoRecharge, Purchase
 from portal.db import db, transactional
 from portal.jobs.models import Job
 from portal.ledger.models import LedgerEntry
@@ -203,6 +203,10 @@ def close_account(user: User, now: datetime, actor_id: int | None, ip_address: s
     # A closed account is charged for no more jobs: nothing left to warn about.
     user.low_balance_threshold = None
     user.low_balance_alert_armed = False
+    # No more recharges, and no card named: the settings go with the account.
+    user.auto_recharge_below = None
+    user.auto_recharge_wanted = False
+    db.session.execute(delete(AutoRecharge).where(AutoRecharge.user_id == user.id))
     user.stripe_customer_id = None
     user.session_generation += 1
     sessions.end_all(user, now)

@@ -74,6 +74,7 @@ def upgrade():
         sa.Column("payment_method_id", sa.String(length=255), nullable=True),
         sa.Column("card_brand", sa.String(length=32), nullable=True),
         sa.Column("card_last4", sa.String(length=4), nullable=True),
+        sa.Column("setup_session_id", sa.String(length=255), nullable=True),
         sa.Column("failures_in_a_row", sa.Integer(), nullable=False),
         sa.Column("switched_off_because", sa.Text(), nullable=True),
         sa.Column("cap_told_for", sa.String(length=7), nullable=True),

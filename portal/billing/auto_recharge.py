@@ -14,9 +14,13 @@ This module owns the whole life cycle:
   came in meanwhile; otherwise it records a pending recharge purchase. One transaction,
   and a partial unique index, so one recharge is in flight per customer however many
   workers race.
-- Charging. `_charge` sends an off-session PaymentIntent under the purchase's own
-  idempotency key: a worker that dies before the answer sends the same request again
-  and Stripe charges once.
+- Charging, in two steps. `_create_intent` makes the PaymentIntent unconfirmed (nothing
+  is charged) and records its id on the purchase; `_confirm` then charges it
+  off-session. From the moment a payment could exist, its id is known, so a worker that
+  dies at any point finds it again by asking Stripe, never by sending a charge again
+  (Stripe keeps idempotency keys for about a day, and an outage can last longer). Just
+  before charging, the recharge is checked to be still wanted: switched off or a closed
+  account in between, the PaymentIntent is cancelled instead.
 - Settling. `_apply` acts on the PaymentIntent as Stripe has it: paid is credited by
   fulfilment's exactly-once path and invoiced; declined fails the purchase, and three
   declines in a row switch auto-recharge off; a bank asking for the cardholder leaves it
@@ -36,7 +40,7 @@ from portal import policy
 from portal.accounts.models import AccountStatus, Role, User
 from portal.billing import fulfilment
 from portal.billing.checkout import stripe_customer
-from portal.billing.gateway import gateway, purchase_id_of
+from portal.billing.gateway import NoSuchObject, gateway, purchase_id_of
 from portal.billing.models import AutoRecharge, Purchase, PurchaseOrigin, PurchaseStatus
 from portal.billing.money_back.state import lock_purchase
 from portal.db import db, locked, parse_id, transactional
@@ -58,8 +62,9 @@ FAILURES_BEFORE_OFF = 3
 WAIT_FOR_CUSTOMER = timedelta(days=3)
 # Stripe's codes for a payment that needs the cardholder, not a decline.
 NEEDS_CUSTOMER = frozenset({"authentication_required", "payment_intent_authentication_failure"})
-# How long the worker keeps trying to invoice a paid recharge.
-INVOICE_RETRIES_FOR = timedelta(days=7)
+# How long the worker keeps trying to invoice a paid recharge: less than the day for
+# which Stripe keeps idempotency keys, so that a retry never makes a second invoice.
+INVOICE_RETRIES_FOR = timedelta(hours=20)
 # The most accounts one worker round starts recharges for.
 BATCH = 100
 
@@ -68,10 +73,12 @@ BATCH = 100
 
 
 def settings_of(user_id: int) -> AutoRecharge | None:
+    """The customer's auto-recharge choices, None before they made any."""
     return db.session.get(AutoRecharge, user_id)
 
 
 def is_on(user: User) -> bool:
+    """Whether job charges below the threshold start recharges."""
     return user.auto_recharge_below is not None
 
 
@@ -110,7 +117,7 @@ def choose(user_id: int, threshold: int, package_code: str, monthly_cap_cents: i
     settings.threshold = threshold
     settings.package_code = package.code
     settings.monthly_cap_cents = monthly_cap_cents
-    if settings.payment_method_id:
+    if settings.payment_method_id and account.status == AccountStatus.ACTIVE:
         _switch_on(account, settings)
     return is_on(account)
 
@@ -124,6 +131,9 @@ def switch_off(user_id: int) -> None:
     account = _lock_customer(user_id)
     account.auto_recharge_below = None
     account.auto_recharge_wanted = False
+    settings = db.session.get(AutoRecharge, user_id)
+    if settings is not None:
+        settings.setup_session_id = None
 
 
 def _lock_customer(user_id: int) -> User:
@@ -134,7 +144,10 @@ def _lock_customer(user_id: int) -> User:
 
 
 def _switch_on(account: User, settings: AutoRecharge) -> None:
+    """Switch on under the account's lock. A balance already below the threshold asks
+    for a recharge now: no job may ever be charged again to ask for one."""
     account.auto_recharge_below = settings.threshold
+    account.auto_recharge_wanted = account.credits_balance < settings.threshold
     settings.failures_in_a_row = 0
     settings.switched_off_because = None
 
@@ -146,9 +159,11 @@ def start_card_setup(user: User, success_url: str, cancel_url: str) -> str:
     :raises PaymentProviderError: Stripe refused or could not be reached.
     """
     references = {"user_id": str(user.id), "purpose": "auto_recharge"}
+    customer_id = stripe_customer(user)
+    db.session.rollback()  # no transaction stays open while Stripe is called
     params = {
         "mode": "setup",
-        "customer": stripe_customer(user),
+        "customer": customer_id,
         # Cards only: a recharge must be paid when it is made, not days later by a bank.
         "allowed_payment_method_types": ["card"],
         "metadata": references,
@@ -160,7 +175,19 @@ def start_card_setup(user: User, success_url: str, cancel_url: str) -> str:
     # two sessions, which is harmless: saving a card charges nothing, and the last card
     # saved is the one used.
     key = f"auto-recharge-card-{user.id}-{uuid.uuid4().hex}"
-    return gateway().create_checkout_session(params, key).url
+    session = gateway().create_checkout_session(params, key)
+    _await_card(user.id, session.id)
+    return session.url
+
+
+@transactional
+def _await_card(user_id: int, session_id: str) -> None:
+    """Remember the setup session the customer is sent to: the one whose card counts."""
+    locked(User, User.id == user_id)
+    settings = db.session.get(AutoRecharge, user_id)
+    if settings is None:
+        raise NotFound("choose the settings before the card")
+    settings.setup_session_id = session_id
 
 
 def card_set_up(session_id: str, user_id: int | None = None) -> bool:
@@ -168,13 +195,14 @@ def card_set_up(session_id: str, user_id: int | None = None) -> bool:
     it; return whether a new card was taken.
 
     Called from the return page (with the signed-in customer's id, which must match the
-    session's) and from the webhook. A session already applied changes nothing, so a
-    late or repeated event cannot switch back on what the customer has since switched
-    off.
+    session's) and from the webhook. Only the setup session the customer was last sent
+    to counts, once: a late or repeated event cannot bring back an older card, nor switch
+    on what the customer has since switched off.
 
     :raises PaymentProviderError: Stripe could not be asked; `NoSuchObject` when it has
         no such session.
     """
+    db.session.rollback()  # no transaction stays open while Stripe is called
     session = gateway().retrieve_setup_session(session_id)
     metadata = session.get("metadata") or {}
     owner = metadata.get("user_id")
@@ -191,22 +219,24 @@ def card_set_up(session_id: str, user_id: int | None = None) -> bool:
         or not isinstance(intent.get("payment_method"), dict)
     ):
         return False
-    return _keep_card(owner, session.get("customer"), intent["payment_method"])
+    return _keep_card(owner, session_id, session.get("customer"), intent["payment_method"])
 
 
 @transactional
-def _keep_card(user_id: int, customer_id: str | None, method: dict) -> bool:
+def _keep_card(user_id: int, session_id: str, customer_id: str | None, method: dict) -> bool:
     account = locked(User, User.id == user_id)
     settings = db.session.get(AutoRecharge, user_id)
     if (
         account is None
+        or account.status != AccountStatus.ACTIVE
         or settings is None
         or customer_id is None
         or account.stripe_customer_id != customer_id
-        or settings.payment_method_id == method.get("id")
+        or settings.setup_session_id != session_id
     ):
         return False
     card = method.get("card") or {}
+    settings.setup_session_id = None
     settings.payment_method_id = method["id"]
     settings.card_brand = card.get("brand")
     settings.card_last4 = card.get("last4")
@@ -220,6 +250,7 @@ def _keep_card(user_id: int, customer_id: str | None, method: dict) -> bool:
 def run(now: datetime) -> int:
     """Start the recharges job charges asked for, follow up those left half done, and
     invoice paid ones; return how many purchases were acted on."""
+    _resume_capped(now)
     done = 0
     wanted = db.session.scalars(
         select(User.id).where(User.auto_recharge_wanted.is_(True)).limit(BATCH)
@@ -228,43 +259,48 @@ def run(now: datetime) -> int:
     for user_id in wanted:
         purchase_id = _start(user_id, now)
         if purchase_id is not None:
-            _settle_safely(purchase_id)
+            _safely(settle, purchase_id)
             done += 1
-    for purchase in _unfinished(now):
-        if purchase.needs_customer_since is None:
-            _settle_safely(purchase.id)
-        else:
-            _stop_waiting_safely(purchase.id)
+    for purchase_id, waiting_since in _unfinished(now):
+        _safely(settle if waiting_since is None else _stop_waiting, purchase_id)
         done += 1
     for purchase_id in _uninvoiced(now):
-        _invoice_safely(purchase_id)
+        _safely(invoice, purchase_id)
         done += 1
     return done
 
 
-def _unfinished(now: datetime) -> list[Purchase]:
-    """Pending recharges to follow up: never charged (the worker stopped before Stripe
-    answered), charged but not settled, or waiting for the cardholder too long."""
-    pending = db.session.scalars(
-        select(Purchase).where(
+def _safely(step, purchase_id: int) -> None:
+    """Run one recharge's `step`; Stripe being away leaves it for the next round."""
+    try:
+        step(purchase_id)
+    except PaymentProviderError as error:
+        db.session.rollback()
+        log.warning(
+            "recharge %s: %s left for the next round: %s", purchase_id, step.__name__, error
+        )
+
+
+def _unfinished(now: datetime) -> list[tuple[int, datetime | None]]:
+    """Pending recharges to follow up, with since when each waits for its cardholder:
+    never charged (the worker stopped part way), charged but not settled, or waiting
+    for the cardholder longer than WAIT_FOR_CUSTOMER."""
+    rows = db.session.execute(
+        select(Purchase.id, Purchase.needs_customer_since).where(
             Purchase.origin == PurchaseOrigin.AUTO_RECHARGE,
             Purchase.status == PurchaseStatus.PENDING,
             Purchase.created_at < now - timedelta(seconds=30),
+            (Purchase.needs_customer_since.is_(None))
+            | (Purchase.needs_customer_since < now - WAIT_FOR_CUSTOMER),
         )
     ).all()
     db.session.rollback()
-    return [
-        purchase
-        for purchase in pending
-        if purchase.needs_customer_since is None
-        or purchase.needs_customer_since < now - WAIT_FOR_CUSTOMER
-    ]
+    return [tuple(row) for row in rows]
 
 
 def _uninvoiced(now: datetime) -> list[int]:
-    """Paid recharges still without an invoice (Stripe was away when they were paid), for
-    INVOICE_RETRIES_FOR: one Stripe keeps refusing is not asked for every round for ever
-    (each refusal is logged)."""
+    """Paid recharges still without an invoice (Stripe was away when they were paid),
+    for INVOICE_RETRIES_FOR."""
     ids = db.session.scalars(
         select(Purchase.id).where(
             Purchase.origin == PurchaseOrigin.AUTO_RECHARGE,
@@ -274,6 +310,35 @@ def _uninvoiced(now: datetime) -> list[int]:
     ).all()
     db.session.rollback()
     return ids
+
+
+def _resume_capped(now: datetime) -> None:
+    """In a new month, ask again for the recharges the cap held back: their accounts may
+    have too few credits left for any job to ask."""
+    month = f"{company_date(now):%Y-%m}"
+    held_back = db.session.scalars(
+        select(User.id)
+        .join(AutoRecharge, AutoRecharge.user_id == User.id)
+        .where(
+            AutoRecharge.cap_told_for.is_not(None),
+            AutoRecharge.cap_told_for != month,
+            User.auto_recharge_below.is_not(None),
+            User.credits_balance < User.auto_recharge_below,
+        )
+        .limit(BATCH)
+    ).all()
+    db.session.rollback()
+    for user_id in held_back:
+        _ask_again(user_id)
+
+
+@transactional
+def _ask_again(user_id: int) -> None:
+    account = locked(User, User.id == user_id)
+    settings = db.session.get(AutoRecharge, user_id)
+    settings.cap_told_for = None
+    if account.auto_recharge_below is not None:
+        account.auto_recharge_wanted = True
 
 
 @transactional
@@ -294,7 +359,10 @@ def _start(user_id: int, now: datetime) -> int | None:
         or _in_flight(user_id)
     ):
         return None
-    package = policy.PACKAGES_BY_CODE[settings.package_code]
+    package = policy.PACKAGES_BY_CODE.get(settings.package_code)
+    if package is None:
+        log.error("auto-recharge of account %s names no package we sell", user_id)
+        return None
     if spent_this_month(user_id, now) + package.price_cents > settings.monthly_cap_cents:
         _tell_cap_reached(account, settings, now)
         return None
@@ -305,6 +373,10 @@ def _start(user_id: int, now: datetime) -> int | None:
         credits=package.credits,
         amount_cents=package.price_cents,
         currency=package.currency,
+        # The card it is to be charged to, as the pages and e-mails name it until the
+        # charge itself says how it was paid.
+        payment_method_brand=settings.card_brand,
+        payment_method_last4=settings.card_last4,
     )
     db.session.add(purchase)
     db.session.flush()
@@ -325,9 +397,9 @@ def _in_flight(user_id: int) -> bool:
 
 
 def spent_this_month(user_id: int, now: datetime) -> int:
-    """What recharges this company-calendar month cost or may still cost: every one but
-    those that did not go through (refunds do not give room back: the cap is on
-    charges)."""
+    """What the recharges started this company-calendar month cost or may still cost:
+    every one but those that did not go through (refunds do not give room back: the cap
+    is on charges)."""
     start, _ = company_month(now)
     return db.session.scalar(
         select(func.coalesce(func.sum(Purchase.amount_cents), 0)).where(
@@ -344,108 +416,174 @@ def _tell_cap_reached(account: User, settings: AutoRecharge, now: datetime) -> N
     if settings.cap_told_for == month:
         return
     settings.cap_told_for = month
-    page = external_url_or_none("billing.auto_recharge_settings")
     queue_email(
         account.email,
         "Auto-recharge paused until next month",
         f"Your balance is below {account.auto_recharge_below:,} credits, but another "
         f"{settings.package_code.capitalize()} package would take this month's auto-recharge "
         f"past the {format_cents(settings.monthly_cap_cents)} you set as its limit, so "
-        "nothing was charged. Auto-recharge starts again on the 1st of next month "
-        f"({policy.COMPANY_TIMEZONE_NAME} time).\n\n"
-        "You can buy credits yourself at any time, or raise the limit "
-        + (f"on the Auto-recharge page: {page}" if page else "on the Auto-recharge page."),
+        "nothing was charged. On the 1st of next month "
+        f"({policy.COMPANY_TIMEZONE_NAME} time) we recharge again if your balance is still "
+        "below that.\n\n"
+        f"You can buy credits yourself at any time, or raise the limit on {_settings_page()}",
     )
+
+
+def _settings_page() -> str:
+    page = external_url_or_none("billing.auto_recharge_settings")
+    return f"the Auto-recharge page: {page}" if page else "the Auto-recharge page in the portal."
 
 
 # -- charging and settling ------------------------------------------------------------
 
 
-def _settle_safely(purchase_id: int) -> None:
-    """Charge or settle one recharge; Stripe being away leaves it for the next round."""
-    try:
-        settle(purchase_id)
-    except PaymentProviderError as error:
-        db.session.rollback()
-        log.warning("recharge %s left for the next round: %s", purchase_id, error)
+def _key(purchase: Purchase, step: str) -> str:
+    # The creation time keeps keys apart if purchase ids restart against the same Stripe
+    # account (a test database reset): Stripe refuses a key sent again with other values.
+    return f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-{step}"
 
 
 def settle(purchase_id: int) -> None:
-    """Bring a pending recharge to where Stripe says its payment is: charge it if it was
-    never charged, else ask Stripe how its PaymentIntent stands and apply that.
+    """Bring a pending recharge to where its payment stands, charging it if that is
+    the step left: make the PaymentIntent if there is none, confirm it if it was made
+    and never confirmed, else apply what Stripe says of it. The worker's only.
 
     :raises PaymentProviderError: Stripe could not be reached (nothing changed).
     """
     purchase = db.session.get(Purchase, purchase_id)
-    if purchase is None or not purchase.is_recharge:
+    if purchase is None or not purchase.is_recharge or purchase.status != PurchaseStatus.PENDING:
+        db.session.rollback()
         return
-    intent_id, pending = (
-        purchase.stripe_payment_intent_id,
-        purchase.status == PurchaseStatus.PENDING,
-    )
+    intent_id = purchase.stripe_payment_intent_id
     db.session.rollback()
     if intent_id is None:
-        if pending:
-            _charge(purchase_id)
-        return
-    _apply(purchase_id, gateway().retrieve_payment_intent(intent_id))
+        intent = _create_intent(purchase_id)
+    else:
+        intent = _current_intent(purchase_id, intent_id)
+    if intent is not None and intent.get("status") == "requires_confirmation":
+        intent = _confirm(purchase_id, intent["id"])
+    if intent is not None:
+        _apply(purchase_id, intent)
 
 
-def _charge(purchase_id: int) -> None:
+def refresh(purchase_id: int) -> None:
+    """Apply what Stripe says of a recharge's payment now, without charging anything
+    (for pages the customer opens).
+
+    :raises PaymentProviderError: Stripe could not be reached.
+    """
+    purchase = db.session.get(Purchase, purchase_id)
+    intent_id = purchase.stripe_payment_intent_id if purchase and purchase.is_recharge else None
+    db.session.rollback()
+    if intent_id is not None:
+        intent = _current_intent(purchase_id, intent_id)
+        if intent is not None:
+            _apply(purchase_id, intent)
+
+
+def _current_intent(purchase_id: int, intent_id: str) -> dict | None:
+    """The recharge's PaymentIntent as Stripe has it; None when Stripe has no such
+    PaymentIntent (then nothing was ever charged, and the recharge is cancelled)."""
+    try:
+        return gateway().retrieve_payment_intent(intent_id)
+    except NoSuchObject:
+        log.error(
+            "recharge %s names PaymentIntent %s, which Stripe does not have", purchase_id, intent_id
+        )
+        _cancelled(purchase_id, tell=False)
+        return None
+
+
+def _create_intent(purchase_id: int) -> dict | None:
+    """Make the recharge's PaymentIntent, unconfirmed, and record it on the purchase;
+    None when Stripe refused it (nothing was charged: the recharge fails).
+
+    :raises PaymentProviderError: Stripe could not be reached.
+    """
     purchase = db.session.get(Purchase, purchase_id)
     settings = db.session.get(AutoRecharge, purchase.user_id)
     customer_id = purchase.user.stripe_customer_id
     payment_method = settings.payment_method_id if settings else None
-    references = {"purchase_id": str(purchase.id), "user_id": str(purchase.user_id)}
     params = {
         "amount": purchase.amount_cents,
         "currency": purchase.currency,
         "customer": customer_id,
         "payment_method": payment_method,
-        "off_session": True,
-        "confirm": True,
         "description": f"Auto-recharge: {purchase.package_code.capitalize()} package, "
         f"{purchase.credits:,} credits",
-        "metadata": references,
-        "expand": ["latest_charge"],
+        "metadata": {"purchase_id": str(purchase.id), "user_id": str(purchase.user_id)},
     }
-    key = f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-recharge"
+    key = _key(purchase, "recharge")
     db.session.rollback()
     if not (customer_id and payment_method):
         _declined(purchase_id, "there is no card set up for auto-recharge")
-        return
+        return None
     try:
-        intent = gateway().charge_saved_card(params, key)
+        intent = gateway().create_payment_intent(params, key)
     except PaymentProviderError as error:
         if error.retryable:
             raise
-        # Stripe refused the request itself: the card was removed in the billing
-        # portal, or the customer is gone. Sending it again would not change that.
-        _declined(
-            purchase_id, "the card set up for it is no longer saved with our payment provider"
-        )
-        return
-    _apply(purchase_id, intent)
+        # An unconfirmed PaymentIntent charges nothing, and this one was not even made.
+        if error.code == "resource_missing":
+            _declined(purchase_id, "the card is no longer saved with our payment provider")
+        else:
+            log.error("Stripe refused recharge %s's PaymentIntent: %s", purchase_id, error)
+            _cancelled(purchase_id, tell=False)
+        return None
+    _remember_intent(purchase_id, intent["id"])
+    return intent
+
+
+def _confirm(purchase_id: int, intent_id: str) -> dict:
+    """Charge the recharge's PaymentIntent off-session, unless the recharge is no longer
+    wanted (switched off, account closed): then cancel it. Stripe's answer either way.
+
+    :raises PaymentProviderError: Stripe could not be reached.
+    """
+    if not _still_wanted(purchase_id):
+        return _cancel_at_stripe(intent_id)
+    purchase = db.session.get(Purchase, purchase_id)
+    key = _key(purchase, "recharge-confirm")
+    db.session.rollback()
+    try:
+        return gateway().confirm_off_session(intent_id, key)
+    except PaymentProviderError as error:
+        if error.retryable:
+            raise
+        # Refused in the state it is in (confirmed or cancelled meanwhile): that state
+        # is the answer.
+        return gateway().retrieve_payment_intent(intent_id)
+
+
+def _still_wanted(purchase_id: int) -> bool:
+    purchase = db.session.get(Purchase, purchase_id)
+    account = purchase.user
+    wanted = (
+        purchase.status == PurchaseStatus.PENDING
+        and account.status == AccountStatus.ACTIVE
+        and is_on(account)
+    )
+    db.session.rollback()
+    return wanted
+
+
+def _cancel_at_stripe(intent_id: str) -> dict:
+    intent = gateway().retrieve_payment_intent(intent_id)
+    if intent.get("status") in CANCELABLE:
+        intent = gateway().cancel_payment_intent(intent_id)
+    return intent
 
 
 CANCELABLE = frozenset({"requires_payment_method", "requires_action", "requires_confirmation"})
 
 
-def _stop_waiting_safely(purchase_id: int) -> None:
+def _stop_waiting(purchase_id: int) -> None:
     """Cancel a recharge its cardholder did not confirm within WAIT_FOR_CUSTOMER, and say
-    so; Stripe being away leaves it for the next round."""
+    so."""
     purchase = db.session.get(Purchase, purchase_id)
     intent_id = purchase.stripe_payment_intent_id
     db.session.rollback()
-    try:
-        intent = gateway().retrieve_payment_intent(intent_id)
-        if intent.get("status") in CANCELABLE:
-            intent = gateway().cancel_payment_intent(intent_id)
-    except PaymentProviderError as error:
-        db.session.rollback()
-        log.warning("recharge %s left for the next round: %s", purchase_id, error)
-        return
-    _apply(purchase_id, intent, unconfirmed=True)
+    _apply(purchase_id, _cancel_at_stripe(intent_id), unconfirmed=True)
 
 
 def _apply(purchase_id: int, intent: dict, unconfirmed: bool = False) -> None:
@@ -455,16 +593,17 @@ def _apply(purchase_id: int, intent: dict, unconfirmed: bool = False) -> None:
     status = intent.get("status")
     error = intent.get("last_payment_error") or {}
     if status == "succeeded":
-        fulfilment.fulfil_payment_intent(intent["id"])
-        _paid(purchase_id)
-        _invoice_safely(purchase_id)
+        if fulfilment.fulfil_payment_intent(intent["id"]) == fulfilment.Fulfilment.CREDITED:
+            _paid(purchase_id)
+        _safely(invoice, purchase_id)
     elif status == "canceled":
         _cancelled(purchase_id, tell=unconfirmed)
     elif status == "requires_action" or error.get("code") in NEEDS_CUSTOMER:
         _needs_customer(purchase_id)
-    elif status == "requires_payment_method":
+    elif status == "requires_payment_method" and error:
         _declined(purchase_id, _decline_words(error))
-    # "processing" and the like: Stripe tells us later (webhook, or the next round).
+    # Processing, or made and not yet confirmed: the worker's next round, or Stripe's
+    # event, takes it further.
 
 
 @transactional
@@ -484,17 +623,17 @@ DECLINE_WORDS = {
 
 
 def _decline_words(error: dict) -> str:
-    return DECLINE_WORDS.get(
-        error.get("decline_code") or error.get("code") or "", "the card was declined"
-    )
+    code = error.get("decline_code") or error.get("code") or ""
+    return DECLINE_WORDS.get(code, "the card was declined")
 
 
 @transactional
 def _paid(purchase_id: int) -> None:
-    """A recharge went through: declines are no longer in a row."""
+    """A recharge was just credited: declines are no longer in a row."""
     purchase = lock_purchase(purchase_id)
-    settings = db.session.get(AutoRecharge, purchase.user_id) if purchase else None
-    if settings is not None and purchase.credited_at is not None:
+    locked(User, User.id == purchase.user_id)
+    settings = db.session.get(AutoRecharge, purchase.user_id)
+    if settings is not None:
         settings.failures_in_a_row = 0
 
 
@@ -507,16 +646,23 @@ def _cancelled(purchase_id: int, tell: bool) -> None:
         return
     purchase.status = PurchaseStatus.FAILED
     purchase.needs_customer_since = None
-    if tell:
-        queue_email(
-            purchase.user.email,
-            "Auto-recharge payment cancelled",
-            f"The {format_cents(purchase.amount_cents, purchase.currency)} auto-recharge "
-            f"payment your bank asked you to confirm was not confirmed within "
-            f"{WAIT_FOR_CUSTOMER.days} days, so we cancelled it. Nothing was charged and no "
-            "credits were added. Auto-recharge stays on and tries again the next time a job "
-            "leaves your balance below your amount.",
-        )
+    if not tell:
+        return
+    account = locked(User, User.id == purchase.user_id)
+    queue_email(
+        account.email,
+        "Auto-recharge payment cancelled",
+        f"The {format_cents(purchase.amount_cents, purchase.currency)} auto-recharge "
+        f"payment your bank asked you to confirm was not confirmed within "
+        f"{WAIT_FOR_CUSTOMER.days} days, so we cancelled it. Nothing was charged and no "
+        "credits were added."
+        + (
+            " Auto-recharge is still on: the next job that leaves your balance below "
+            f"{account.auto_recharge_below:,} credits starts another."
+            if is_on(account)
+            else ""
+        ),
+    )
 
 
 @transactional
@@ -531,11 +677,20 @@ def _declined(purchase_id: int, why: str) -> None:
     account = locked(User, User.id == purchase.user_id)
     settings = db.session.get(AutoRecharge, purchase.user_id)
     settings.failures_in_a_row += 1
-    amount = format_cents(purchase.amount_cents, purchase.currency)
-    card = settings.card_words or "your card"
-    page = external_url_or_none("billing.auto_recharge_settings")
-    where = f"the Auto-recharge page: {page}" if page else "the Auto-recharge page in the portal"
-    if settings.failures_in_a_row >= FAILURES_BEFORE_OFF and is_on(account):
+    tried = (
+        f"We tried to charge {format_cents(purchase.amount_cents, purchase.currency)} to "
+        f"{purchase.payment_method_words or 'your card'} for auto-recharge, and it did not "
+        f"go through because {why}."
+    )
+    if not is_on(account):
+        queue_email(
+            account.email,
+            "Auto-recharge could not charge your card",
+            f"{tried} No credits were added and nothing was charged. Auto-recharge is off, "
+            "so we will not try again.",
+        )
+        return
+    if settings.failures_in_a_row >= FAILURES_BEFORE_OFF:
         account.auto_recharge_below = None
         account.auto_recharge_wanted = False
         settings.switched_off_because = (
@@ -544,24 +699,23 @@ def _declined(purchase_id: int, why: str) -> None:
         queue_email(
             account.email,
             "Auto-recharge is off: your card was declined",
-            f"We tried to charge {amount} to {card} for auto-recharge, and it did not go "
-            f"through because {why}. That is {FAILURES_BEFORE_OFF} attempts in a row, so "
-            "we have switched auto-recharge off: nothing more will be charged.\n\n"
+            f"{tried} That is {FAILURES_BEFORE_OFF} attempts in a row, so we have switched "
+            "auto-recharge off: nothing more will be charged.\n\n"
             "Jobs are charged from your balance as usual; once it runs out, new jobs are "
-            f"refused until you buy credits. To switch auto-recharge on again, with this "
-            f"card or another, go to {where}",
+            "refused until you buy credits. To switch auto-recharge on again, with this card "
+            f"or another, go to {_settings_page()}",
         )
         return
     left = FAILURES_BEFORE_OFF - settings.failures_in_a_row
     queue_email(
         account.email,
         "Auto-recharge could not charge your card",
-        f"We tried to charge {amount} to {card} for auto-recharge, and it did not go through "
-        f"because {why}. No credits were added and nothing was charged.\n\n"
+        f"{tried} No credits were added and nothing was charged.\n\n"
         "We will try again the next time a job leaves your balance below "
-        f"{account.auto_recharge_below or settings.threshold:,} credits. After {left} more "
+        f"{account.auto_recharge_below:,} credits. After {left} more "
         f"attempt{'s' if left != 1 else ''} that do{'' if left != 1 else 'es'} not go "
-        "through, auto-recharge switches itself off. To use another card, go to " + where,
+        f"through, auto-recharge switches itself off. To use another card, go to "
+        f"{_settings_page()}",
     )
 
 
@@ -606,8 +760,8 @@ def waits_for_customer(purchase: Purchase) -> bool:
 
 def confirm_on_session(purchase: Purchase, return_url: str) -> str | None:
     """Confirm a waiting recharge with the customer present; return where to send them to
-    authenticate with their bank, or None when there is nothing to confirm (any more) or
-    Stripe settled it at once.
+    authenticate with their bank, or None when there is nothing to confirm (any more:
+    paid or cancelled in another tab) or Stripe settled it at once.
 
     :raises PaymentProviderError: Stripe could not be reached, or refused the card.
     """
@@ -618,13 +772,16 @@ def confirm_on_session(purchase: Purchase, return_url: str) -> str | None:
     intent = gateway().retrieve_payment_intent(intent_id)
     if intent.get("status") == "requires_action":
         return _redirect_of(intent)
+    if intent.get("status") not in ("requires_payment_method", "requires_confirmation"):
+        _apply(purchase_id, intent)
+        return None
     error = intent.get("last_payment_error") or {}
     method = intent.get("payment_method") or error.get("payment_method")
     method_id = method.get("id") if isinstance(method, dict) else method
     try:
         intent = gateway().confirm_payment_intent(intent_id, method_id, return_url)
     except PaymentProviderError:
-        settle(purchase_id)
+        refresh(purchase_id)
         raise
     redirect = _redirect_of(intent)
     if redirect is None:
@@ -639,32 +796,24 @@ def _redirect_of(intent: dict) -> str | None:
     return None
 
 
-def cancel_waiting(purchase: Purchase) -> bool:
+def cancel_waiting(purchase: Purchase) -> str | None:
     """The customer does not want the waiting recharge: cancel it at Stripe and fail it
-    (not counted as a decline). Return whether there was one to cancel.
+    (not counted as a decline). Return the PaymentIntent's status afterwards
+    ("canceled"; "succeeded" if it was paid in another tab meanwhile), or None when
+    nothing waited.
 
     :raises PaymentProviderError: Stripe could not be reached.
     """
     if not waits_for_customer(purchase):
-        return False
+        return None
     purchase_id, intent_id = purchase.id, purchase.stripe_payment_intent_id
     db.session.rollback()
-    intent = gateway().retrieve_payment_intent(intent_id)
-    if intent.get("status") in CANCELABLE:
-        intent = gateway().cancel_payment_intent(intent_id)
+    intent = _cancel_at_stripe(intent_id)
     _apply(purchase_id, intent)
-    return True
+    return intent.get("status")
 
 
 # -- invoices -------------------------------------------------------------------------
-
-
-def _invoice_safely(purchase_id: int) -> None:
-    try:
-        invoice(purchase_id)
-    except PaymentProviderError as error:
-        db.session.rollback()
-        log.warning("invoice for recharge %s left for the next round: %s", purchase_id, error)
 
 
 def invoice(purchase_id: int) -> None:
@@ -674,6 +823,7 @@ def invoice(purchase_id: int) -> None:
     """
     purchase = db.session.get(Purchase, purchase_id)
     if purchase is None or purchase.credited_at is None or purchase.stripe_invoice_id:
+        db.session.rollback()
         return
     references = {"purchase_id": str(purchase.id), "user_id": str(purchase.user_id)}
     line = {
@@ -682,7 +832,7 @@ def invoice(purchase_id: int) -> None:
         "description": f"{purchase.history_memo}: {purchase.credits:,} credits",
     }
     customer_id, intent_id = purchase.user.stripe_customer_id, purchase.stripe_payment_intent_id
-    key = f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-invoice"
+    key = _key(purchase, "invoice")
     db.session.rollback()
     paid = gateway().invoice_payment(customer_id, intent_id, line, references, key)
     _record_invoice(purchase_id, paid)
@@ -707,14 +857,15 @@ def payment_intent_changed(intent: dict) -> bool | None:
     None when it is not a recharge's (a Checkout purchase's is followed through its
     session), False when it is not the payment of the recharge its metadata names.
 
-    An event never starts a charge: it is news about one that was sent, and may arrive
-    before the worker has written Stripe's answer down.
+    An event never charges anything: it is news about a payment, and may arrive before
+    the worker has written Stripe's answer down.
 
     :raises PaymentProviderError: Stripe could not be asked.
     """
     purchase_id = purchase_id_of(intent)
     purchase = db.session.get(Purchase, purchase_id) if purchase_id is not None else None
     if purchase is None or not purchase.is_recharge:
+        db.session.rollback()
         return None
     recorded = purchase.stripe_payment_intent_id
     db.session.rollback()

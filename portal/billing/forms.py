@@ -55,8 +55,8 @@ class AutoRechargeForm(FlaskForm):
         validators=[DataRequired(message="Write a number of dollars, like 100.")],
         description=(
             "Dollars, a whole number: at least one package's price, at most "
-            f"{format_cents(auto_recharge.CAP_MAX_CENTS)}. Counted by calendar month, "
-            f"{policy.COMPANY_TIMEZONE_NAME} time."
+            f"{format_cents(auto_recharge.CAP_MAX_CENTS)}. Each recharge counts in the "
+            f"calendar month it starts in, {policy.COMPANY_TIMEZONE_NAME} time."
         ),
         render_kw={"class": "input-credits", "inputmode": "numeric", "autocomplete": "off"},
     )

@@ -193,7 +193,11 @@ def _fulfil_intent(intent_id: str) -> Fulfilment:
 
 
 def _credit_paid(
-    purchase: Purchase, payment: _Payment, paid_cents, currency, paid_through: str
+    purchase: Purchase,
+    payment: _Payment,
+    paid_cents: int | None,
+    currency: str | None,
+    paid_through: str,
 ) -> Fulfilment:
     """Record a locked purchase's payment and add its credits, unless the amount is not
     the package's or the money already went back."""
@@ -228,8 +232,8 @@ def _credited_email(purchase: Purchase) -> tuple[str, str]:
             f"Auto-recharge added {purchase.credits:,} credits",
             f"Your balance fell below the amount you chose for auto-recharge, so we charged "
             f"{paid} to {card} for the {purchase.package_code.capitalize()} package. "
-            f"{purchase.credits:,} credits are now in your balance. The receipt and the "
-            "invoice are under Purchases in the portal.",
+            f"{purchase.credits:,} credits are now in your balance. The receipt is under "
+            "Purchases in the portal, with the invoice once Stripe has made it.",
         )
     return (
         f"{purchase.credits:,} credits added to your account",
@@ -255,7 +259,9 @@ def _record_payment(purchase: Purchase, payment: _Payment) -> None:
         purchase.invoice_pdf_url = payment.invoice.get("invoice_pdf")
 
 
-def _hold_mismatch(purchase: Purchase, paid_cents, currency, paid_through: str) -> Fulfilment:
+def _hold_mismatch(
+    purchase: Purchase, paid_cents: int | None, currency: str | None, paid_through: str
+) -> Fulfilment:
     """Keep a payment whose amount does not match its package away from the balance."""
     if purchase.status == PurchaseStatus.PAID:
         # Already held and reported when fulfilment first saw it.

@@ -205,17 +205,30 @@ class StripeGateway:
             ),
         )
 
-    def charge_saved_card(self, params: dict, idempotency_key: str) -> dict:
-        """Create and confirm a PaymentIntent; return it as Stripe has it, paid or not.
+    def create_payment_intent(self, params: dict, idempotency_key: str) -> dict:
+        """Create a PaymentIntent without confirming it: nothing is charged yet."""
+        return self._call(
+            "payment intent creation",
+            lambda: self.client.v1.payment_intents.create(
+                params=params, options={"idempotency_key": idempotency_key}
+            ),
+        )
+
+    def confirm_off_session(self, intent_id: str, idempotency_key: str) -> dict:
+        """Charge a PaymentIntent's card with the customer away; return the PaymentIntent
+        as Stripe has it, paid or not.
 
         A card error (a decline, `authentication_required`) is an answer here, not a
         failure: Stripe sends the PaymentIntent it left unpaid along with the error.
 
         :raises PaymentProviderError: Stripe refused the request or could not be reached.
         """
+        self._check_id("payment_intent", intent_id)
         try:
-            intent = self.client.v1.payment_intents.create(
-                params=params, options={"idempotency_key": idempotency_key}
+            intent = self.client.v1.payment_intents.confirm(
+                intent_id,
+                params={"off_session": True, "expand": ["latest_charge"]},
+                options={"idempotency_key": idempotency_key},
             )
         except stripe.CardError as error:
             body = (error.json_body or {}).get("error") or {}
@@ -239,6 +252,7 @@ class StripeGateway:
         )
 
     def cancel_payment_intent(self, intent_id: str) -> dict:
+        """Cancel an unpaid PaymentIntent, so that it can never be charged."""
         self._check_id("payment_intent", intent_id)
         return self._call(
             "payment intent cancellation",
@@ -263,7 +277,10 @@ class StripeGateway:
         way resumes where it stopped.
         """
         self._check_id("payment_intent", payment_intent)
-        options = lambda step: {"idempotency_key": f"{idempotency_key}-{step}"}  # noqa: E731
+
+        def options(step: str) -> dict:
+            return {"idempotency_key": f"{idempotency_key}-{step}"}
+
         invoices = self.client.v1.invoices
         invoice = self._call(
             "invoice creation",

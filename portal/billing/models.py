@@ -342,7 +342,12 @@ class AutoRecharge(db.Model):
     payment_method_id: Mapped[str | None] = mapped_column(String(255))
     card_brand: Mapped[str | None] = mapped_column(String(32))
     card_last4: Mapped[str | None] = mapped_column(String(4))
-    # Declined recharges since the last one paid; at THREE it switches itself off.
+    # The setup session the customer was last sent to, until it is applied: only that one
+    # may set the card, so a late event cannot bring back an older card, nor switch on
+    # what was switched off since (switching off forgets it).
+    setup_session_id: Mapped[str | None] = mapped_column(String(255))
+    # Declined recharges since the last one paid; at auto_recharge.FAILURES_BEFORE_OFF
+    # it switches itself off.
     failures_in_a_row: Mapped[int] = mapped_column(default=0)
     # Why it last switched itself off, for the page; cleared when switched on again.
     switched_off_because: Mapped[str | None] = mapped_column(Text)

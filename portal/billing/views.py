@@ -188,7 +188,13 @@ AUTO_RECHARGE_ENDPOINTS = (
     "billing.cancel_recharge",
     "billing.recharge_confirmed",
 )
-AUTO_RECHARGE_PAYING = frozenset({"billing.auto_recharge_card", "billing.confirm_recharge_now"})
+AUTO_RECHARGE_PAYING = frozenset(
+    {
+        "billing.auto_recharge_card",
+        "billing.auto_recharge_card_saved",
+        "billing.confirm_recharge_now",
+    }
+)
 
 
 @bp.before_request
@@ -348,9 +354,9 @@ def confirm_recharge_now(purchase_id: int):
         bank_url = auto_recharge.confirm_on_session(purchase, return_url)
     except PaymentProviderError as error:
         flash(
-            "Your card was declined; nothing was charged."
-            if error.code == "card_declined"
-            else "We could not reach our payment provider. Please try again in a minute.",
+            "We could not reach our payment provider. Please try again in a minute."
+            if error.retryable
+            else "Your card or your bank refused the payment; nothing was charged.",
             "error",
         )
         return _back_to(purchase_id)
@@ -363,10 +369,26 @@ def recharge_confirmed(purchase_id: int):
     """Where the bank's page sends the customer back: ask Stripe how it went."""
     purchase = _own_purchase(purchase_id)
     try:
-        auto_recharge.settle(purchase.id)
+        auto_recharge.refresh(purchase.id)
     except PaymentProviderError:
         flash("We could not reach our payment provider yet; this page updates shortly.", "info")
     return _back_to(purchase_id)
+
+
+# What "Don't pay" did, by the PaymentIntent's status afterwards.
+CANCEL_RECHARGE_MESSAGES = {
+    "canceled": ("The payment is cancelled. Nothing was charged.", "info"),
+    "succeeded": (
+        "This payment was already confirmed, so it was not cancelled: the credits are in "
+        "your balance.",
+        "info",
+    ),
+    "processing": (
+        "This payment was already confirmed and is being processed, so it can no longer be "
+        "cancelled.",
+        "warning",
+    ),
+}
 
 
 @bp.post("/purchases/<id:purchase_id>/confirm/cancel")
@@ -376,10 +398,10 @@ def cancel_recharge(purchase_id: int):
         abort(400)
     purchase = _own_purchase(purchase_id)
     try:
-        cancelled = auto_recharge.cancel_waiting(purchase)
+        outcome = auto_recharge.cancel_waiting(purchase)
     except PaymentProviderError:
         flash("We could not reach our payment provider. Please try again in a minute.", "error")
     else:
-        if cancelled:
-            flash("The payment is cancelled. Nothing was charged.", "info")
+        if outcome in CANCEL_RECHARGE_MESSAGES:
+            flash(*CANCEL_RECHARGE_MESSAGES[outcome])
     return _back_to(purchase_id)

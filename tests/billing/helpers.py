@@ -180,26 +180,24 @@ def set_up_card(client: FlaskClient, user: User, card: str = CARD_SUCCEEDS) -> s
 
 
 def recharge_params(user: User, payment_method: str, amount_cents: int = 2000) -> dict:
-    """The off-session charge the auto-recharge worker sends for `user`."""
+    """The PaymentIntent the auto-recharge worker makes for `user` (then confirms)."""
     return {
         "amount": amount_cents,
         "currency": "usd",
         "customer": user.stripe_customer_id,
         "payment_method": payment_method,
-        "off_session": True,
-        "confirm": True,
         "description": "Auto-recharge: Pro package, 300 credits",
         # No purchase of this id exists: the webhook handlers find nothing to change.
         "metadata": {"purchase_id": "999999", "user_id": str(user.id)},
-        "expand": ["latest_charge"],
     }
 
 
 def charge_saved_card(user: User, payment_method: str, key: str | None = None) -> dict:
-    """Charge `payment_method` off-session through the gateway; the PaymentIntent."""
-    return gateway().charge_saved_card(
-        recharge_params(user, payment_method), key or f"recharge-{secrets.token_hex(6)}"
-    )
+    """Charge `payment_method` off-session through the gateway as the worker does (make
+    the PaymentIntent, then confirm it); the PaymentIntent."""
+    key = key or f"recharge-{secrets.token_hex(6)}"
+    intent = gateway().create_payment_intent(recharge_params(user, payment_method), key)
+    return gateway().confirm_off_session(intent["id"], f"{key}-confirm")
 
 
 def invoice_recharge(user: User, payment_intent: str, key: str | None = None) -> dict:

@@ -93,20 +93,24 @@ def run_worker(at=None) -> int:
     return done
 
 
-def off_session_params(user: User, purchase_id: int) -> dict:
-    """An off-session charge of $20 on the customer's auto-recharge card naming
-    `purchase_id`, as the worker sends it."""
+def intent_params(user: User, purchase_id: int) -> dict:
+    """The $20 PaymentIntent on the customer's auto-recharge card naming `purchase_id`,
+    as the worker makes it."""
     return {
         "amount": 2000,
         "currency": "usd",
         "customer": account(user).stripe_customer_id,
         "payment_method": settings_of(user).payment_method_id,
-        "off_session": True,
-        "confirm": True,
         "description": "Auto-recharge: Pro package, 300 credits",
         "metadata": {"purchase_id": str(purchase_id), "user_id": str(user.id)},
-        "expand": ["latest_charge"],
     }
+
+
+def worker_key(purchase_id: int, step: str) -> str:
+    purchase = db.session.get(Purchase, purchase_id)
+    key = f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-{step}"
+    db.session.rollback()
+    return key
 
 
 def subjects(user: User) -> list[str]:
@@ -205,25 +209,65 @@ def test_a_spend_below_the_threshold_is_recharged_once_with_an_invoice(client, f
     assert "View invoice" in receipt
 
 
-def test_a_worker_that_stopped_before_recording_stripes_answer_charges_once(client, funded):
+def test_a_worker_that_stopped_before_recording_the_payment_intent_charges_once(client, funded):
     switch_on(client, funded, threshold="50")
     spend(funded, 60)
     purchase_id = auto_recharge._start(funded.id, utcnow())
-    # Stripe charged, but the worker died before it wrote the answer down.
-    purchase = db.session.get(Purchase, purchase_id)
-    key = f"purchase-{purchase.id}-{purchase.created_at:%Y%m%dT%H%M%S%f}-recharge"
-    params = off_session_params(funded, purchase.id)
-    first = gateway().charge_saved_card(params, key)
-    db.session.rollback()
+    # Stripe made the PaymentIntent, but the worker died before it wrote the id down.
+    params = intent_params(funded, purchase_id)
+    made = gateway().create_payment_intent(params, worker_key(purchase_id, "recharge"))
 
-    # The next round finds it unfinished and sends the same request again.
+    # The next round finds the recharge unfinished and makes it again with the same key:
+    # Stripe answers with the same PaymentIntent, which is then charged once.
     run_worker(utcnow() + timedelta(minutes=1))
 
     [recharge] = recharges_of(funded.id)
-    assert recharge.stripe_payment_intent_id == first["id"]
+    assert recharge.stripe_payment_intent_id == made["id"]
     assert recharge.status == PurchaseStatus.CREDITED
     assert balance(funded.id) == 340
     assert intents_at_stripe(funded) == 1
+
+
+def test_a_worker_that_stopped_after_charging_finds_the_payment_by_asking_stripe(client, funded):
+    switch_on(client, funded, threshold="50")
+    spend(funded, 60)
+    purchase_id = auto_recharge._start(funded.id, utcnow())
+    intent = auto_recharge._create_intent(purchase_id)
+    # Charged at Stripe; the worker died before it read the answer.
+    gateway().confirm_off_session(intent["id"], worker_key(purchase_id, "recharge-confirm"))
+
+    run_worker(utcnow() + timedelta(minutes=1))
+
+    [recharge] = recharges_of(funded.id)
+    assert recharge.status == PurchaseStatus.CREDITED
+    assert balance(funded.id) == 340
+    assert intents_at_stripe(funded) == 1
+
+
+@pytest.mark.parametrize("how", ["switched off", "account terminated"])
+def test_a_recharge_no_longer_wanted_before_it_is_charged_is_cancelled(client, funded, how):
+    switch_on(client, funded, threshold="50")
+    spend(funded, 60)
+    purchase_id = auto_recharge._start(funded.id, utcnow())
+    intent = auto_recharge._create_intent(purchase_id)
+    # The worker stopped here (or Stripe was away); meanwhile the customer switched off.
+    if how == "switched off":
+        auto_recharge.switch_off(funded.id)
+    else:
+        from portal.accounts.services import terminate_account
+
+        terminate_account(account(funded), "breach of the terms")
+        db.session.commit()
+
+    run_worker(utcnow() + timedelta(minutes=1))
+
+    [recharge] = recharges_of(funded.id)
+    assert recharge.status == PurchaseStatus.FAILED
+    assert balance(funded.id) == 40
+    store = sandbox()
+    with store.lock:
+        assert store.payment_intents[intent["id"]]["status"] == "canceled"
+    assert settings_of(funded).failures_in_a_row == 0
 
 
 def test_the_success_webhook_alone_credits_the_recharge(client, funded, inline_webhooks):
@@ -417,12 +461,84 @@ def test_an_event_about_another_payment_naming_the_recharge_changes_nothing(clie
     run_worker()
     [recharge] = recharges_of(funded.id)
     # A second payment whose metadata names the same purchase (made outside the portal).
-    params = off_session_params(funded, recharge.id)
-    other = gateway().charge_saved_card(
-        params, "made-elsewhere-" + recharge.stripe_payment_intent_id
+    other = gateway().create_payment_intent(
+        intent_params(funded, recharge.id), "made-elsewhere-" + recharge.stripe_payment_intent_id
     )
+    other = gateway().confirm_off_session(other["id"], "made-elsewhere-confirm")
     [event] = events_for("payment_intent.succeeded", id=other["id"])
     answer = deliver(client, event)
     assert answer.get_json()["outcome"] == "False"
     assert balance(funded.id) == 340
     assert recharges_of(funded.id)[0].stripe_payment_intent_id == recharge.stripe_payment_intent_id
+
+
+def test_a_late_setup_event_brings_back_no_old_card_and_does_not_switch_on(client, funded):
+    first = switch_on(client, funded, threshold="50")
+    [first_event] = events_for("checkout.session.completed", id=first)
+    session_id = setup_session_of(
+        client.post(
+            "/account/auto-recharge/card",
+            data={"csrf_token": csrf_token(client, "/account/auto-recharge")},
+        )
+    )
+    back = pay_on_page(client, session_id, CARD_AUTHENTICATES)
+    client.get(back.headers["Location"])
+    assert settings_of(funded).card_last4 == "3184"
+
+    # The first card's event, delivered late, changes nothing.
+    deliver(client, first_event)
+    assert settings_of(funded).card_last4 == "3184"
+
+    # Switched off since: the second card's own event does not switch it back on.
+    auto_recharge.switch_off(funded.id)
+    [second_event] = events_for("checkout.session.completed", id=session_id)
+    deliver(client, second_event)
+    assert account(funded).auto_recharge_below is None
+
+
+def test_switching_on_below_the_threshold_recharges_without_waiting_for_a_job(client, funded):
+    # 100 credits, and a threshold above them: no job need run to ask for a recharge.
+    switch_on(client, funded, threshold="150", package="basic")
+    assert account(funded).auto_recharge_wanted is True
+    run_worker()
+    assert balance(funded.id) == 220
+
+
+def test_a_month_held_back_by_the_cap_recharges_when_the_next_one_starts(client, funded):
+    switch_on(client, funded, threshold="50", package="pro", monthly_cap="20")
+    spend(funded, 60)
+    run_worker()
+    spend(funded, 30)  # 10 + 300 - ... stays above: spend it down below again
+    spend(funded, 290)
+    run_worker()
+    assert len(recharges_of(funded.id)) == 1
+    assert "Auto-recharge paused until next month" in subjects(funded)
+    # Too few credits for the platform's jobs now; next month the worker asks itself.
+    run_worker(utcnow() + timedelta(days=32))
+    assert len(recharges_of(funded.id)) == 2
+
+
+def test_dont_pay_after_paying_in_another_tab_says_it_was_paid(client, funded):
+    recharge = waiting_recharge(client, funded)
+    token = csrf_token(client, f"/purchases/{recharge.id}/confirm")
+    client.post(f"/purchases/{recharge.id}/confirm", data={"csrf_token": token})
+    # The other tab: the bank's page completed.
+    authenticate_on_page(client, recharge.stripe_payment_intent_id, "complete")
+    answer = client.post(
+        f"/purchases/{recharge.id}/confirm/cancel",
+        data={"csrf_token": token},
+        follow_redirects=True,
+    )
+    page = answer.get_data(as_text=True)
+    assert "already confirmed, so it was not cancelled" in page
+    assert recharges_of(funded.id)[0].status == PurchaseStatus.CREDITED
+
+
+def test_closing_the_account_forgets_auto_recharge(client, funded):
+    from portal.datarights import close_account
+
+    switch_on(client, funded, threshold="50")
+    close_account(account(funded), utcnow(), None, None)
+    db.session.commit()
+    assert settings_of(funded) is None
+    assert account(funded).auto_recharge_below is None

@@ -214,7 +214,7 @@ def test_a_refused_off_session_charge_is_a_card_error_carrying_the_unpaid_intent
 
     intent = charge_saved_card(customer, method)
 
-    status, body = last_answer(stripe_contract, "/v1/payment_intents")
+    status, body = last_answer(stripe_contract, "/confirm")
     error = body["error"]
     assert status == 402
     assert error["type"] == "card_error"

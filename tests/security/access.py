@@ -143,7 +143,7 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     },
     "billing.auto_recharge_card": {"POST": members(REDIRECT, staff=MISSING, terminated=FORBIDDEN)},
     "billing.auto_recharge_card_saved": {
-        "GET": members(to("/account/auto-recharge"), staff=MISSING)
+        "GET": members(to("/account/auto-recharge"), staff=MISSING, terminated=FORBIDDEN)
     },
     "billing.auto_recharge_off": {"POST": members(to("/account/auto-recharge"), staff=MISSING)},
     "billing.confirm_recharge": {"GET": owner_only(REDIRECT)},
