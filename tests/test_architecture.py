@@ -16,7 +16,7 @@ LATE_IMPORTS_ALLOWED = {PORTAL / "__init__.py", PORTAL / "cli.py"}
 
 SERVICE_SIDE = {"services.py", "queries.py", "models.py", "eligibility.py", "alerts.py"}
 # Billing has one module per life cycle instead of a services.py.
-BILLING_SERVICES = {"checkout.py", "fulfilment.py", "reconcile.py"}
+BILLING_SERVICES = {"checkout.py", "fulfilment.py", "reconcile.py", "auto_recharge.py"}
 
 
 def _is_service_side(path: Path) -> bool:

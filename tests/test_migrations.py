@@ -309,3 +309,20 @@ def test_assignment_steps_name_the_staff_member_and_go_back(make_app, tmp_path):
         "Released back to the queue.",
         "Assigned to staff member 12.",
     ]
+
+
+def test_every_foreign_key_has_an_index_leading_with_it(app):
+    """Deleting or re-keying a referenced row checks the referencing table: without an
+    index there, every such check is a full scan."""
+    unindexed = []
+    for table in db.metadata.sorted_tables:
+        leading = {tuple(column.name for column in index.columns)[:1] for index in table.indexes}
+        leading |= {
+            tuple(column.name for column in constraint.columns)[:1]
+            for constraint in table.constraints
+            if hasattr(constraint, "columns") and not hasattr(constraint, "elements")
+        }
+        for key in table.foreign_key_constraints:
+            if (key.column_keys[0],) not in leading:
+                unindexed.append(f"{table.name}.{key.column_keys[0]}")
+    assert unindexed == []

@@ -216,7 +216,7 @@ class Refund(db.Model):
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     # A refusal by Stripe is final for its key; a retry after one uses the next attempt.
     attempt: Mapped[int] = mapped_column(default=1)
-    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -115,7 +115,7 @@ class RefundRequest(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"), index=True)
-    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     reason: Mapped[RequestReason] = mapped_column(enum_type(RequestReason))
     details: Mapped[str] = mapped_column(Text, default="")
     transaction_ids: Mapped[str] = mapped_column(String(500), default="")
@@ -133,7 +133,7 @@ class RefundRequest(db.Model):
     clock_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decision_reason: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     events: Mapped[list["RefundRequestEvent"]] = relationship(
@@ -193,7 +193,7 @@ class RefundRequestEvent(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("refund_requests.id"), index=True)
     kind: Mapped[str] = mapped_column(String(50))
-    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     visible_to_customer: Mapped[bool] = mapped_column(default=True)
     body: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
