@@ -9,7 +9,7 @@ from sqlalchemy import inspect, select
 from portal import limits
 from portal.accounts.models import User
 from portal.db import db
-from portal.errors import AccountTerminated, Conflict, InsufficientCredits, NotFound
+from portal.errors import AccountTerminated, Conflict, InsufficientCredits, NotFound, PortalError
 from portal.extensions import csrf, limiter
 from portal.jobs import services
 from portal.jobs.models import FailureReason, Job
@@ -20,6 +20,8 @@ csrf.exempt(bp)
 limiter.limit(limits.configured("RATELIMIT_JOBS_API"), key_func=limits.service_token)(bp)
 
 MAX_CREDITS_PER_JOB = 1_000_000
+# The most jobs one batch may charge.
+MAX_JOBS_PER_BATCH = 100
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
@@ -41,26 +43,31 @@ def _bad_request(error: BadRequest):
     return _error(400, "invalid_request", error.message, field=error.field)
 
 
+def _refusal(error: PortalError) -> tuple[int, dict]:
+    """The status and body the API answers a service's refusal with."""
+    if isinstance(error, InsufficientCredits):
+        body = {"error": "insufficient_credits", "message": "the balance does not cover this job"}
+        return 402, body | {"balance": error.balance}
+    status, code = REFUSALS[type(error)]
+    return status, {"error": code, "message": str(error)}
+
+
+REFUSALS = {
+    NotFound: (404, "not_found"),
+    Conflict: (409, "conflict"),
+    AccountTerminated: (403, "account_terminated"),
+}
+
+
 @bp.errorhandler(NotFound)
-def _not_found(error: NotFound):
-    return _error(404, "not_found", str(error))
-
-
 @bp.errorhandler(Conflict)
-def _conflict(error: Conflict):
-    return _error(409, "conflict", str(error))
-
-
 @bp.errorhandler(AccountTerminated)
-def _terminated(error: AccountTerminated):
-    return _error(403, "account_terminated", str(error))
-
-
 @bp.errorhandler(InsufficientCredits)
-def _insufficient(error: InsufficientCredits):
-    return _error(
-        402, "insufficient_credits", "the balance does not cover this job", balance=error.balance
-    )
+def _refused(error: PortalError):
+    status, body = _refusal(error)
+    response = jsonify(body)
+    response.status_code = status
+    return response
 
 
 @bp.before_request
@@ -125,7 +132,7 @@ def _credits(body: dict) -> int:
 
 
 def job_json(job: Job, account: User | None = None) -> dict:
-    """The job as the API shows it; with `account`, its customer's balance as it now stands."""
+    """The job as the API shows it; with `account`, its customer's balance as it stands."""
     document = {
         "id": job.id,
         "external_id": job.external_id,
@@ -139,15 +146,15 @@ def job_json(job: Job, account: User | None = None) -> dict:
     }
     if account is not None:
         document["balance_after"] = account.credits_balance
-        document.update(_low_balance_json(account))
+        document.update(_low_balance_json(account.credits_balance, account.low_balance_threshold))
     return document
 
 
-def _low_balance_json(account: User) -> dict:
+def _low_balance_json(balance: int, threshold: int | None) -> dict:
     # The customer's own low-balance alert, so that the platform can warn them too.
     return {
-        "low_balance_threshold": account.low_balance_threshold,
-        "balance_below_threshold": account.below_low_balance_threshold,
+        "low_balance_threshold": threshold,
+        "balance_below_threshold": threshold is not None and balance < threshold,
     }
 
 
@@ -160,16 +167,67 @@ def _described(job: Job) -> dict:
     return job_json(job, account)
 
 
-@bp.post("/jobs")
-def create_job():
-    body = _json_body()
-    job, created = services.charge_job(
+def _job_request(body: dict) -> services.JobRequest:
+    return services.JobRequest(
         external_id=_string(body, "external_id", 255),
         customer_email=_string(body, "customer_email", 254, EMAIL),
         operation=_string(body, "operation", 100),
         credits=_credits(body),
     )
+
+
+@bp.post("/jobs")
+def create_job():
+    asked = _job_request(_json_body())
+    job, created = services.charge_job(
+        asked.external_id, asked.customer_email, asked.operation, asked.credits
+    )
     return jsonify(_described(job)), 201 if created else 200
+
+
+@bp.post("/jobs:batch")
+def create_jobs():
+    """Charge up to MAX_JOBS_PER_BATCH jobs in one call. Each gets its own answer, with
+    the status and body `POST /jobs` would have given it; the call itself answers 200
+    once the batch could be read (400 when it could not, charging nothing)."""
+    body = _json_body()
+    items = body.get("jobs")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_JOBS_PER_BATCH:
+        raise BadRequest("jobs", f"jobs must be a list of 1 to {MAX_JOBS_PER_BATCH} jobs")
+    answers: list[dict | None] = [None] * len(items)
+    asked, positions = [], []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise BadRequest("jobs", "each job must be a JSON object")
+            asked.append(_job_request(item))
+            positions.append(index)
+        except BadRequest as error:
+            answers[index] = {
+                "status": 400,
+                "error": "invalid_request",
+                "message": error.message,
+                "field": f"jobs[{index}].{error.field}"
+                if error.field != "jobs"
+                else f"jobs[{index}]",
+            }
+    for index, outcome in zip(positions, services.charge_jobs(asked), strict=True):
+        answers[index] = _batch_answer(outcome)
+    return jsonify({"results": answers})
+
+
+def _batch_answer(outcome: services.Charged) -> dict:
+    if outcome.refusal is not None:
+        status, body = _refusal(outcome.refusal)
+        return {"status": status, **body}
+    threshold = outcome.low_balance_threshold
+    document = job_json(outcome.job)
+    document["balance_after"] = outcome.balance_after
+    document["low_balance_threshold"] = threshold
+    document["balance_below_threshold"] = (
+        threshold is not None and outcome.balance_after < threshold
+    )
+    return {"status": 201 if outcome.created else 200, "job": document}
 
 
 @bp.get("/jobs/<id:job_id>")
@@ -207,7 +265,11 @@ def customer_balance(email: str):
     if user is None or not user.known_to_the_platform:
         raise NotFound("no customer with this e-mail")
     return jsonify(
-        {"customer_email": user.email, "balance": user.credits_balance, **_low_balance_json(user)}
+        {
+            "customer_email": user.email,
+            "balance": user.credits_balance,
+            **_low_balance_json(user.credits_balance, user.low_balance_threshold),
+        }
     )
 
 

@@ -91,6 +91,47 @@ OPENAPI_DOCUMENT = {
                     "credits": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                 },
             },
+            "NewJobs": {
+                "type": "object",
+                "required": ["jobs"],
+                "properties": {
+                    "jobs": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 100,
+                        "items": {"$ref": "#/components/schemas/NewJob"},
+                    }
+                },
+            },
+            "BatchResults": {
+                "type": "object",
+                "properties": {
+                    "results": {
+                        "type": "array",
+                        "description": "One answer per job asked for, in the same order.",
+                        "items": {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {
+                                "status": {
+                                    "type": "integer",
+                                    "description": "What `POST /jobs` would have answered "
+                                    "for this job: 201, 200, 400, 402, 403, 404 or 409.",
+                                },
+                                "job": {"$ref": "#/components/schemas/Job"},
+                                "error": {"type": "string"},
+                                "message": {"type": "string"},
+                                "field": {
+                                    "type": "string",
+                                    "description": "The input at fault, as `jobs[3].credits` "
+                                    "(400 only).",
+                                },
+                                "balance": {"type": "integer"},
+                            },
+                        },
+                    }
+                },
+            },
             "Failure": {
                 "type": "object",
                 "required": ["reason"],
@@ -128,6 +169,24 @@ OPENAPI_DOCUMENT = {
                     "403": _response("The customer's account is terminated.", "Error"),
                     "404": _response("No customer with this e-mail.", "Error"),
                     "409": _response("external_id already used for another job.", "Error"),
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/jobs:batch": {
+            "post": {
+                "summary": "Charge credits for up to 100 new jobs in one call",
+                "description": "Each job is charged as `POST /jobs` charges it, idempotent by "
+                "its own `external_id`, and gets its own answer; one refused does not stop the "
+                "others. The jobs of one customer are charged in the order given.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NewJobs"}}
+                    },
+                },
+                "responses": {
+                    "200": _response("One answer per job.", "BatchResults"),
                     **_COMMON_ERRORS,
                 },
             }

@@ -1,5 +1,6 @@
 """Charging credits for processing jobs and settling how they ended."""
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -8,7 +9,13 @@ from sqlalchemy.exc import IntegrityError
 from portal.accounts.models import User
 from portal.billing.money_back import state
 from portal.db import db, locked, transactional
-from portal.errors import AccountTerminated, Conflict, NotFound
+from portal.errors import (
+    AccountTerminated,
+    Conflict,
+    InsufficientCredits,
+    NotFound,
+    PortalError,
+)
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry
@@ -56,17 +63,40 @@ def charge_job(
 def _charge_once(
     external_id: str, customer_email: str, operation: str, credits: int, at: datetime | None
 ) -> tuple[Job, bool]:
-    # Locked from the start: every balance change of this customer waits for this one.
+    user = _lock_platform_customer(customer_email)
+    return _charge_locked(user, external_id, operation, credits, at)
+
+
+def _lock_platform_customer(customer_email: str) -> User:
+    """The customer the platform names, locked: every balance change of theirs waits.
+
+    :raises NotFound: no customer the platform may name has this e-mail.
+    :raises AccountTerminated: the customer's account is terminated.
+    """
     user = ledger.lock_customer(customer_email.strip().lower())
     if user is None or not user.known_to_the_platform:
         raise NotFound("no customer with this e-mail")
     if user.is_terminated:
         raise AccountTerminated("the customer's account is terminated")
+    return user
+
+
+def _charge_locked(
+    user: User, external_id: str, operation: str, credits: int, at: datetime | None
+) -> tuple[Job, bool]:
+    """Charge one job of the locked customer, or find it charged already. Every refusal
+    is raised before anything is written, so a batch can go on with its other jobs.
+
+    :raises Conflict: the external id was used for a different job.
+    :raises InsufficientCredits: the balance does not cover the job.
+    """
     existing = _job_by_external_id(external_id)
     if existing is not None:
         if not _same_request(existing, user, operation, credits):
             raise Conflict("external_id was already used for a different job")
         return existing, False
+    if user.credits_balance < credits:
+        raise InsufficientCredits(user.credits_balance, credits)
     job = Job(
         user_id=user.id,
         external_id=external_id,
@@ -76,11 +106,109 @@ def _charge_once(
     )
     db.session.add(job)
     db.session.flush()
-    # spend() reads the balance again, now after this transaction's first write: on
-    # SQLite, which ignores FOR UPDATE, only that write lock keeps a concurrent charge
-    # from slipping in between (PostgreSQL already holds the row lock).
     ledger.spend(user.id, credits, job.charge_key, job_id=job.id, memo=operation, at=at)
     return job, True
+
+
+# -- many jobs at once ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job the platform asks to charge."""
+
+    external_id: str
+    customer_email: str
+    operation: str
+    credits: int
+
+
+@dataclass(frozen=True)
+class Charged:
+    """What became of one job of a batch: charged now (`created`) or earlier, with its
+    customer's balance and alert just after it; or the refusal."""
+
+    job: Job | None = None
+    created: bool = False
+    balance_after: int | None = None
+    low_balance_threshold: int | None = None
+    refusal: PortalError | None = None
+
+
+def charge_jobs(requests: list[JobRequest], at: datetime | None = None) -> list[Charged]:
+    """Charge many jobs; return what became of each, in the order asked.
+
+    Each job is charged as `charge_job` would, idempotently by its external id; one
+    refused (no such customer, too few credits, an external id used for another job)
+    does not stop the others. The jobs of one customer are charged in one transaction,
+    under one lock of their account, in the order given; customers one after another,
+    so no two accounts are ever locked together.
+    """
+    outcomes: list[Charged | None] = [None] * len(requests)
+    by_customer: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        by_customer.setdefault(request.customer_email.strip().lower(), []).append(index)
+    for email, indexes in by_customer.items():
+        try:
+            charged = _charge_customers_jobs(email, [requests[i] for i in indexes], at)
+        except IntegrityError:
+            # Another customer's job took one of these external ids meanwhile: charge
+            # them one by one, so that only that job is refused.
+            db.session.rollback()
+            charged = [_charge_alone(requests[i], at) for i in indexes]
+        for index, outcome in zip(indexes, charged, strict=True):
+            outcomes[index] = outcome
+    return outcomes
+
+
+@transactional
+def _charge_customers_jobs(
+    email: str, requests: list[JobRequest], at: datetime | None
+) -> list[Charged]:
+    try:
+        user = _lock_platform_customer(email)
+    except (NotFound, AccountTerminated) as refusal:
+        return [Charged(refusal=refusal) for _ in requests]
+    charged = []
+    for request in requests:
+        try:
+            job, created = _charge_locked(
+                user, request.external_id, request.operation, request.credits, at
+            )
+        except (Conflict, InsufficientCredits) as refusal:
+            charged.append(Charged(refusal=refusal))
+            continue
+        charged.append(
+            Charged(
+                job=_detached_copy(job),
+                created=created,
+                balance_after=user.credits_balance,
+                low_balance_threshold=user.low_balance_threshold,
+            )
+        )
+    return charged
+
+
+def _charge_alone(request: JobRequest, at: datetime | None) -> Charged:
+    try:
+        job, created = charge_job(
+            request.external_id, request.customer_email, request.operation, request.credits, at
+        )
+    except (NotFound, AccountTerminated, Conflict, InsufficientCredits) as refusal:
+        return Charged(refusal=refusal)
+    account = db.session.get(User, job.user_id)
+    return Charged(
+        job=job,
+        created=created,
+        balance_after=account.credits_balance,
+        low_balance_threshold=account.low_balance_threshold,
+    )
+
+
+def _detached_copy(job: Job) -> Job:
+    """The job's values as they are now, in an object the commit will not expire: a batch
+    answers from these instead of reading each job back."""
+    return Job(**{column.key: getattr(job, column.key) for column in Job.__table__.columns})
 
 
 def _locked_job(job_id: int) -> Job:

@@ -165,6 +165,7 @@ MATRIX: dict[str, dict[str, dict[str, Outcome]]] = {
     "refunds.attachment": {"GET": owner_only(OK, staff=OK)},
     # the jobs API (bearer token); its description is public
     "jobs_api.create_job": {"POST": api_only(CREATED)},
+    "jobs_api.create_jobs": {"POST": api_only(OK)},
     "jobs_api.show_job": {"GET": api_only(OK)},
     "jobs_api.complete_job": {"POST": api_only(OK)},
     "jobs_api.fail_job": {"POST": api_only(OK)},
@@ -411,6 +412,14 @@ def call_for(endpoint: str, method: str, world: World, actor: Actor) -> Call:  #
                 "credits": 1,
             }
             return Call("/api/v1/jobs", json=body)
+        case ("jobs_api.create_jobs", _):
+            body = {
+                "external_id": unique_email("ext"),
+                "customer_email": a_email,
+                "operation": "upscale",
+                "credits": 1,
+            }
+            return Call("/api/v1/jobs:batch", json={"jobs": [body]})
         case ("jobs_api.show_job", _):
             return Call(f"/api/v1/jobs/{mine.job_id}")
         case ("jobs_api.complete_job", _):
