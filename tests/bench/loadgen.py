@@ -8,7 +8,8 @@ Requests with a body that must differ each time (a job's external id, a webhook'
 event) come from a `Body` description that both drivers understand:
 
 * `JobsBody`: POST /api/v1/jobs with a fresh external id each time, customers taken in
-  turn from a file of e-mails;
+  turn from a file of e-mails; with `batch` above 1, POST /api/v1/jobs:batch with that
+  many such jobs in each request;
 * `FileBodies`: one pre-built request per line of a file per load thread ("headers TAB
   body"), used for signed Stripe webhooks; a driver that runs out sends nothing more.
 """
@@ -33,12 +34,13 @@ LOCALHOST = "127.0.0.1"
 
 @dataclass
 class JobsBody:
-    """POST /api/v1/jobs: one credit, a fresh external id per request."""
+    """POST /api/v1/jobs: one credit, a fresh external id per job; `batch` jobs per request
+    (POST /api/v1/jobs:batch) when above 1."""
 
     token: str
     emails_file: str
     run_id: str
-    path: str = "/api/v1/jobs"
+    batch: int = 1
 
 
 @dataclass
@@ -130,6 +132,7 @@ function init(args)
     end
     token = os.getenv("BENCH_TOKEN")
     run = os.getenv("BENCH_RUN")
+    batch = tonumber(os.getenv("BENCH_BATCH") or "1")
   end
   path = os.getenv("BENCH_PATH")
 end
@@ -137,10 +140,18 @@ end
 function request()
   sent = sent + 1
   if mode == "jobs" then
-    local email = emails[((sent * 7919 + idx * 104729) % #emails) + 1]
-    local body = string.format(
-      '{"external_id": "%s-%d-%d", "customer_email": "%s", "operation": "upscale", "credits": 1}',
-      run, idx, sent, email)
+    local jobs = {}
+    for n = 1, batch do
+      local turn = sent * batch + n
+      local email = emails[((turn * 7919 + idx * 104729) % #emails) + 1]
+      jobs[n] = string.format(
+        '{"external_id": "%s-%d-%d", "customer_email": "%s", "operation": "upscale", "credits": 1}',
+        run, idx, turn, email)
+    end
+    local body = jobs[1]
+    if batch > 1 then
+      body = '{"jobs": [' .. table.concat(jobs, ", ") .. ']}'
+    end
     return wrk.format("POST", path, {["Content-Type"] = "application/json",
       ["Authorization"] = "Bearer " .. token}, body)
   elseif mode == "file" then
@@ -199,6 +210,7 @@ def _run_wrk(port: int, target: Target, duration: float, connections: int, threa
                 BENCH_EMAILS=target.body.emails_file,
                 BENCH_TOKEN=target.body.token,
                 BENCH_RUN=target.body.run_id,
+                BENCH_BATCH=str(target.body.batch),
             )
         elif isinstance(target.body, FileBodies):
             env.update(BENCH_MODE="file", BENCH_PREFIX=target.body.prefix)
@@ -289,15 +301,18 @@ class _Requests:
         headers = dict(self.base_headers)
         method, payload = "GET", b""
         if isinstance(body, JobsBody):
-            email = self.emails[(self.sent * 7919) % len(self.emails)]
-            payload = json.dumps(
-                {
-                    "external_id": f"{body.run_id}-py-{self.sent}",
-                    "customer_email": email,
-                    "operation": "upscale",
-                    "credits": 1,
-                }
-            ).encode()
+            jobs = []
+            for number in range(body.batch):
+                turn = self.sent * body.batch + number
+                jobs.append(
+                    {
+                        "external_id": f"{body.run_id}-py-{turn}",
+                        "customer_email": self.emails[(turn * 7919) % len(self.emails)],
+                        "operation": "upscale",
+                        "credits": 1,
+                    }
+                )
+            payload = json.dumps(jobs[0] if body.batch == 1 else {"jobs": jobs}).encode()
             method = "POST"
             headers.update(
                 {"Content-Type": "application/json", "Authorization": f"Bearer {body.token}"}

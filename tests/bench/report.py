@@ -8,6 +8,8 @@ from pathlib import Path
 PAGE_P95_MS = 50.0
 PAGE_SHARE = 0.25
 JOBS_SHARE = 0.40
+# Issue 20: a batch of 100 charges at least this many jobs a second.
+BATCH_JOBS_PER_S = 2_000
 WEBHOOK_SHARE = 0.20
 SQL_MAX = 8
 CSV_FIRST_BYTE_MS = 200.0
@@ -52,6 +54,16 @@ def evaluate(results: dict) -> list[dict]:
                     f">= {JOBS_SHARE:.0%} of hello world",
                     f"{row['rps']:.0f} spends/s = {share:.1%}",
                     share >= JOBS_SHARE and errors == 0,
+                )
+            )
+        elif kind == "jobs_batch":
+            rate = row.get("charged_per_s", 0.0)
+            checks.append(
+                _check(
+                    f"{name}: jobs charged",
+                    f">= {BATCH_JOBS_PER_S:,} jobs/s",
+                    f"{rate:,.0f} jobs/s ({row['rps']:.1f} batches/s)",
+                    rate >= BATCH_JOBS_PER_S and errors == 0,
                 )
             )
         elif kind == "webhook":
@@ -176,6 +188,8 @@ def markdown(results: dict) -> str:
         rps = f"{row['rps']:.0f}"
         if "fulfilled_per_s" in row:
             rps += f" ({row['fulfilled_per_s']:.0f} fulfilled/s)"
+        if row["kind"] == "jobs_batch" and "charged_per_s" in row:
+            rps += f" ({row['charged_per_s']:,.0f} jobs/s)"
         lines.append(
             f"| {name} | {rps} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
             f"{row['p99_ms']:.1f} | {_errors(row)} | {share:.1%} | {count} | {_cpu(row)} |"

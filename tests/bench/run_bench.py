@@ -62,6 +62,9 @@ DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/portal_benc
 USER_AGENT = "portal-bench/1"
 HISTORY_PAGE = 500
 PAGE_SIZE = 50
+# The batch charge: jobs per request, the most the API takes.
+BATCH_SIZE = 100
+BATCH_NAME = "POST /api/v1/jobs:batch"
 
 
 @dataclass
@@ -697,6 +700,31 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
             )
             row["charged_per_s"] = round(charged / row["duration_s"], 1)
             results["endpoints"]["POST /api/v1/jobs"] = row
+
+        # 6b. The same spends, BATCH_SIZE to a request (POST /api/v1/jobs:batch): jobs
+        # charged per second is what counts, not requests.
+        batch_run = run_id + "b"
+        batch_target = Target(
+            BATCH_NAME,
+            "/api/v1/jobs:batch",
+            ua,
+            (200,),
+            JobsBody(token, str(emails), batch_run, BATCH_SIZE),
+        )
+        warm_batch = Target(
+            BATCH_NAME,
+            "/api/v1/jobs:batch",
+            ua,
+            (200,),
+            JobsBody(token, str(emails), batch_run + "w", BATCH_SIZE),
+        )
+        row = measure(batch_target, "jobs_batch", extra={"warm": warm_batch})
+        if row:
+            charged = _count_rows(
+                app, "SELECT COUNT(*) FROM jobs WHERE external_id LIKE :p", p=f"{batch_run}-%"
+            )
+            row["charged_per_s"] = round(charged / row["duration_s"], 1)
+            results["endpoints"][BATCH_NAME] = row
 
         # 7. Webhooks: signed checkout.session.completed for distinct paid sessions. The
         # warm-up's pool is sized from a guess; the measured pool from the warm-up's rate,

@@ -24,6 +24,7 @@ SMOKE_LOAD = (
     "request detail",
     "history.csv",
     "POST /api/v1/jobs",
+    "POST /api/v1/jobs:batch",
     "POST /webhooks/stripe",
 )
 
@@ -122,7 +123,8 @@ def test_the_whole_benchmark_runs_in_miniature(app, database_url, tmp_path):
     for row in pages:
         assert row["requests"] > 0 and row["errors"] == 0, row
     writes = [row for row in written["endpoints"].values() if row["kind"] != "page"]
-    assert {row["kind"] for row in writes} == {"jobs_api", "webhook"}
+    assert {row["kind"] for row in writes} == {"jobs_api", "jobs_batch", "webhook"}
+    assert written["endpoints"]["POST /api/v1/jobs:batch"]["charged_per_s"] > 0
     for row in writes:
         assert row["requests"] > 0, row
     assert written["endpoints"]["POST /webhooks/stripe"]["fulfilled"] > 0
