@@ -178,11 +178,8 @@ def _job_request(body: dict) -> services.JobRequest:
 
 @bp.post("/jobs")
 def create_job():
-    asked = _job_request(_json_body())
-    job, created = services.charge_job(
-        asked.external_id, asked.customer_email, asked.operation, asked.credits
-    )
-    return jsonify(_described(job)), 201 if created else 200
+    outcome = services.charge(_job_request(_json_body()))
+    return jsonify(_charged_json(outcome)), 201 if outcome.created else 200
 
 
 @bp.post("/jobs:batch")
@@ -220,14 +217,15 @@ def _batch_answer(outcome: services.Charged) -> dict:
     if outcome.refusal is not None:
         status, body = _refusal(outcome.refusal)
         return {"status": status, **body}
-    threshold = outcome.low_balance_threshold
+    return {"status": 201 if outcome.created else 200, "job": _charged_json(outcome)}
+
+
+def _charged_json(outcome: services.Charged) -> dict:
+    """A job just charged (or found), with the balance and alert just after it."""
     document = job_json(outcome.job)
     document["balance_after"] = outcome.balance_after
-    document["low_balance_threshold"] = threshold
-    document["balance_below_threshold"] = (
-        threshold is not None and outcome.balance_after < threshold
-    )
-    return {"status": 201 if outcome.created else 200, "job": document}
+    document.update(_low_balance_json(outcome.balance_after, outcome.low_balance_threshold))
+    return document
 
 
 @bp.get("/jobs/<id:job_id>")

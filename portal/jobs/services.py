@@ -106,7 +106,9 @@ def _charge_locked(
     )
     db.session.add(job)
     db.session.flush()
-    ledger.spend(user.id, credits, job.charge_key, job_id=job.id, memo=operation, at=at)
+    ledger.spend(
+        user.id, credits, job.charge_key, job_id=job.id, memo=operation, at=at, locked_account=user
+    )
     return job, True
 
 
@@ -133,6 +135,42 @@ class Charged:
     balance_after: int | None = None
     low_balance_threshold: int | None = None
     refusal: PortalError | None = None
+
+
+def charge(request: JobRequest, at: datetime | None = None) -> Charged:
+    """Charge one job as `charge_job` does; what became of it, with its customer's balance
+    and alert just after it, read before the commit (the answer needs no second query).
+
+    :raises NotFound: no customer the platform may name has this e-mail.
+    :raises AccountTerminated: the customer's account is terminated.
+    :raises InsufficientCredits: the balance does not cover the job.
+    :raises Conflict: the external id was used for a different job.
+    """
+    try:
+        return _charge_one(request, at)
+    except IntegrityError:
+        db.session.rollback()
+        outcome = _charge_alone(request, at)
+        if outcome.refusal is not None:
+            raise outcome.refusal from None
+        return outcome
+
+
+@transactional
+def _charge_one(request: JobRequest, at: datetime | None) -> Charged:
+    user = _lock_platform_customer(request.customer_email)
+    return _charged(user, request, at)
+
+
+def _charged(user: User, request: JobRequest, at: datetime | None) -> Charged:
+    """Charge one job of the locked `user` (see `_charge_locked`), as a `Charged`."""
+    job, created = _charge_locked(user, request.external_id, request.operation, request.credits, at)
+    return Charged(
+        job=_detached_copy(job),
+        created=created,
+        balance_after=user.credits_balance,
+        low_balance_threshold=user.low_balance_threshold,
+    )
 
 
 def charge_jobs(requests: list[JobRequest], at: datetime | None = None) -> list[Charged]:
@@ -172,20 +210,9 @@ def _charge_customers_jobs(
     charged = []
     for request in requests:
         try:
-            job, created = _charge_locked(
-                user, request.external_id, request.operation, request.credits, at
-            )
+            charged.append(_charged(user, request, at))
         except (Conflict, InsufficientCredits) as refusal:
             charged.append(Charged(refusal=refusal))
-            continue
-        charged.append(
-            Charged(
-                job=_detached_copy(job),
-                created=created,
-                balance_after=user.credits_balance,
-                low_balance_threshold=user.low_balance_threshold,
-            )
-        )
     return charged
 
 

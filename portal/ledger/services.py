@@ -185,13 +185,17 @@ def spend(
     job_id: int | None = None,
     memo: str = "",
     at: datetime | None = None,
+    locked_account: User | None = None,
 ) -> LedgerEntry:
     """Take credits from the oldest lots first.
+
+    `locked_account` is the customer's row when the caller already holds its lock in
+    this transaction (charging a job locks it first): it is not read a second time.
 
     :raises InsufficientCredits: the balance does not cover `credits`.
     """
     _require_positive(credits)
-    account = lock_account(user_id)
+    account = locked_account if locked_account is not None else lock_account(user_id)
     if entry := _existing(idempotency_key):
         return entry
     if account.credits_balance < credits:
