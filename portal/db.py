@@ -10,7 +10,7 @@ from typing import ParamSpec, TypeVar
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Enum, MetaData, Select, TypeDecorator, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 from werkzeug.routing import IntegerConverter
 
@@ -160,3 +160,47 @@ def _sqlite_row_lock_takes_the_write_lock(connection, statement, *_args):
     driver_connection = connection.connection.driver_connection
     if not driver_connection.in_transaction:
         driver_connection.execute("BEGIN IMMEDIATE")
+
+
+# -- how a request's transaction ends ---------------------------------------------------
+
+# Set on a pooled connection by any statement but a SELECT, until its transaction ends.
+_WROTE = "portal_wrote"
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _note_writes(connection, _cursor, statement, _parameters, _context, _executemany):
+    if statement.lstrip()[:6].upper() != "SELECT":
+        connection.info[_WROTE] = True
+
+
+@event.listens_for(Engine, "commit")
+@event.listens_for(Engine, "rollback")
+def _forget_writes(connection):
+    # A connection already invalidated (the database dropped it) is thrown away with
+    # what it knew; asking it for its info would try to reconnect.
+    if not connection.invalidated:
+        connection.info.pop(_WROTE, None)
+
+
+def end_read_only_transaction(error: BaseException | None = None) -> None:
+    """End a request's leftover transaction with COMMIT when it only read.
+
+    Services commit their own writes; what is left open at the end of a request is
+    reads (the log-in check, a page's queries), and Flask-SQLAlchemy would end it with
+    ROLLBACK. To the data the two are the same, but psycopg forgets a connection's
+    prepared statements at every ROLLBACK, so PostgreSQL would plan every statement of
+    every request afresh. A transaction that wrote anything, or a request that failed,
+    is left to be rolled back as before.
+    """
+    session = db.session()
+    if error is not None or not session.in_transaction():
+        return
+    if session.new or session.dirty or session.deleted:
+        return  # COMMIT would flush these: changes nobody asked to keep
+    try:
+        if not session.connection().info.get(_WROTE):
+            session.commit()
+    except SQLAlchemyError:
+        # The connection went away meanwhile: nothing was written to keep.
+        roll_back()
