@@ -127,8 +127,9 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class Charged:
-    """What became of one job of a batch: charged now (`created`) or earlier, with its
-    customer's balance and alert just after it; or the refusal."""
+    """What became of one job the platform asked to charge: charged now (`created`) or
+    earlier, with its customer's balance and alert just after it; or the refusal (in a
+    batch, where one refusal must not stop the other jobs)."""
 
     job: Job | None = None
     created: bool = False
@@ -217,6 +218,7 @@ def _charge_customers_jobs(
 
 
 def _charge_alone(request: JobRequest, at: datetime | None) -> Charged:
+    """Charge one job in a transaction of its own (after a batch's was refused)."""
     try:
         job, created = charge_job(
             request.external_id, request.customer_email, request.operation, request.credits, at
