@@ -562,29 +562,85 @@ def postgres_pids() -> list[int]:
     return pids
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal ...: idle and iowait are not work.
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+    return busy / CpuMeter.TICK
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process and of its children waited for (wrk, pgbench)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 class CpuMeter:
-    """CPU seconds used by some processes between start and stop (noise-proof costs).
+    """CPU seconds used by some processes between start and stop (noise-proof costs),
+    and by everything else on the machine.
 
     Wall-clock numbers move with whatever else runs on the machine; CPU time per request
-    does not (much), so it is what tells where a request's cost goes.
+    does not (much), so it is what tells where a request's cost goes. `others` is the
+    machine's busy time less the groups' and the benchmark's own (its process and the
+    load tool it waited for): work that had nothing to do with the measurement, which
+    is what says whether the machine was quiet.
     """
 
     TICK = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, groups: dict[str, callable]):
+    def __init__(self, groups: dict[str, callable], poll: float | None = None):
+        """`poll` (seconds): read the groups' processes that often while running, for
+        processes that end before the meter stops (pgbench's server connections)."""
         self.groups = groups
+        self.poll = poll
         self.start: dict[str, dict[int, int]] = {}
+        self.latest: dict[str, dict[int, int]] = {}
         self.used: dict[str, float] = {}
+        self.machine = self.own = self.seconds = 0.0
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def _read(self) -> None:
+        for name, find in self.groups.items():
+            latest = self.latest.setdefault(name, {})
+            for pid in find():
+                latest[pid] = max(latest.get(pid, 0), cpu_ticks(pid))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll):
+            self._read()
 
     def __enter__(self):
         self.start = {
             name: {pid: cpu_ticks(pid) for pid in find()} for name, find in self.groups.items()
         }
+        self.latest = {name: dict(pids) for name, pids in self.start.items()}
+        self._started = (time.monotonic(), machine_busy_seconds(), own_seconds())
+        if self.poll:
+            self._poller = threading.Thread(target=self._poll, daemon=True)
+            self._poller.start()
         return self
 
     def __exit__(self, *exc):
-        for name, find in self.groups.items():
+        if self._poller is not None:
+            self._stop.set()
+            self._poller.join()
+        self._read()
+        for name in self.groups:
             before = self.start[name]
-            pids = set(before) | set(find())
-            ticks = sum(max(0, cpu_ticks(pid) - before.get(pid, 0)) for pid in pids)
+            ticks = sum(max(0, now - before.get(pid, 0)) for pid, now in self.latest[name].items())
             self.used[name] = ticks / self.TICK
+        started, machine, own = self._started
+        self.seconds = time.monotonic() - started
+        self.machine = machine_busy_seconds() - machine
+        self.own = own_seconds() - own
+
+    @property
+    def others_cores(self) -> float:
+        """Cores' worth of CPU that other work used on average while the meter ran."""
+        others = self.machine - self.own - sum(self.used.values())
+        return round(max(0.0, others) / self.seconds, 3) if self.seconds else 0.0

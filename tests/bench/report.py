@@ -5,55 +5,85 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PAGE_P95_MS = 50.0
-PAGE_SHARE = 0.25
-JOBS_SHARE = 0.40
-# Issue 20: a batch of 100 charges at least this many jobs a second.
+# Issue 20's targets, against ceilings measured in the same run.
+CUSTOMER_PAGE_P95_MS = 50.0
+STAFF_PAGE_P95_MS = 100.0
+# The jobs API against the spend as one round trip (pgbench, ceilings.py).
+JOBS_SHARE_OF_ONE_ROUND_TRIP = 0.25
+JOBS_P95_MS = 50.0
+# A batch of 100 charges at least this many jobs a second.
 BATCH_JOBS_PER_S = 2_000
-WEBHOOK_SHARE = 0.20
 SQL_MAX = 8
 CSV_FIRST_BYTE_MS = 200.0
-CSV_ROWS_PER_S = 50_000
+CSV_ROWS_PER_S = 100_000
 CSV_GROWTH_MB = 50.0
 IDLE_RSS_MB = 100.0
+# A figure measured while other work used more than this many cores on average is not
+# this code's: its target reads BUSY, never PASS.
+BUSY_CORES = 0.2
+ONE_ROUND_TRIP = "one round trip"
 
 
-def _check(name: str, target: str, value: str, passed: bool) -> dict:
-    return {"name": name, "target": target, "value": value, "passed": bool(passed)}
+def _check(name: str, target: str, value: str, passed: bool, busy: float = 0.0) -> dict:
+    check = {"name": name, "target": target, "value": value, "passed": bool(passed)}
+    if busy > BUSY_CORES:
+        check.update(passed=False, busy=True)
+        check["value"] += f" (other work used {busy:.2f} cores meanwhile)"
+    return check
+
+
+def is_staff_page(row: dict) -> bool:
+    return row.get("path", "").startswith("/staff")
 
 
 def evaluate(results: dict) -> list[dict]:
-    """Every target of the benchmark, PASS or FAIL, from a results document."""
+    """Every target of the benchmark, PASS, FAIL or BUSY, from a results document."""
     checks = []
-    ceiling = results["ceiling"]["rps"]
+    ceilings = results.get("ceilings", {}).get("rows", {})
+    one_round_trip = ceilings.get(ONE_ROUND_TRIP)
     for name, row in results["endpoints"].items():
         kind = row["kind"]
-        share = row["rps"] / ceiling if ceiling else 0.0
         errors = row["errors"]
+        busy = row.get("others_cores", 0.0)
         if kind == "page":
+            limit = STAFF_PAGE_P95_MS if is_staff_page(row) else CUSTOMER_PAGE_P95_MS
             checks.append(
                 _check(
                     f"{name}: p95",
-                    f"< {PAGE_P95_MS:.0f} ms at {row['connections']} connections",
+                    f"< {limit:.0f} ms at {row['connections']} connections",
                     f"{row['p95_ms']:.1f} ms",
-                    row["p95_ms"] < PAGE_P95_MS and errors == 0,
-                )
-            )
-            checks.append(
-                _check(
-                    f"{name}: throughput",
-                    f">= {PAGE_SHARE:.0%} of hello world",
-                    f"{row['rps']:.0f} req/s = {share:.1%}",
-                    share >= PAGE_SHARE and errors == 0,
+                    row["p95_ms"] < limit and errors == 0,
+                    busy,
                 )
             )
         elif kind == "jobs_api":
+            if one_round_trip:
+                share = row["rps"] / one_round_trip["tps"]
+                checks.append(
+                    _check(
+                        f"{name}: throughput",
+                        f">= {JOBS_SHARE_OF_ONE_ROUND_TRIP:.0%} of the spend as one round trip",
+                        f"{row['rps']:.0f} spends/s = {share:.1%} of {one_round_trip['tps']:.0f}",
+                        share >= JOBS_SHARE_OF_ONE_ROUND_TRIP and errors == 0,
+                        max(busy, one_round_trip.get("others_cores", 0.0)),
+                    )
+                )
+            else:
+                checks.append(
+                    _check(
+                        f"{name}: throughput",
+                        f">= {JOBS_SHARE_OF_ONE_ROUND_TRIP:.0%} of the spend as one round trip",
+                        "no ceiling measured (needs PostgreSQL and pgbench)",
+                        False,
+                    )
+                )
             checks.append(
                 _check(
-                    f"{name}: throughput",
-                    f">= {JOBS_SHARE:.0%} of hello world",
-                    f"{row['rps']:.0f} spends/s = {share:.1%}",
-                    share >= JOBS_SHARE and errors == 0,
+                    f"{name}: p95",
+                    f"<= {JOBS_P95_MS:.0f} ms at {row['connections']} connections",
+                    f"{row['p95_ms']:.1f} ms",
+                    row["p95_ms"] <= JOBS_P95_MS and errors == 0,
+                    busy,
                 )
             )
         elif kind == "jobs_batch":
@@ -64,21 +94,11 @@ def evaluate(results: dict) -> list[dict]:
                     f">= {BATCH_JOBS_PER_S:,} jobs/s",
                     f"{rate:,.0f} jobs/s ({row['rps']:.1f} batches/s)",
                     rate >= BATCH_JOBS_PER_S and errors == 0,
+                    busy,
                 )
             )
-        elif kind == "webhook":
-            rate = row.get("fulfilled_per_s", row["rps"])
-            fulfilled_share = rate / ceiling if ceiling else 0.0
-            checks.append(
-                _check(
-                    f"{name}: fulfilments",
-                    f">= {WEBHOOK_SHARE:.0%} of hello world",
-                    f"{rate:.0f} fulfilments/s = {fulfilled_share:.1%}",
-                    fulfilled_share >= WEBHOOK_SHARE
-                    and errors == 0
-                    and not row["statuses"].get("exhausted"),
-                )
-            )
+        # Webhook fulfilments are measured and shown, with no target: issue 20 replaced
+        # the share of a hello world that the earlier one asked of them.
         if errors:
             checks.append(_check(f"{name}: errors", "0", str(errors), False))
 
@@ -156,6 +176,46 @@ def _cpu(row: dict) -> str:
     return text
 
 
+def _machine(row: dict) -> str:
+    """The 1-minute load average before the figure, and the cores other work used while
+    it was measured."""
+    return f"{row.get('load_average', 0.0):.2f} · {row.get('others_cores', 0.0):.2f} cores"
+
+
+def _ceilings_table(results: dict) -> list[str]:
+    found = results.get("ceilings")
+    if not found:
+        return []
+    rows = found["rows"]
+    top = rows.get(ONE_ROUND_TRIP, {}).get("tps") or 0.0
+    portal = results["endpoints"].get("POST /api/v1/jobs")
+    lines = [
+        "",
+        f"The spend's ceilings: pgbench, {found['statements']} statements captured from the "
+        f"portal's own spend (`{found.get('script_path', '')}`), and the same spend as one "
+        "round trip:",
+        "",
+        "| spend | spends/s | p50 ms | p95 ms | PostgreSQL CPU ms/spend | share of one round "
+        "trip | load avg · other work |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in rows.items():
+        share = f"{row['tps'] / top:.1%}" if top else "–"
+        lines.append(
+            f"| pgbench: {name} | {row['tps']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} "
+            f"| {row['db_cpu_ms_per_tx']:.2f} | {share} | {_machine(row)} |"
+        )
+    if portal:
+        share = f"{portal['rps'] / top:.1%}" if top else "–"
+        db_cpu = portal.get("db_cpu_ms_per_req")
+        lines.append(
+            f"| the portal: POST /api/v1/jobs | {portal['rps']:.0f} | {portal['p50_ms']:.1f} "
+            f"| {portal['p95_ms']:.1f} | {db_cpu if db_cpu is not None else '–'} | {share} "
+            f"| {_machine(portal)} |"
+        )
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The results as Markdown: one table of endpoints, then every target."""
     ceiling = results["ceiling"]
@@ -170,11 +230,12 @@ def markdown(results: dict) -> str:
         f"{meta['dataset_summary']}",
         "",
         "| endpoint | req/s | p50 ms | p95 ms | p99 ms | errors | vs hello | SQL/req "
-        "| CPU ms/req app + db |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CPU ms/req app + db | load avg · other work |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| hello world (ceiling) | {ceiling['rps']:.0f} | {ceiling['p50_ms']:.1f} | "
         f"{ceiling['p95_ms']:.1f} | {ceiling['p99_ms']:.1f} | {ceiling['errors']} | 100% | – "
-        f"| {_cpu(ceiling['runs'][0]) if ceiling.get('runs') else '–'} |",
+        f"| {_cpu(ceiling['runs'][0]) if ceiling.get('runs') else '–'} "
+        f"| {_machine(ceiling['runs'][0]) if ceiling.get('runs') else '–'} |",
     ]
     sql = results.get("sql", {})
     for name, row in results["endpoints"].items():
@@ -192,8 +253,10 @@ def markdown(results: dict) -> str:
             rps += f" ({row['charged_per_s']:,.0f} jobs/s)"
         lines.append(
             f"| {name} | {rps} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-            f"{row['p99_ms']:.1f} | {_errors(row)} | {share:.1%} | {count} | {_cpu(row)} |"
+            f"{row['p99_ms']:.1f} | {_errors(row)} | {share:.1%} | {count} | {_cpu(row)} "
+            f"| {_machine(row)} |"
         )
+    lines += _ceilings_table(results)
     csv = results.get("csv_export")
     if csv:
         lines += [
@@ -221,7 +284,7 @@ def markdown(results: dict) -> str:
             lines.append(f"- {name}: {counts}")
     lines += ["", "| target | goal | measured | result |", "| --- | --- | --- | --- |"]
     for check in results.get("targets", []):
-        verdict = "PASS" if check["passed"] else "**FAIL**"
+        verdict = "PASS" if check["passed"] else "**BUSY**" if check.get("busy") else "**FAIL**"
         lines.append(f"| {check['name']} | {check['target']} | {check['value']} | {verdict} |")
     notes = results.get("notes") or []
     if notes:

@@ -54,7 +54,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import text
 
-from tests.bench import dataset, loadgen, report, servers, sqlcount
+from tests.bench import ceilings, dataset, loadgen, report, servers, sqlcount
 from tests.bench.loadgen import LOCALHOST, FileBodies, JobsBody, Target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +95,8 @@ class BenchConfig:
     extra_logins: int = 16
     # Exit 0 from main() even when targets are missed.
     report_only: bool = False
+    # Measure the spend's ceilings with pgbench (PostgreSQL only).
+    ceilings: bool = True
 
 
 def log(message: str) -> None:
@@ -421,6 +423,16 @@ def _count_rows(app, sql: str, **params) -> int:
         return connection.execute(text(sql), params).scalar()
 
 
+def _ceilings_possible(database_url: str, notes: list[str]) -> bool:
+    if not database_url.startswith("postgresql"):
+        notes.append("no ceilings: pgbench and the one-round-trip function need PostgreSQL")
+        return False
+    if not ceilings.pgbench_available():
+        notes.append("no ceilings: pgbench is not installed (postgresql-client)")
+        return False
+    return True
+
+
 def ledger_check(database_url: str) -> dict:
     """`flask --app portal ledger-check` against the bench database, as an operator runs it."""
     env = servers.portal_environment(database_url, "http://127.0.0.1:9/sandbox")
@@ -516,6 +528,29 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
     else:
         app, info = prepared
         reused = False
+    # 1b. The ceilings for a spend: pgbench in a scratch copy of the data set, before any
+    # server runs (PostgreSQL only).
+    wanted = not config.only or {"ceilings", "POST /api/v1/jobs"} & set(config.only)
+    if config.ceilings and wanted and _ceilings_possible(config.database_url, notes):
+        log("ceilings: the portal's spend captured and replayed by pgbench, and as one call")
+        results_ceilings = ceilings.measure(
+            config.database_url,
+            config.params,
+            portal_app,
+            servers.BENCH_SECRETS["PORTAL_SERVICE_TOKEN"],
+            ceilings.CeilingSettings(
+                duration=config.duration,
+                warmup=config.warmup,
+                connections=config.connections,
+                threads=config.load_threads,
+            ),
+            log,
+        )
+        script = scratch / "captured-spend.sql"
+        script.write_text(results_ceilings.pop("script"))
+        results_ceilings["script_path"] = str(script)
+    else:
+        results_ceilings = None
     history_page, history_cursor = _history_cursor(app, info.heavy_user_id, HISTORY_PAGE)
     _, second_page_cursor = _history_cursor(app, info.heavy_user_id, 2)
     heavy_rows = _count_rows(
@@ -543,6 +578,8 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
         scratch,
     )
     results: dict = {"endpoints": {}, "notes": notes}
+    if results_ceilings:
+        results["ceilings"] = results_ceilings
     load_before = loadgen.load_average()
     try:
         for server in (standin, hello, portal):
@@ -657,7 +694,13 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
                     f"see {server.log_path}"
                 )
                 log(f"  {server.name} workers changed during {target.name}:\n{server.log_tail(8)}")
-            row = {**result.as_dict(), "kind": kind, "load_average": load}
+            row = {
+                **result.as_dict(),
+                "kind": kind,
+                "path": target.path,
+                "load_average": load,
+                "others_cores": meter.others_cores,
+            }
             row["expect"] = list(target.expect)
             served = max(1, result.requests)
             for group, seconds in meter.used.items():
@@ -770,14 +813,14 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
         hello_last = None
         if config.ceiling_runs > 1:
             hello_last = measure(Target("hello world", "/", ua), "ceiling")
-        ceilings = [row for row in (hello_first, hello_last) if row]
+        hello_runs = [row for row in (hello_first, hello_last) if row]
         results["ceiling"] = {
-            "rps": round(statistics.mean(row["rps"] for row in ceilings), 1),
-            "p50_ms": statistics.mean(row["p50_ms"] for row in ceilings),
-            "p95_ms": statistics.mean(row["p95_ms"] for row in ceilings),
-            "p99_ms": statistics.mean(row["p99_ms"] for row in ceilings),
-            "errors": sum(row["errors"] for row in ceilings),
-            "runs": ceilings,
+            "rps": round(statistics.mean(row["rps"] for row in hello_runs), 1),
+            "p50_ms": statistics.mean(row["p50_ms"] for row in hello_runs),
+            "p95_ms": statistics.mean(row["p95_ms"] for row in hello_runs),
+            "p99_ms": statistics.mean(row["p99_ms"] for row in hello_runs),
+            "errors": sum(row["errors"] for row in hello_runs),
+            "runs": hello_runs,
         }
         time.sleep(config.settle)
         results["memory"]["end_rss_mb"] = {
@@ -941,6 +984,7 @@ def parse_args(argv=None) -> BenchConfig:
         "--quick", action="store_true", help="3 s per endpoint, 1 s warm-up, 1 CSV run"
     )
     parser.add_argument("--no-sql-count", action="store_true")
+    parser.add_argument("--no-ceilings", action="store_true", help="skip the pgbench ceilings")
     parser.add_argument(
         "--report-only", action="store_true", help="exit 0 even when targets are missed"
     )
@@ -965,6 +1009,7 @@ def parse_args(argv=None) -> BenchConfig:
         rebuild=args.rebuild,
         json_path=args.json,
         count_sql=not args.no_sql_count,
+        ceilings=not args.no_ceilings,
     )
     if args.quick:
         config.duration, config.warmup, config.csv_runs = 3.0, 1.0, 1

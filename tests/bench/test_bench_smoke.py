@@ -14,7 +14,7 @@ from portal.db import db
 from portal.jobs.services import charge_job
 from portal.ledger.models import LedgerEntry
 from portal.ledger.services import check_books
-from tests.bench import dataset, report, run_bench, servers
+from tests.bench import ceilings, dataset, report, run_bench, servers
 
 TINY = dataset.DatasetParams.tiny()
 SMOKE_LOAD = (
@@ -133,6 +133,17 @@ def test_the_whole_benchmark_runs_in_miniature(app, database_url, tmp_path):
     assert len(written["sql"]) == 9  # every page, loaded or not
     assert all(row["max"] > 0 for row in written["sql"].values())
     assert "| dashboard |" in config.markdown_path.read_text()
+    if database_url.startswith("postgresql"):
+        # pgbench against a scratch copy of the tiny data set, dropped afterwards.
+        found = written["ceilings"]
+        assert set(found["rows"]) == set(ceilings.NAMES)
+        for row in found["rows"].values():
+            assert row["tps"] > 0 and row["failed"] == 0, row
+        assert found["statements"] == 10
+        assert "pgbench: one round trip" in config.markdown_path.read_text()
+    else:
+        assert "ceilings" not in written
+        assert any("need PostgreSQL" in note for note in written["notes"])
     # The targets are not the point here, but their evaluation must still work.
     checks = report.evaluate(results)
     assert checks and all({"name", "target", "value", "passed"} <= set(c) for c in checks)
