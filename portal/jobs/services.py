@@ -3,10 +3,9 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from portal.accounts.models import User
 from portal.billing.money_back import state
 from portal.db import db, locked, transactional
 from portal.errors import (
@@ -19,100 +18,37 @@ from portal.errors import (
 from portal.jobs.models import FailureReason, Job, JobStatus
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry
+from portal.ledger.services import LockedAccount
 from portal.pagination import Page, keyset_page
 from portal.timeutil import utcnow
 
-
-def _same_request(job: Job, user: User, operation: str, credits: int) -> bool:
-    return job.user_id == user.id and job.operation == operation and job.credits == credits
-
-
-def _job_by_external_id(external_id: str) -> Job | None:
-    return db.session.scalar(select(Job).where(Job.external_id == external_id))
-
-
-def charge_job(
-    external_id: str,
-    customer_email: str,
-    operation: str,
-    credits: int,
-    at: datetime | None = None,
-) -> tuple[Job, bool]:
-    """Start a job and charge its credits; return (job, created).
-
-    Repeating a call with the same `external_id` returns the job it created, charging
-    nothing more.
-
-    :raises NotFound: no customer has this e-mail (staff and closed accounts are none).
-    :raises AccountTerminated: the customer's account is terminated.
-    :raises InsufficientCredits: the balance does not cover the job.
-    :raises Conflict: the external id was used for a different job.
-    """
-    try:
-        return _charge_once(external_id, customer_email, operation, credits, at)
-    except IntegrityError:
-        # Calls for one customer wait for each other on the customer's lock, so the
-        # job that took this external id between our look-up and insert is another
-        # customer's.
-        if _job_by_external_id(external_id) is None:
-            raise
-        raise Conflict("external_id was already used for a different job") from None
-
-
-@transactional
-def _charge_once(
-    external_id: str, customer_email: str, operation: str, credits: int, at: datetime | None
-) -> tuple[Job, bool]:
-    user = _lock_platform_customer(customer_email)
-    return _charge_locked(user, external_id, operation, credits, at)
-
-
-def _lock_platform_customer(customer_email: str) -> User:
-    """The customer the platform names, locked: every balance change of theirs waits.
-
-    :raises NotFound: no customer the platform may name has this e-mail.
-    :raises AccountTerminated: the customer's account is terminated.
-    """
-    user = ledger.lock_customer(customer_email.strip().lower())
-    if user is None or not user.known_to_the_platform:
-        raise NotFound("no customer with this e-mail")
-    if user.is_terminated:
-        raise AccountTerminated("the customer's account is terminated")
-    return user
-
-
-def _charge_locked(
-    user: User, external_id: str, operation: str, credits: int, at: datetime | None
-) -> tuple[Job, bool]:
-    """Charge one job of the locked customer, or find it charged already. Every refusal
-    is raised before anything is written, so a batch can go on with its other jobs.
-
-    :raises Conflict: the external id was used for a different job.
-    :raises InsufficientCredits: the balance does not cover the job.
-    """
-    existing = _job_by_external_id(external_id)
-    if existing is not None:
-        if not _same_request(existing, user, operation, credits):
-            raise Conflict("external_id was already used for a different job")
-        return existing, False
-    if user.credits_balance < credits:
-        raise InsufficientCredits(user.credits_balance, credits)
-    job = Job(
-        user_id=user.id,
-        external_id=external_id,
-        operation=operation,
-        credits=credits,
-        created_at=at or utcnow(),
-    )
-    db.session.add(job)
-    db.session.flush()
-    ledger.spend(
-        user.id, credits, job.charge_key, job_id=job.id, memo=operation, at=at, locked_account=user
-    )
-    return job, True
-
-
-# -- many jobs at once ------------------------------------------------------------------
+JOBS = Job.__table__
+# A job's columns beside the account's in one row (see `_lock_platform_customer`).
+JOB_COLUMNS = [column.label(f"job_{column.key}") for column in JOBS.c]
+# Built once (see ledger.services): charging a job runs them every time.
+_LOCK_CUSTOMER = (
+    select(*LockedAccount.columns())
+    .where(ledger.USERS.c.email == bindparam("email"))
+    .with_for_update()
+)
+_LOCK_CUSTOMER_WITH_JOB = (
+    select(*LockedAccount.columns(), *JOB_COLUMNS)
+    .select_from(ledger.USERS.outerjoin(JOBS, JOBS.c.external_id == bindparam("external_id")))
+    .where(ledger.USERS.c.email == bindparam("email"))
+    .with_for_update(of=ledger.USERS)
+)
+_LOCK_CUSTOMERS = (
+    select(*LockedAccount.columns())
+    .where(ledger.USERS.c.email.in_(bindparam("emails", expanding=True)))
+    .order_by(ledger.USERS.c.id)
+    .with_for_update()
+)
+_JOB_BY_EXTERNAL_ID = select(*JOB_COLUMNS).where(JOBS.c.external_id == bindparam("external_id"))
+_JOBS_BY_EXTERNAL_IDS = select(*JOB_COLUMNS).where(
+    JOBS.c.external_id.in_(bindparam("ids", expanding=True))
+)
+# The ids come back in the order the jobs were given.
+_INSERT_JOBS = insert(JOBS).returning(JOBS.c.id, sort_by_parameter_order=True)
 
 
 @dataclass(frozen=True)
@@ -138,9 +74,127 @@ class Charged:
     refusal: PortalError | None = None
 
 
+def _same_request(job: Job, account: LockedAccount, operation: str, credits: int) -> bool:
+    return job.user_id == account.id and job.operation == operation and job.credits == credits
+
+
+def _job_from(row) -> Job | None:
+    """The job in a row of `JOB_COLUMNS`, as an object no session holds, or None."""
+    values = {column.key: getattr(row, f"job_{column.key}") for column in JOBS.c}
+    return Job(**values) if values["id"] is not None else None
+
+
+def _job_by_external_id(external_id: str) -> Job | None:
+    found = db.session.execute(_JOB_BY_EXTERNAL_ID, {"external_id": external_id}).first()
+    return _job_from(found) if found is not None else None
+
+
+def _jobs_by_external_id(external_ids: list[str]) -> dict[str, Job]:
+    rows = db.session.execute(_JOBS_BY_EXTERNAL_IDS, {"ids": external_ids})
+    return {job.external_id: job for job in map(_job_from, rows)}
+
+
+def charge_job(
+    external_id: str,
+    customer_email: str,
+    operation: str,
+    credits: int,
+    at: datetime | None = None,
+) -> tuple[Job, bool]:
+    """Start a job and charge its credits; return (job, created).
+
+    Repeating a call with the same `external_id` returns the job it created, charging
+    nothing more.
+
+    :raises NotFound: no customer has this e-mail (staff and closed accounts are none).
+    :raises AccountTerminated: the customer's account is terminated.
+    :raises InsufficientCredits: the balance does not cover the job.
+    :raises Conflict: the external id was used for a different job.
+    """
+    outcome = charge(JobRequest(external_id, customer_email, operation, credits), at)
+    return db.session.get(Job, outcome.job.id), outcome.created
+
+
+def _lock_platform_customer(
+    customer_email: str, external_id: str | None = None
+) -> tuple[LockedAccount, Job | None]:
+    """The customer the platform names, locked: every balance change of theirs waits.
+    With `external_id`, also the job already charged under it, in the same statement.
+
+    On PostgreSQL a call that waited for the lock may not see the job its twin (same
+    external id) committed meanwhile: its insert then breaks the unique key, and
+    `charge` answers from the committed job (see there).
+
+    :raises NotFound: no customer the platform may name has this e-mail.
+    :raises AccountTerminated: the customer's account is terminated.
+    """
+    email = customer_email.strip().lower()
+    if external_id is None:
+        row = db.session.execute(_LOCK_CUSTOMER, {"email": email}).first()
+    else:
+        parameters = {"email": email, "external_id": external_id}
+        row = db.session.execute(_LOCK_CUSTOMER_WITH_JOB, parameters).first()
+    if row is None:
+        raise NotFound("no customer with this e-mail")
+    account = LockedAccount.from_row(row)
+    if not account.known_to_the_platform:
+        raise NotFound("no customer with this e-mail")
+    if account.is_terminated:
+        raise AccountTerminated("the customer's account is terminated")
+    return account, _job_from(row) if external_id is not None else None
+
+
+def _new_job_values(account: LockedAccount, request: JobRequest, created_at: datetime) -> dict:
+    """Every column of a job just started, as inserted (and as answered: nothing is read
+    back)."""
+    return {
+        "user_id": account.id,
+        "external_id": request.external_id,
+        "operation": request.operation,
+        "credits": request.credits,
+        "status": JobStatus.RUNNING,
+        "failure_reason": None,
+        "failure_detail": None,
+        "credits_restored": False,
+        "created_at": created_at,
+        "finished_at": None,
+    }
+
+
+def _charge_locked(
+    account: LockedAccount,
+    request: JobRequest,
+    existing: Job | None,
+    at: datetime | None,
+) -> tuple[Job, bool]:
+    """Charge one job of the locked customer, or answer with `existing`, the job charged
+    under its external id earlier. Every refusal is raised before anything is written,
+    so a batch can go on with its other jobs.
+
+    :raises Conflict: the external id was used for a different job.
+    :raises InsufficientCredits: the balance does not cover the job.
+    """
+    if existing is not None:
+        if not _same_request(existing, account, request.operation, request.credits):
+            raise Conflict("external_id was already used for a different job")
+        return existing, False
+    if account.credits_balance < request.credits:
+        raise InsufficientCredits(account.credits_balance, request.credits)
+    values = _new_job_values(account, request, at or utcnow())
+    job_id = db.session.execute(_INSERT_JOBS, [values]).scalar_one()
+    job = Job(id=job_id, **values)
+    ledger.spend_locked(account, request.credits, job.charge_key, job_id, request.operation, at)
+    return job, True
+
+
+# -- many jobs at once ------------------------------------------------------------------
+
+
 def charge(request: JobRequest, at: datetime | None = None) -> Charged:
-    """Charge one job as `charge_job` does; what became of it, with its customer's balance
-    and alert just after it, read before the commit (the answer needs no second query).
+    """Charge one job; what became of it, with its customer's balance and alert just
+    after it, as the charging transaction left them (the answer needs no second query).
+    Repeating a call with the same external id answers with the job it created, charging
+    nothing more.
 
     :raises NotFound: no customer the platform may name has this e-mail.
     :raises AccountTerminated: the customer's account is terminated.
@@ -150,82 +204,26 @@ def charge(request: JobRequest, at: datetime | None = None) -> Charged:
     try:
         return _charge_one(request, at)
     except IntegrityError:
+        # The external id was taken between our look-up and insert: by a twin of this
+        # call that committed while we waited for the lock, or by another customer's job.
         db.session.rollback()
-        outcome = _charge_alone(request, at)
-        if outcome.refusal is not None:
-            raise outcome.refusal from None
-        return outcome
+        existing = _job_by_external_id(request.external_id)
+        if existing is None:
+            raise
+        return _charge_one(request, at)
 
 
 @transactional
 def _charge_one(request: JobRequest, at: datetime | None) -> Charged:
-    user = _lock_platform_customer(request.customer_email)
-    return _charged(user, request, at)
+    account, existing = _lock_platform_customer(request.customer_email, request.external_id)
+    return _charged(account, request, existing, at)
 
 
-def _charged(user: User, request: JobRequest, at: datetime | None) -> Charged:
-    """Charge one job of the locked `user` (see `_charge_locked`), as a `Charged`."""
-    job, created = _charge_locked(user, request.external_id, request.operation, request.credits, at)
-    return Charged(
-        job=_detached_copy(job),
-        created=created,
-        balance_after=user.credits_balance,
-        low_balance_threshold=user.low_balance_threshold,
-    )
-
-
-def charge_jobs(requests: list[JobRequest], at: datetime | None = None) -> list[Charged]:
-    """Charge many jobs; return what became of each, in the order asked.
-
-    Each job is charged as `charge_job` would, idempotently by its external id; one
-    refused (no such customer, too few credits, an external id used for another job)
-    does not stop the others. The jobs of one customer are charged in one transaction,
-    under one lock of their account, in the order given; customers one after another,
-    so no two accounts are ever locked together.
-    """
-    outcomes: list[Charged | None] = [None] * len(requests)
-    by_customer: dict[str, list[int]] = {}
-    for index, request in enumerate(requests):
-        by_customer.setdefault(request.customer_email.strip().lower(), []).append(index)
-    for email, indexes in by_customer.items():
-        try:
-            charged = _charge_customers_jobs(email, [requests[i] for i in indexes], at)
-        except IntegrityError:
-            # Another customer's job took one of these external ids meanwhile: charge
-            # them one by one, so that only that job is refused.
-            db.session.rollback()
-            charged = [_charge_alone(requests[i], at) for i in indexes]
-        for index, outcome in zip(indexes, charged, strict=True):
-            outcomes[index] = outcome
-    return outcomes
-
-
-@transactional
-def _charge_customers_jobs(
-    email: str, requests: list[JobRequest], at: datetime | None
-) -> list[Charged]:
-    try:
-        user = _lock_platform_customer(email)
-    except (NotFound, AccountTerminated) as refusal:
-        return [Charged(refusal=refusal) for _ in requests]
-    charged = []
-    for request in requests:
-        try:
-            charged.append(_charged(user, request, at))
-        except (Conflict, InsufficientCredits) as refusal:
-            charged.append(Charged(refusal=refusal))
-    return charged
-
-
-def _charge_alone(request: JobRequest, at: datetime | None) -> Charged:
-    """Charge one job in a transaction of its own (after a batch's was refused)."""
-    try:
-        job, created = charge_job(
-            request.external_id, request.customer_email, request.operation, request.credits, at
-        )
-    except (NotFound, AccountTerminated, Conflict, InsufficientCredits) as refusal:
-        return Charged(refusal=refusal)
-    account = db.session.get(User, job.user_id)
+def _charged(
+    account: LockedAccount, request: JobRequest, existing: Job | None, at: datetime | None
+) -> Charged:
+    """Charge one job of the locked account (see `_charge_locked`), as a `Charged`."""
+    job, created = _charge_locked(account, request, existing, at)
     return Charged(
         job=job,
         created=created,
@@ -234,10 +232,142 @@ def _charge_alone(request: JobRequest, at: datetime | None) -> Charged:
     )
 
 
-def _detached_copy(job: Job) -> Job:
-    """The job's values as they are now, in an object the commit will not expire: a batch
-    answers from these instead of reading each job back."""
-    return Job(**{column.key: getattr(job, column.key) for column in Job.__table__.columns})
+def charge_jobs(requests: list[JobRequest], at: datetime | None = None) -> list[Charged]:
+    """Charge many jobs; return what became of each, in the order asked.
+
+    Each job is charged as `charge_job` would, idempotently by its external id; one
+    refused (no such customer, too few credits, an external id used for another job)
+    does not stop the others. All of them are charged in one transaction: every
+    customer named is locked in one statement, in the order of their ids (so two
+    batches naming the same customers lock them in the same order and cannot deadlock;
+    a single charge locks one), and the jobs, entries and balances are written a
+    statement for all at once, not one for each.
+    """
+    try:
+        return _charge_batch(requests, at)
+    except IntegrityError:
+        # Another call took one of these external ids meanwhile: charge them one by one,
+        # so that only that job is refused.
+        db.session.rollback()
+        return [_charge_alone(request, at) for request in requests]
+
+
+@dataclass
+class _Planned:
+    """A job of the batch to be charged: its request, its customer, and the job once
+    inserted."""
+
+    request: JobRequest
+    account: LockedAccount
+    balance_after: int
+    job: Job | None = None
+
+
+@transactional
+def _charge_batch(requests: list[JobRequest], at: datetime | None) -> list[Charged]:
+    emails = sorted({request.customer_email.strip().lower() for request in requests})
+    accounts = {
+        row.email: LockedAccount.from_row(row)
+        for row in db.session.execute(_LOCK_CUSTOMERS, {"emails": emails})
+    }
+    earlier: dict[str, Job | _Planned] = dict(
+        _jobs_by_external_id([request.external_id for request in requests])
+    )
+    # Decided in order, before anything is written, with each customer's balance as the
+    # jobs before this one leave it.
+    available = {account.id: account.credits_balance for account in accounts.values()}
+    answers: list[Charged | _Planned | _Repeat] = []
+    for request in requests:
+        account = accounts.get(request.customer_email.strip().lower())
+        try:
+            answers.append(_plan(request, account, earlier.get(request.external_id), available))
+        except (NotFound, AccountTerminated, Conflict, InsufficientCredits) as refusal:
+            answers.append(Charged(refusal=refusal))
+            continue
+        if isinstance(answers[-1], _Planned):
+            earlier[request.external_id] = answers[-1]
+
+    planned = [answer for answer in answers if isinstance(answer, _Planned)]
+    if planned:
+        created_at = at or utcnow()
+        rows = [_new_job_values(item.account, item.request, created_at) for item in planned]
+        job_ids = db.session.execute(_INSERT_JOBS, rows).scalars()
+        for item, values, job_id in zip(planned, rows, job_ids, strict=True):
+            item.job = Job(id=job_id, **values)
+        ledger.spend_many(
+            [
+                ledger.Spend(
+                    item.account,
+                    item.request.credits,
+                    item.job.charge_key,
+                    item.job.id,
+                    item.request.operation,
+                )
+                for item in planned
+            ],
+            at,
+        )
+    return [_answer(answer) for answer in answers]
+
+
+def _plan(
+    request: JobRequest,
+    account: LockedAccount | None,
+    earlier: Job | _Planned | None,
+    available: dict[int, int],
+) -> Charged | _Planned:
+    """What the batch does with one job: answer with the job charged earlier under its
+    external id, charge it, or refuse it (raised)."""
+    if account is None or not account.known_to_the_platform:
+        raise NotFound("no customer with this e-mail")
+    if account.is_terminated:
+        raise AccountTerminated("the customer's account is terminated")
+    if isinstance(earlier, _Planned):  # the same external id earlier in this batch
+        asked = (account.id, request.operation, request.credits)
+        if asked != (earlier.account.id, earlier.request.operation, earlier.request.credits):
+            raise Conflict("external_id was already used for a different job")
+        return _Repeat(earlier, balance_after=available[account.id])
+    if earlier is not None:
+        if not _same_request(earlier, account, request.operation, request.credits):
+            raise Conflict("external_id was already used for a different job")
+        return Charged(
+            job=earlier,
+            created=False,
+            balance_after=available[account.id],
+            low_balance_threshold=account.low_balance_threshold,
+        )
+    if available[account.id] < request.credits:
+        raise InsufficientCredits(available[account.id], request.credits)
+    available[account.id] -= request.credits
+    return _Planned(request, account, balance_after=available[account.id])
+
+
+@dataclass
+class _Repeat:
+    """A job asked twice in one batch: the second answer, made once the first is charged."""
+
+    first: _Planned
+    balance_after: int
+
+
+def _answer(answer: Charged | _Planned | _Repeat) -> Charged:
+    if isinstance(answer, Charged):
+        return answer
+    planned = answer.first if isinstance(answer, _Repeat) else answer
+    return Charged(
+        job=planned.job,
+        created=answer is planned,
+        balance_after=answer.balance_after,
+        low_balance_threshold=planned.account.low_balance_threshold,
+    )
+
+
+def _charge_alone(request: JobRequest, at: datetime | None) -> Charged:
+    """Charge one job in a transaction of its own (after a batch's was refused)."""
+    try:
+        return charge(request, at)
+    except (NotFound, AccountTerminated, Conflict, InsufficientCredits) as refusal:
+        return Charged(refusal=refusal)
 
 
 def _locked_job(job_id: int) -> Job:

@@ -4,6 +4,9 @@ Every function here runs inside the caller's transaction (the business operation
 moves the credits commits it), and does the same three things: lock the customer's
 account row, return the existing entry if its idempotency key was already used, then
 write exactly one ledger entry with its lot allocations and the balance after it.
+`spend`, the jobs API's hot path, differs in two ways, both explained there: its caller
+has locked the row (as a `LockedAccount`, through SQLAlchemy Core), and its key is new
+by construction.
 
 Locking the account row first serialises every balance change of one customer, so the
 idempotency check after the lock sees any entry a concurrent twin committed; the unique
@@ -20,10 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from portal.accounts.models import User
+from portal.accounts.models import AccountStatus, Role, User
 from portal.db import db, locked
 from portal.errors import InsufficientCredits, ValidationError
 from portal.ledger.alerts import watch_balance
@@ -41,6 +44,12 @@ from portal.timeutil import utcnow
 if TYPE_CHECKING:  # the ledger sits below billing: purchases are only passed in
     from portal.billing.models import Purchase
 
+# The tables the spend path writes through SQLAlchemy Core (see `LockedAccount`).
+USERS = User.__table__
+LOTS = CreditLot.__table__
+ENTRIES = LedgerEntry.__table__
+ALLOCATIONS = LotAllocation.__table__
+
 
 def lock_account(user_id: int) -> User:
     """Return the customer's row locked FOR UPDATE until the transaction ends."""
@@ -48,11 +57,6 @@ def lock_account(user_id: int) -> User:
     if user is None:
         raise ValidationError("unknown customer", field="user_id")
     return user
-
-
-def lock_customer(email: str) -> User | None:
-    """Return the user with this (lower-case) e-mail locked FOR UPDATE, if there is one."""
-    return locked(User, User.email == email)
 
 
 def _existing(idempotency_key: str) -> LedgerEntry | None:
@@ -114,15 +118,17 @@ def _record_day_end(user_id: int, day: date, balance: int) -> None:
     # the last one posted for a day holds that day's closing balance. Like balance_after,
     # this follows the order of posting: a backdated entry (demo data) updates its own
     # day only.
-    insert = (
-        postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    )
-    statement = insert(DayEndBalance).values(user_id=user_id, day=day, balance=balance)
+    dialect = db.session.get_bind().dialect.name
     db.session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[DayEndBalance.user_id, DayEndBalance.day],
-            set_={"balance": statement.excluded.balance},
-        )
+        _DAY_END_UPSERT[dialect], {"user_id": user_id, "day": day, "balance": balance}
+    )
+
+
+def _day_end_upsert(insert):
+    statement = insert(DayEndBalance.__table__)
+    return statement.on_conflict_do_update(
+        index_elements=[DayEndBalance.user_id, DayEndBalance.day],
+        set_={"balance": statement.excluded.balance},
     )
 
 
@@ -178,6 +184,89 @@ def grant(
     return _post(account, EntryKind.GRANT, [(lot, credits)], idempotency_key, memo, at=at)
 
 
+@dataclass
+class LockedAccount:
+    """A customer's account row as read under its lock, for the spend path.
+
+    Charging a job is the portal's hottest path (the processing platform calls it before
+    every image job), so it runs on SQLAlchemy Core: a row read into this object instead
+    of a `User` through the ORM's identity map and unit of work, which cost several times
+    the database's own work per statement. Spends posted in the same transaction keep it
+    current, and `spend` writes it back. The alert and recharge watchers take it as they
+    take a `User`.
+    """
+
+    id: int
+    email: str
+    role: Role
+    status: AccountStatus
+    credits_balance: int
+    credits_used: int
+    low_balance_threshold: int | None
+    low_balance_alert_armed: bool
+    auto_recharge_below: int | None
+    auto_recharge_wanted: bool
+
+    # The account's own rules, not a copy of them.
+    known_to_the_platform = User.known_to_the_platform
+    is_terminated = User.is_terminated
+
+    @classmethod
+    def columns(cls) -> list:
+        return [USERS.c[name] for name in cls.__dataclass_fields__]
+
+    @classmethod
+    def from_row(cls, row) -> LockedAccount:
+        return cls(**{name: row._mapping[USERS.c[name]] for name in cls.__dataclass_fields__})
+
+
+# Built once: the spend path runs them on every job, and building a statement costs more
+# than SQLAlchemy's cached compilation of it.
+_DAY_END_UPSERT = {
+    "postgresql": _day_end_upsert(postgresql.insert),
+    "sqlite": _day_end_upsert(sqlite.insert),
+}
+_LOCK_ACCOUNT = (
+    select(*LockedAccount.columns()).where(USERS.c.id == bindparam("user_id")).with_for_update()
+)
+_LOTS_OLDEST_FIRST = (
+    select(LOTS.c.user_id, LOTS.c.id, LOTS.c.credits_remaining)
+    .where(
+        LOTS.c.user_id.in_(bindparam("user_ids", expanding=True)),
+        LOTS.c.credits_remaining > 0,
+    )
+    .order_by(LOTS.c.user_id, LOTS.c.created_at, LOTS.c.id)
+)
+# The ids come back in the order the entries were given.
+_INSERT_ENTRIES = insert(ENTRIES).returning(ENTRIES.c.id, sort_by_parameter_order=True)
+_INSERT_ALLOCATIONS = insert(ALLOCATIONS)
+# Relative to the row as it stands: the lots are the account's, under its lock.
+_TAKE_FROM_LOT = (
+    update(LOTS)
+    .where(LOTS.c.id == bindparam("lot"))
+    .values(credits_remaining=LOTS.c.credits_remaining - bindparam("taken"))
+)
+_WRITE_ACCOUNT = (
+    update(USERS)
+    .where(USERS.c.id == bindparam("account"))
+    .values(
+        credits_balance=bindparam("balance"),
+        credits_used=bindparam("used"),
+        low_balance_alert_armed=bindparam("armed"),
+        auto_recharge_wanted=bindparam("wanted"),
+    )
+)
+
+
+def lock_account_row(user_id: int) -> LockedAccount:
+    """The customer's row locked FOR UPDATE until the transaction ends, as a
+    `LockedAccount` (see there)."""
+    row = db.session.execute(_LOCK_ACCOUNT, {"user_id": user_id}).first()
+    if row is None:
+        raise ValidationError("unknown customer", field="user_id")
+    return LockedAccount.from_row(row)
+
+
 def spend(
     user_id: int,
     credits: int,
@@ -185,38 +274,154 @@ def spend(
     job_id: int | None = None,
     memo: str = "",
     at: datetime | None = None,
-    locked_account: User | None = None,
 ) -> LedgerEntry:
-    """Take credits from the oldest lots first.
-
-    `locked_account` is the customer's row when the caller already holds its lock in
-    this transaction (charging a job locks it first): it is not read a second time.
+    """Take credits from the oldest lots first; a key already used returns its entry.
 
     :raises InsufficientCredits: the balance does not cover `credits`.
     """
     _require_positive(credits)
-    account = locked_account if locked_account is not None else lock_account(user_id)
+    # The spend writes through Core, which does not flush the session's pending changes
+    # first: flushed here, so that it sees, say, a lot just added.
+    db.session.flush()
+    account = lock_account_row(user_id)
     if entry := _existing(idempotency_key):
         return entry
-    if account.credits_balance < credits:
-        raise InsufficientCredits(account.credits_balance, credits)
-    moves = []
-    still_needed = credits
-    lots = db.session.scalars(
-        select(CreditLot)
-        .where(CreditLot.user_id == account.id, CreditLot.credits_remaining > 0)
-        .order_by(CreditLot.created_at, CreditLot.id)
+    entry_id, lot_ids = spend_locked(account, credits, idempotency_key, job_id, memo, at)
+    # Objects of this account the session already holds no longer say what the rows do.
+    for model, key in [(User, user_id), *((CreditLot, lot_id) for lot_id in lot_ids)]:
+        held = db.session.identity_map.get(db.session.identity_key(model, key))
+        if held is not None:
+            db.session.expire(held)
+    return db.session.get(LedgerEntry, entry_id)
+
+
+def spend_locked(
+    account: LockedAccount,
+    credits: int,
+    idempotency_key: str,
+    job_id: int | None = None,
+    memo: str = "",
+    at: datetime | None = None,
+) -> tuple[int, list[int]]:
+    """One spend of a locked account (see `spend_many`); the new entry's id and the lots
+    it drew on."""
+    entry_ids, lot_ids = spend_many([Spend(account, credits, idempotency_key, job_id, memo)], at)
+    return entry_ids[0], lot_ids
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Credits to take from a locked account, as one ledger entry."""
+
+    account: LockedAccount
+    credits: int
+    idempotency_key: str
+    job_id: int | None = None
+    memo: str = ""
+
+
+def spend_many(spends: list[Spend], at: datetime | None = None) -> tuple[list[int], list[int]]:
+    """Take credits from the oldest lots of locked accounts, one entry per spend, in the
+    order given: the spend itself, for `spend`, for charging a job and for charging a
+    batch of them. Returns the new entries' ids (in that order) and the lots drawn on.
+
+    Each account is the customer's row, locked in this transaction; one account may be
+    spent from several times. The caller has made sure the keys are unused; charging a
+    job keys the charge by the job it inserted in this same transaction, so it needs no
+    look-up (the unique key stays the backstop). Whatever the number of spends, five
+    writes and one read, the lots': the entries, their allocations, the lots, the
+    accounts and the days' closing balances. Every refusal is raised before any write.
+
+    :raises InsufficientCredits: a balance does not cover its spend.
+    """
+    if not spends:
+        return [], []
+    for spend in spends:
+        _require_positive(spend.credits)
+    accounts = {spend.account.id: spend.account for spend in spends}
+    lots: dict[int, list[list[int]]] = {account_id: [] for account_id in accounts}
+    for user_id, lot_id, remaining in db.session.execute(
+        _LOTS_OLDEST_FIRST, {"user_ids": list(accounts)}
+    ):
+        lots[user_id].append([lot_id, remaining])
+
+    created_at = at or utcnow()
+    day = created_at.astimezone(UTC).date()
+    total, sign = TOTAL_OF_KIND[EntryKind.JOB_CHARGE]
+    entries, allocations, taken_from, day_ends = [], [], {}, {}
+    for spend in spends:
+        account = spend.account
+        if account.credits_balance < spend.credits:
+            raise InsufficientCredits(account.credits_balance, spend.credits)
+        moves = []
+        still_needed = spend.credits
+        for lot in lots[account.id]:
+            if lot[1] == 0:
+                continue
+            taken = min(lot[1], still_needed)
+            lot[1] -= taken
+            moves.append((lot[0], taken))
+            still_needed -= taken
+            if still_needed == 0:
+                break
+        if still_needed:
+            # The balance said yes but the lots disagree: the books are broken, stop here.
+            raise RuntimeError(f"account {account.id}: lots hold less than the balance")
+        account.credits_balance -= spend.credits
+        setattr(account, total, getattr(account, total) + sign * -spend.credits)
+        watch_balance(account, EntryKind.JOB_CHARGE)
+        watch_for_recharge(account, EntryKind.JOB_CHARGE)
+        entries.append(
+            {
+                "user_id": account.id,
+                "kind": EntryKind.JOB_CHARGE,
+                "credits": -spend.credits,
+                "balance_after": account.credits_balance,
+                "job_id": spend.job_id,
+                "idempotency_key": spend.idempotency_key,
+                "memo": spend.memo,
+                "created_at": created_at,
+            }
+        )
+        allocations.append(moves)
+        for lot_id, taken in moves:
+            taken_from[lot_id] = taken_from.get(lot_id, 0) + taken
+        day_ends[account.id] = account.credits_balance
+
+    entry_ids = list(db.session.execute(_INSERT_ENTRIES, entries).scalars())
+    db.session.execute(
+        _INSERT_ALLOCATIONS,
+        [
+            {"ledger_entry_id": entry_id, "lot_id": lot_id, "credits": -taken}
+            for entry_id, moves in zip(entry_ids, allocations, strict=True)
+            for lot_id, taken in moves
+        ],
     )
-    for lot in lots:
-        taken = min(lot.credits_remaining, still_needed)
-        moves.append((lot, -taken))
-        still_needed -= taken
-        if still_needed == 0:
-            break
-    if still_needed:
-        # The balance said yes but the lots disagree: the books are broken, stop here.
-        raise RuntimeError(f"account {account.id}: lots hold less than the balance")
-    return _post(account, EntryKind.JOB_CHARGE, moves, idempotency_key, memo, at=at, job_id=job_id)
+    db.session.execute(
+        _TAKE_FROM_LOT, [{"lot": lot_id, "taken": taken} for lot_id, taken in taken_from.items()]
+    )
+    db.session.execute(
+        _WRITE_ACCOUNT,
+        [
+            {
+                "account": account.id,
+                "balance": account.credits_balance,
+                "used": account.credits_used,
+                "armed": account.low_balance_alert_armed,
+                "wanted": account.auto_recharge_wanted,
+            }
+            for account in accounts.values()
+        ],
+    )
+    dialect = db.session.get_bind().dialect.name
+    db.session.execute(
+        _DAY_END_UPSERT[dialect],
+        [
+            {"user_id": user_id, "day": day, "balance": balance}
+            for user_id, balance in day_ends.items()
+        ],
+    )
+    return entry_ids, list(taken_from)
 
 
 def restore(

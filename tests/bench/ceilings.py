@@ -354,6 +354,13 @@ def measure(
                 {"emails": emails},
             ).scalars():
                 ledger.grant(user_id, PLENTY, f"bench-ceiling-{user_id}", "benchmark ceiling")
+            # Oldest, so that spends draw on it first: the replay takes the credit from
+            # the lot the captured spend took it from, run after run, and a small lot
+            # would run dry.
+            db.session.execute(
+                text("UPDATE credit_lots SET created_at = '2000-01-01' WHERE credits_granted = :n"),
+                {"n": PLENTY},
+            )
             db.session.commit()
             # Through the driver itself: the function's text is not a template.
             raw = db.engine.raw_connection()

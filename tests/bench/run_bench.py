@@ -950,10 +950,18 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
         "history_page": history_page,
         "logs": str(scratch),
     }
-    if load_before > 1.5 or load_after > 1.5:
+    # The load average counts the bench's own load too (16 connections queue on 2 cores),
+    # so it is recorded, not judged: what judges a figure is the CPU that other work used
+    # while it was measured (report.BUSY_CORES).
+    measured = [
+        *results["endpoints"].values(),
+        *results.get("ceilings", {}).get("rows", {}).values(),
+    ]
+    busiest = max((row.get("others_cores", 0.0) for row in measured), default=0.0)
+    if busiest > report.BUSY_CORES:
         notes.append(
-            f"the machine was busy (load average {load_before:.1f} before, {load_after:.1f} "
-            "after): other processes shared the 2 cores, so absolute numbers are pessimistic"
+            f"the machine was busy: other work used up to {busiest:.2f} cores during a "
+            "measurement; those figures read BUSY, not PASS"
         )
     if config.targets:
         results["targets"] = report.evaluate(results)

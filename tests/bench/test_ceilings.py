@@ -93,7 +93,7 @@ def test_the_captured_spend_is_the_jobs_api_s_own_transaction(app, monkeypatch):
     assert transaction[0] == "BEGIN" and transaction[-1] == "COMMIT"
     statements = [item for item in transaction if isinstance(item, Statement)]
     # The count tests/jobs hold the spend to; the ledger entry's insert gave its id.
-    assert len(statements) == 10
+    assert len(statements) == 8
     assert any(
         s.sql.lstrip().startswith("INSERT INTO ledger_entries") and s.returned for s in statements
     )

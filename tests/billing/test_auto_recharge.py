@@ -123,7 +123,10 @@ def intents_at_stripe(user: User) -> int:
     store = sandbox()
     with store.lock:
         return sum(
-            1 for intent in store.payment_intents.values() if intent["customer"] == customer_id
+            1
+            for intent in store.payment_intents.values()
+            # Checkout's PaymentIntents of earlier tests may have no customer.
+            if intent.get("customer") == customer_id
         )
 
 

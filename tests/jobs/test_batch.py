@@ -95,6 +95,25 @@ def test_sending_a_batch_again_charges_nothing_more(client, buyers):
     assert charges() == 2
 
 
+def test_a_job_asked_twice_in_one_batch_is_charged_once(client, buyers):
+    first, _ = buyers
+    results = post_batch(
+        client,
+        [
+            job("twice", credits=10),
+            job("between", credits=5),
+            job("twice", credits=10),  # the same job: answered, not charged again
+            job("twice", credits=11),  # the same external id for another job
+        ],
+    ).get_json()["results"]
+
+    assert [result["status"] for result in results] == [201, 201, 200, 409]
+    assert results[2]["job"]["id"] == results[0]["job"]["id"]
+    assert [results[i]["job"]["balance_after"] for i in (0, 1, 2)] == [40, 35, 35]
+    assert balance(first) == 35
+    assert charges() == 2
+
+
 def test_a_refused_job_does_not_stop_the_others(client, buyers):
     first, second = buyers
     post_batch(client, [job("taken", "second@example.com", credits=1)])
@@ -234,16 +253,17 @@ def test_a_job_taken_between_look_up_and_insert_is_refused_alone(client, buyers,
     from portal.jobs import services
 
     post_batch(client, [job("contested", "second@example.com", credits=1)])
-    real_look_up = services._job_by_external_id
+    real_look_up = services._jobs_by_external_id
     missed = {"contested"}
 
-    def look_up_missing_the_other_insert(external_id):
-        if external_id in missed:
+    def look_up_missing_the_other_insert(external_ids):
+        found = real_look_up(external_ids)
+        for external_id in missed & set(found):
             missed.discard(external_id)
-            return None
-        return real_look_up(external_id)
+            del found[external_id]
+        return found
 
-    monkeypatch.setattr(services, "_job_by_external_id", look_up_missing_the_other_insert)
+    monkeypatch.setattr(services, "_jobs_by_external_id", look_up_missing_the_other_insert)
     results = post_batch(
         client, [job("mine-1", credits=5), job("contested", credits=1), job("mine-2", credits=5)]
     ).get_json()["results"]
