@@ -4,9 +4,10 @@ Every function here runs inside the caller's transaction (the business operation
 moves the credits commits it), and does the same three things: lock the customer's
 account row, return the existing entry if its idempotency key was already used, then
 write exactly one ledger entry with its lot allocations and the balance after it.
-`spend`, the jobs API's hot path, differs in two ways, both explained there: its caller
-has locked the row (as a `LockedAccount`, through SQLAlchemy Core), and its key is new
-by construction.
+`spend_many`, the spend itself and the jobs API's hot path, differs in two ways, both
+explained there: its caller has locked the rows (as `LockedAccount`s, through SQLAlchemy
+Core), and has made sure the keys are unused (`spend` looks its key up; charging a job
+needs not, its key being new with the job).
 
 Locking the account row first serialises every balance change of one customer, so the
 idempotency check after the lock sees any entry a concurrent twin committed; the unique
@@ -192,7 +193,7 @@ class LockedAccount:
     every image job), so it runs on SQLAlchemy Core: a row read into this object instead
     of a `User` through the ORM's identity map and unit of work, which cost several times
     the database's own work per statement. Spends posted in the same transaction keep it
-    current, and `spend` writes it back. The alert and recharge watchers take it as they
+    current, and `spend_many` writes it back. The alert and recharge watchers take it as they
     take a `User`.
     """
 
