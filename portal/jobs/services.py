@@ -26,11 +26,6 @@ JOBS = Job.__table__
 # A job's columns beside the account's in one row (see `_lock_platform_customer`).
 JOB_COLUMNS = [column.label(f"job_{column.key}") for column in JOBS.c]
 # Built once (see ledger.services): charging a job runs them every time.
-_LOCK_CUSTOMER = (
-    select(*LockedAccount.columns())
-    .where(ledger.USERS.c.email == bindparam("email"))
-    .with_for_update()
-)
 _LOCK_CUSTOMER_WITH_JOB = (
     select(*LockedAccount.columns(), *JOB_COLUMNS)
     .select_from(ledger.USERS.outerjoin(JOBS, JOBS.c.external_id == bindparam("external_id")))
@@ -43,7 +38,6 @@ _LOCK_CUSTOMERS = (
     .order_by(ledger.USERS.c.id)
     .with_for_update()
 )
-_JOB_BY_EXTERNAL_ID = select(*JOB_COLUMNS).where(JOBS.c.external_id == bindparam("external_id"))
 _JOBS_BY_EXTERNAL_IDS = select(*JOB_COLUMNS).where(
     JOBS.c.external_id.in_(bindparam("ids", expanding=True))
 )
@@ -84,11 +78,6 @@ def _job_from(row) -> Job | None:
     return Job(**values) if values["id"] is not None else None
 
 
-def _job_by_external_id(external_id: str) -> Job | None:
-    found = db.session.execute(_JOB_BY_EXTERNAL_ID, {"external_id": external_id}).first()
-    return _job_from(found) if found is not None else None
-
-
 def _jobs_by_external_id(external_ids: list[str]) -> dict[str, Job]:
     rows = db.session.execute(_JOBS_BY_EXTERNAL_IDS, {"ids": external_ids})
     return {job.external_id: job for job in map(_job_from, rows)}
@@ -116,10 +105,10 @@ def charge_job(
 
 
 def _lock_platform_customer(
-    customer_email: str, external_id: str | None = None
+    customer_email: str, external_id: str
 ) -> tuple[LockedAccount, Job | None]:
-    """The customer the platform names, locked: every balance change of theirs waits.
-    With `external_id`, also the job already charged under it, in the same statement.
+    """The customer the platform names, locked: every balance change of theirs waits;
+    and the job already charged under `external_id`, if any, read in the same statement.
 
     On PostgreSQL a call that waited for the lock may not see the job its twin (same
     external id) committed meanwhile: its insert then breaks the unique key, and
@@ -128,12 +117,8 @@ def _lock_platform_customer(
     :raises NotFound: no customer the platform may name has this e-mail.
     :raises AccountTerminated: the customer's account is terminated.
     """
-    email = customer_email.strip().lower()
-    if external_id is None:
-        row = db.session.execute(_LOCK_CUSTOMER, {"email": email}).first()
-    else:
-        parameters = {"email": email, "external_id": external_id}
-        row = db.session.execute(_LOCK_CUSTOMER_WITH_JOB, parameters).first()
+    parameters = {"email": customer_email.strip().lower(), "external_id": external_id}
+    row = db.session.execute(_LOCK_CUSTOMER_WITH_JOB, parameters).first()
     if row is None:
         raise NotFound("no customer with this e-mail")
     account = LockedAccount.from_row(row)
@@ -141,7 +126,7 @@ def _lock_platform_customer(
         raise NotFound("no customer with this e-mail")
     if account.is_terminated:
         raise AccountTerminated("the customer's account is terminated")
-    return account, _job_from(row) if external_id is not None else None
+    return account, _job_from(row)
 
 
 def _new_job_values(account: LockedAccount, request: JobRequest, created_at: datetime) -> dict:
@@ -168,8 +153,7 @@ def _charge_locked(
     at: datetime | None,
 ) -> tuple[Job, bool]:
     """Charge one job of the locked customer, or answer with `existing`, the job charged
-    under its external id earlier. Every refusal is raised before anything is written,
-    so a batch can go on with its other jobs.
+    under its external id earlier. Every refusal is raised before anything is written.
 
     :raises Conflict: the external id was used for a different job.
     :raises InsufficientCredits: the balance does not cover the job.
@@ -185,9 +169,6 @@ def _charge_locked(
     job = Job(id=job_id, **values)
     ledger.spend_locked(account, request.credits, job.charge_key, job_id, request.operation, at)
     return job, True
-
-
-# -- many jobs at once ------------------------------------------------------------------
 
 
 def charge(request: JobRequest, at: datetime | None = None) -> Charged:
@@ -207,8 +188,7 @@ def charge(request: JobRequest, at: datetime | None = None) -> Charged:
         # The external id was taken between our look-up and insert: by a twin of this
         # call that committed while we waited for the lock, or by another customer's job.
         db.session.rollback()
-        existing = _job_by_external_id(request.external_id)
-        if existing is None:
+        if request.external_id not in _jobs_by_external_id([request.external_id]):
             raise
         return _charge_one(request, at)
 
@@ -230,6 +210,9 @@ def _charged(
         balance_after=account.credits_balance,
         low_balance_threshold=account.low_balance_threshold,
     )
+
+
+# -- many jobs at once ------------------------------------------------------------------
 
 
 def charge_jobs(requests: list[JobRequest], at: datetime | None = None) -> list[Charged]:
