@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 
 from portal import create_app
+from portal.accounts.passwords import common_passwords
 from portal.config import ConfigError, database_url, load_config
+from portal.ops import deploycheck
 
 
 def test_development_generates_and_keeps_a_secret_key(tmp_path: Path):
@@ -148,6 +150,11 @@ def test_production_refusal_names_every_problem_at_once(monkeypatch, tmp_path: P
     assert "4 unsafe setting(s)" in message
     for named in ("SECRET_KEY", "SQLite", "STRIPE_WEBHOOK_SECRET", "PORTAL_SERVICE_TOKEN"):
         assert named in message
+
+
+def test_no_common_password_is_long_enough_for_a_secret_key():
+    # Why the deploy check judges SECRET_KEY by length alone.
+    assert max(map(len, common_passwords())) < deploycheck.MIN_SECRET_LENGTH
 
 
 def test_production_judges_the_settings_given_in_code_too(monkeypatch, tmp_path: Path):
