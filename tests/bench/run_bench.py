@@ -3,7 +3,8 @@
     python -m tests.bench.run_bench [--duration 20] [--warmup 3] [--quick] ...
 
 One run on one machine: build (or reuse) the PostgreSQL data set with the real
-migrations, start the portal, a hello-world Flask app and a Stripe stand-in under
+migrations, measure the spend's ceilings with pgbench in a scratch copy of it
+(ceilings.py), start the portal, a hello-world Flask app and a Stripe stand-in under
 gunicorn on 127.0.0.1, drive every endpoint with wrk (or the built-in Python client),
 measure the CSV export and the workers' memory, count SQL statements per page
 in-process, then write bench-results.json (repo root) and
