@@ -106,27 +106,20 @@ def charge_job(
 
 def _lock_platform_customer(
     customer_email: str, external_id: str
-) -> tuple[LockedAccount, Job | None]:
-    """The customer the platform names, locked: every balance change of theirs waits;
-    and the job already charged under `external_id`, if any, read in the same statement.
+) -> tuple[LockedAccount | None, Job | None]:
+    """The account with this e-mail, locked: every balance change of theirs waits; and
+    the job already charged under `external_id`, if any, read in the same statement.
+    Whether the platform may charge that account is `_plan`'s to say.
 
     On PostgreSQL a call that waited for the lock may not see the job its twin (same
     external id) committed meanwhile: its insert then breaks the unique key, and
     `charge` answers from the committed job (see there).
-
-    :raises NotFound: no customer the platform may name has this e-mail.
-    :raises AccountTerminated: the customer's account is terminated.
     """
     parameters = {"email": customer_email.strip().lower(), "external_id": external_id}
     row = db.session.execute(_LOCK_CUSTOMER_WITH_JOB, parameters).first()
     if row is None:
-        raise NotFound("no customer with this e-mail")
-    account = LockedAccount.from_row(row)
-    if not account.known_to_the_platform:
-        raise NotFound("no customer with this e-mail")
-    if account.is_terminated:
-        raise AccountTerminated("the customer's account is terminated")
-    return account, _job_from(row)
+        return None, None
+    return LockedAccount.from_row(row), _job_from(row)
 
 
 def _new_job_values(account: LockedAccount, request: JobRequest, created_at: datetime) -> dict:
@@ -144,31 +137,6 @@ def _new_job_values(account: LockedAccount, request: JobRequest, created_at: dat
         "created_at": created_at,
         "finished_at": None,
     }
-
-
-def _charge_locked(
-    account: LockedAccount,
-    request: JobRequest,
-    existing: Job | None,
-    at: datetime | None,
-) -> tuple[Job, bool]:
-    """Charge one job of the locked customer, or answer with `existing`, the job charged
-    under its external id earlier. Every refusal is raised before anything is written.
-
-    :raises Conflict: the external id was used for a different job.
-    :raises InsufficientCredits: the balance does not cover the job.
-    """
-    if existing is not None:
-        if not _same_request(existing, account, request.operation, request.credits):
-            raise Conflict("external_id was already used for a different job")
-        return existing, False
-    if account.credits_balance < request.credits:
-        raise InsufficientCredits(account.credits_balance, request.credits)
-    values = _new_job_values(account, request, at or utcnow())
-    job_id = db.session.execute(_INSERT_JOBS, [values]).scalar_one()
-    job = Job(id=job_id, **values)
-    ledger.spend_locked(account, request.credits, job.charge_key, job_id, request.operation, at)
-    return job, True
 
 
 def charge(request: JobRequest, at: datetime | None = None) -> Charged:
@@ -196,23 +164,14 @@ def charge(request: JobRequest, at: datetime | None = None) -> Charged:
 @transactional
 def _charge_one(request: JobRequest, at: datetime | None) -> Charged:
     account, existing = _lock_platform_customer(request.customer_email, request.external_id)
-    return _charged(account, request, existing, at)
+    available = {account.id: account.credits_balance} if account is not None else {}
+    answer = _plan(request, account, existing, available)
+    if isinstance(answer, _Planned):
+        _write([answer], at)
+    return _answer(answer)
 
 
-def _charged(
-    account: LockedAccount, request: JobRequest, existing: Job | None, at: datetime | None
-) -> Charged:
-    """Charge one job of the locked account (see `_charge_locked`), as a `Charged`."""
-    job, created = _charge_locked(account, request, existing, at)
-    return Charged(
-        job=job,
-        created=created,
-        balance_after=account.credits_balance,
-        low_balance_threshold=account.low_balance_threshold,
-    )
-
-
-# -- many jobs at once ------------------------------------------------------------------
+# -- many jobs at once, and what one job shares with them -----------------------------
 
 
 def charge_jobs(requests: list[JobRequest], at: datetime | None = None) -> list[Charged]:
@@ -270,27 +229,32 @@ def _charge_batch(requests: list[JobRequest], at: datetime | None) -> list[Charg
         if isinstance(answers[-1], _Planned):
             earlier[request.external_id] = answers[-1]
 
-    planned = [answer for answer in answers if isinstance(answer, _Planned)]
-    if planned:
-        created_at = at or utcnow()
-        rows = [_new_job_values(item.account, item.request, created_at) for item in planned]
-        job_ids = db.session.execute(_INSERT_JOBS, rows).scalars()
-        for item, values, job_id in zip(planned, rows, job_ids, strict=True):
-            item.job = Job(id=job_id, **values)
-        ledger.spend_many(
-            [
-                ledger.Spend(
-                    item.account,
-                    item.request.credits,
-                    item.job.charge_key,
-                    item.job.id,
-                    item.request.operation,
-                )
-                for item in planned
-            ],
-            at,
-        )
+    _write([answer for answer in answers if isinstance(answer, _Planned)], at)
     return [_answer(answer) for answer in answers]
+
+
+def _write(planned: list[_Planned], at: datetime | None) -> None:
+    """Insert the planned jobs and charge them, a statement for all of each kind of row."""
+    if not planned:
+        return
+    created_at = at or utcnow()
+    rows = [_new_job_values(item.account, item.request, created_at) for item in planned]
+    job_ids = db.session.execute(_INSERT_JOBS, rows).scalars()
+    for item, values, job_id in zip(planned, rows, job_ids, strict=True):
+        item.job = Job(id=job_id, **values)
+    ledger.spend_many(
+        [
+            ledger.Spend(
+                item.account,
+                item.request.credits,
+                item.job.charge_key,
+                item.job.id,
+                item.request.operation,
+            )
+            for item in planned
+        ],
+        at,
+    )
 
 
 def _plan(
@@ -299,8 +263,15 @@ def _plan(
     earlier: Job | _Planned | None,
     available: dict[int, int],
 ) -> Charged | _Planned:
-    """What the batch does with one job: answer with the job charged earlier under its
-    external id, charge it, or refuse it (raised)."""
+    """What to do with one job, decided before anything is written: answer with the job
+    charged earlier under its external id, charge it (`available` is the balance the jobs
+    before it leave), or refuse it (raised).
+
+    :raises NotFound: no customer the platform may name has this e-mail.
+    :raises AccountTerminated: the customer's account is terminated.
+    :raises Conflict: the external id was used for a different job.
+    :raises InsufficientCredits: the balance does not cover the job.
+    """
     if account is None or not account.known_to_the_platform:
         raise NotFound("no customer with this e-mail")
     if account.is_terminated:

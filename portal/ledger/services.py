@@ -119,10 +119,12 @@ def _record_day_end(user_id: int, day: date, balance: int) -> None:
     # the last one posted for a day holds that day's closing balance. Like balance_after,
     # this follows the order of posting: a backdated entry (demo data) updates its own
     # day only.
-    dialect = db.session.get_bind().dialect.name
-    db.session.execute(
-        _DAY_END_UPSERT[dialect], {"user_id": user_id, "day": day, "balance": balance}
-    )
+    _record_day_ends([{"user_id": user_id, "day": day, "balance": balance}])
+
+
+def _record_day_ends(rows: list[dict]) -> None:
+    """`_record_day_end` for many customers (rows of user_id, day, balance) at once."""
+    db.session.execute(_DAY_END_UPSERT[db.session.get_bind().dialect.name], rows)
 
 
 def _day_end_upsert(insert):
@@ -287,27 +289,13 @@ def spend(
     account = lock_account_row(user_id)
     if entry := _existing(idempotency_key):
         return entry
-    entry_id, lot_ids = spend_locked(account, credits, idempotency_key, job_id, memo, at)
+    [entry_id], lot_ids = spend_many([Spend(account, credits, idempotency_key, job_id, memo)], at)
     # Objects of this account the session already holds no longer say what the rows do.
     for model, key in [(User, user_id), *((CreditLot, lot_id) for lot_id in lot_ids)]:
         held = db.session.identity_map.get(db.session.identity_key(model, key))
         if held is not None:
             db.session.expire(held)
     return db.session.get(LedgerEntry, entry_id)
-
-
-def spend_locked(
-    account: LockedAccount,
-    credits: int,
-    idempotency_key: str,
-    job_id: int | None = None,
-    memo: str = "",
-    at: datetime | None = None,
-) -> tuple[int, list[int]]:
-    """One spend of a locked account (see `spend_many`); the new entry's id and the lots
-    it drew on."""
-    entry_ids, lot_ids = spend_many([Spend(account, credits, idempotency_key, job_id, memo)], at)
-    return entry_ids[0], lot_ids
 
 
 @dataclass(frozen=True)
@@ -349,7 +337,7 @@ def spend_many(spends: list[Spend], at: datetime | None = None) -> tuple[list[in
     created_at = at or utcnow()
     day = created_at.astimezone(UTC).date()
     total, sign = TOTAL_OF_KIND[EntryKind.JOB_CHARGE]
-    entries, allocations, taken_from, day_ends = [], [], {}, {}
+    entries, allocations, taken_from = [], [], {}
     for spend in spends:
         account = spend.account
         if account.credits_balance < spend.credits:
@@ -368,15 +356,16 @@ def spend_many(spends: list[Spend], at: datetime | None = None) -> tuple[list[in
         if still_needed:
             # The balance said yes but the lots disagree: the books are broken, stop here.
             raise RuntimeError(f"account {account.id}: lots hold less than the balance")
-        account.credits_balance -= spend.credits
-        setattr(account, total, getattr(account, total) + sign * -spend.credits)
+        credits = -spend.credits  # signed, as the entry records them
+        account.credits_balance += credits
+        setattr(account, total, getattr(account, total) + sign * credits)
         watch_balance(account, EntryKind.JOB_CHARGE)
         watch_for_recharge(account, EntryKind.JOB_CHARGE)
         entries.append(
             {
                 "user_id": account.id,
                 "kind": EntryKind.JOB_CHARGE,
-                "credits": -spend.credits,
+                "credits": credits,
                 "balance_after": account.credits_balance,
                 "job_id": spend.job_id,
                 "idempotency_key": spend.idempotency_key,
@@ -387,7 +376,6 @@ def spend_many(spends: list[Spend], at: datetime | None = None) -> tuple[list[in
         allocations.append(moves)
         for lot_id, taken in moves:
             taken_from[lot_id] = taken_from.get(lot_id, 0) + taken
-        day_ends[account.id] = account.credits_balance
 
     entry_ids = list(db.session.execute(_INSERT_ENTRIES, entries).scalars())
     db.session.execute(
@@ -414,13 +402,11 @@ def spend_many(spends: list[Spend], at: datetime | None = None) -> tuple[list[in
             for account in accounts.values()
         ],
     )
-    dialect = db.session.get_bind().dialect.name
-    db.session.execute(
-        _DAY_END_UPSERT[dialect],
+    _record_day_ends(
         [
-            {"user_id": user_id, "day": day, "balance": balance}
-            for user_id, balance in day_ends.items()
-        ],
+            {"user_id": account.id, "day": day, "balance": account.credits_balance}
+            for account in accounts.values()
+        ]
     )
     return entry_ids, list(taken_from)
 

@@ -42,7 +42,8 @@ PLENTY = 10_000_000
 # Each transaction's own number, for an external id no other one has.
 RANDOM_ID = r"\set r random(1, 999999999999999)"
 PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
-NAMES = ("captured, unprepared", "captured, prepared", "one round trip")
+ONE_ROUND_TRIP = "one round trip"
+NAMES = ("captured, unprepared", "captured, prepared", ONE_ROUND_TRIP)
 
 
 def pgbench_available() -> bool:
@@ -387,7 +388,7 @@ def measure(
         target = libpq_url(url)
         rows = {}
         for name, scripts, mode in (
-            ("one round trip", function_scripts, "prepared"),
+            (ONE_ROUND_TRIP, function_scripts, "prepared"),
             ("captured, unprepared", captured, "simple"),
             ("captured, prepared", captured, "prepared"),
         ):

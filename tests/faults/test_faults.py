@@ -216,7 +216,7 @@ def test_a_connection_that_cannot_even_roll_back_is_a_503_then_forgotten(make_ap
     client = app.test_client()
     with monkeypatch.context() as patch:
         patch.setattr(Session, "rollback", rollback_on_a_dead_connection)
-        patch.setattr(ledger, "spend_locked", spend_on_a_dead_connection)
+        patch.setattr(ledger, "spend_many", spend_on_a_dead_connection)
         answer = _charge(client, "during-the-outage")
     assert answer.status_code == 503
     assert answer.get_json()["error"] == "unavailable"
@@ -234,7 +234,7 @@ def test_a_connection_killed_in_the_middle_of_a_charge_is_a_503(make_app, monkey
     with app.app_context():
         make_purchase(make_user(email="buyer@example.com"), package="starter")
     killer = create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
-    real_spend = ledger.spend_locked
+    real_spend = ledger.spend_many
 
     def spend_then_lose_the_connection(*args, **kwargs):
         entry = real_spend(*args, **kwargs)
@@ -245,7 +245,7 @@ def test_a_connection_killed_in_the_middle_of_a_charge_is_a_503(make_app, monkey
 
     client = app.test_client()
     with monkeypatch.context() as patch:
-        patch.setattr(ledger, "spend_locked", spend_then_lose_the_connection)
+        patch.setattr(ledger, "spend_many", spend_then_lose_the_connection)
         answer = _charge(client, "killed")
     killer.dispose()
     assert answer.status_code == 503
