@@ -61,12 +61,11 @@ def register_extensions(app: Flask) -> None:
     from portal import models  # noqa: F401  (every table known to the metadata)
     from portal.accounts.services import load_user_from_session
     from portal.db import db, end_read_only_transaction
-    from portal.extensions import csrf, limiter, login_manager, migrate
+    from portal.extensions import csrf, limiter, login_manager
 
     db.init_app(app)
     # Runs before Flask-SQLAlchemy's own teardown, which rolls back what is left.
     app.teardown_request(end_read_only_transaction)
-    migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
     csrf.init_app(app)
     limiter.init_app(app)
     login_manager.init_app(app)

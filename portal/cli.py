@@ -5,6 +5,7 @@ import sys
 import click
 from flask import Flask, current_app
 
+from portal import schema
 from portal.errors import ValidationError
 
 DEMO_CUSTOMER = ("customer@demo.test", "demo-customer-password-2026")
@@ -208,3 +209,4 @@ def register(app: Flask) -> None:
     )
     for command in commands:
         app.cli.add_command(command)
+    schema.register_commands(app)

@@ -10,15 +10,13 @@ import contextvars
 import os
 import re
 import socket
-from pathlib import Path
 
 import pytest
 from flask import has_app_context
 from flask.testing import FlaskClient
-from flask_migrate import upgrade
 from sqlalchemy import text
 
-from portal import create_app
+from portal import create_app, schema
 from portal.billing import gateway as gateway_module
 from portal.db import db
 from portal.extensions import limiter
@@ -95,7 +93,7 @@ def app(test_settings):
             with db.engine.begin() as connection:
                 connection.execute(text("DROP SCHEMA public CASCADE"))
                 connection.execute(text("CREATE SCHEMA public"))
-        upgrade(directory=str(Path(__file__).resolve().parent.parent / "migrations"))
+        schema.upgrade()
     yield app
     with app.app_context():
         db.engine.dispose()

@@ -1,5 +1,7 @@
 """The migrations build the schema the models describe, with one head."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,9 +10,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from portal import schema
 from portal.db import db
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = ROOT / "migrations"
 
 
 def _old_customer(connection) -> None:
@@ -41,10 +45,25 @@ def _old_purchase(connection) -> None:
     )
 
 
-def test_migrations_have_a_single_head():
+def test_migrations_have_a_single_head_and_the_readiness_check_knows_it():
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    assert len(ScriptDirectory.from_config(config).get_heads()) == 1
+    heads = ScriptDirectory.from_config(config).get_heads()
+    assert len(heads) == 1
+    # /readyz reads the revisions without Alembic (see portal.schema): it must agree.
+    assert schema.heads() == frozenset(heads)
+
+
+def test_a_serving_app_does_not_load_alembic():
+    # A fresh interpreter: this one has imported Alembic for the tests above.
+    code = (
+        "import sys; from portal import create_app; create_app(); "
+        "print(sorted(m for m in ('alembic', 'flask_migrate', 'mako') if m in sys.modules))"
+    )
+    loaded = subprocess.run(  # noqa: S603  (our own arguments)
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_models_and_migrations_agree(app):
@@ -79,12 +98,11 @@ def test_enum_check_constraints_allow_every_member(app):
 def test_disputes_known_only_by_their_holds_become_rows(make_app, tmp_path):
     """The disputes migration turns each dispute hold made before it into a dispute row:
     open, or won where its credits were already released."""
-    from flask_migrate import upgrade
     from sqlalchemy import text
 
     older = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}")
     with older.app_context():
-        upgrade(directory=str(MIGRATIONS), revision="c4d2e8f1a7b3")
+        schema.upgrade("c4d2e8f1a7b3")
         with db.engine.begin() as connection:
             _old_customer(connection)
             connection.execute(
@@ -108,7 +126,7 @@ def test_disputes_known_only_by_their_holds_become_rows(make_app, tmp_path):
                     "'2026-11-03 00:00:00')"
                 )
             )
-        upgrade(directory=str(MIGRATIONS))
+        schema.upgrade()
         with db.engine.connect() as connection:
             rows = connection.execute(
                 text(
@@ -128,7 +146,6 @@ def test_screenshots_on_disk_move_into_the_database(make_app, tmp_path, caplog):
     cleaned (the folder is left as it is)."""
     import logging
 
-    from flask_migrate import upgrade
     from sqlalchemy import text
 
     png = b"\x89PNG\r\n\x1a\n" + b"\x01" * 40
@@ -141,7 +158,7 @@ def test_screenshots_on_disk_move_into_the_database(make_app, tmp_path, caplog):
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}", UPLOAD_FOLDER=str(folder)
     )
     with older.app_context():
-        upgrade(directory=str(MIGRATIONS), revision="0cc72248f2b1")
+        schema.upgrade("0cc72248f2b1")
         with db.engine.begin() as connection:
             _old_customer(connection)
             _old_purchase(connection)
@@ -166,7 +183,7 @@ def test_screenshots_on_disk_move_into_the_database(make_app, tmp_path, caplog):
                 {"odd": "C:\\shots\\bad\x00\r\nname.jpg", "empty": "\x01\x02"},
             )
         with caplog.at_level(logging.WARNING, logger="portal.migrations"):
-            upgrade(directory=str(MIGRATIONS))
+            schema.upgrade()
         with db.engine.connect() as connection:
             files = connection.execute(
                 text("SELECT key, content_type, size_bytes, content FROM stored_files ORDER BY key")
@@ -195,7 +212,6 @@ def test_the_no_longer_needed_reason_keeps_requests_and_their_one_open_request_i
     """The reason migration rebuilds refund_requests on SQLite: rows stay, the new reason
     is accepted, one open request per purchase still holds; going back makes such
     requests "other"."""
-    from flask_migrate import downgrade, upgrade
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
 
@@ -208,7 +224,7 @@ def test_the_no_longer_needed_reason_keeps_requests_and_their_one_open_request_i
 
     older = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}")
     with older.app_context():
-        upgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
+        schema.upgrade("8b3d6f2a4c91")
         with db.engine.begin() as connection:
             _old_customer(connection)
             _old_purchase(connection)
@@ -220,7 +236,7 @@ def test_the_no_longer_needed_reason_keeps_requests_and_their_one_open_request_i
                     insert_request, {"id": 2, "reason": "no_longer_needed", "status": "open"}
                 )
 
-        upgrade(directory=str(MIGRATIONS))
+        schema.upgrade()
         with db.engine.begin() as connection:
             connection.execute(
                 insert_request, {"id": 2, "reason": "no_longer_needed", "status": "open"}
@@ -237,7 +253,7 @@ def test_the_no_longer_needed_reason_keeps_requests_and_their_one_open_request_i
             (2, "no_longer_needed", "open"),
         ]
 
-        downgrade(directory=str(MIGRATIONS), revision="8b3d6f2a4c91")
+        schema.downgrade("8b3d6f2a4c91")
         with db.engine.connect() as connection:
             reasons = connection.execute(
                 text("SELECT id, reason FROM refund_requests ORDER BY id")
@@ -248,12 +264,11 @@ def test_the_no_longer_needed_reason_keeps_requests_and_their_one_open_request_i
 def test_assignment_steps_name_the_staff_member_and_go_back(make_app, tmp_path):
     """Timeline steps written as "Assigned to staff member 2." name the member's e-mail
     after the upgrade, and read as before after the downgrade; other steps are untouched."""
-    from flask_migrate import downgrade, upgrade
     from sqlalchemy import text
 
     older = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'old.db'}")
     with older.app_context():
-        upgrade(directory=str(MIGRATIONS), revision="53e16e92fea7")
+        schema.upgrade("53e16e92fea7")
         with db.engine.begin() as connection:
             _old_customer(connection)
             connection.execute(
@@ -295,9 +310,9 @@ def test_assignment_steps_name_the_staff_member_and_go_back(make_app, tmp_path):
                     .all()
                 )
 
-        upgrade(directory=str(MIGRATIONS), revision="4a7c2e9d1f60")
+        schema.upgrade("4a7c2e9d1f60")
         after = bodies()
-        downgrade(directory=str(MIGRATIONS), revision="53e16e92fea7")
+        schema.downgrade("53e16e92fea7")
         back = bodies()
     assert after == [
         "Assigned to ana@studio.example.",

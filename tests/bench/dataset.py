@@ -1481,7 +1481,7 @@ def ensure_dataset(
     `migrate=False` builds into the schema as it is (an empty, migrated database, such as
     the test suite's) instead of dropping everything and running the migrations.
     """
-    from flask_migrate import upgrade
+    from portal import schema
 
     info = None if rebuild else read_marker()
     if info is not None and info.fingerprint == params.fingerprint():
@@ -1499,7 +1499,7 @@ def ensure_dataset(
         log("the data set was built with other parameters: rebuilding")
     if migrate:
         wipe_schema()
-        upgrade(directory=str(MIGRATIONS))
+        schema.upgrade()
     info = build_dataset(params, log)
     vacuum_analyze()
     write_marker(info)

@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from flask_migrate import upgrade
 from playwright.sync_api import expect
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from portal import schema
 from tests.e2e.support import (
     AXE_FILE,
     DESKTOP,
@@ -115,7 +115,7 @@ def live_server(tmp_path_factory):
         }
     )
     with app.app_context():
-        upgrade(directory=str(REPO / "migrations"))
+        schema.upgrade()
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)

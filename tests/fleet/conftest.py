@@ -29,7 +29,6 @@ from sqlalchemy.exc import ProgrammingError
 
 from tests.fleet.support import (
     HTTP_TIMEOUT,
-    REPO,
     FleetTimeout,
     Process,
     Processes,
@@ -226,8 +225,7 @@ def _portal_app(database_url: str, instance_path: Path, smtp_port: int, sandbox_
 
 
 def _reset_schema(app) -> None:
-    from flask_migrate import upgrade
-
+    from portal import schema
     from portal.db import db
 
     with app.app_context():
@@ -235,7 +233,7 @@ def _reset_schema(app) -> None:
             connection.execute(text("SET LOCAL lock_timeout = '15s'"))
             connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
             connection.execute(text("CREATE SCHEMA public"))
-        upgrade(directory=str(REPO / "migrations"))
+        schema.upgrade()
         db.session.remove()
 
 
