@@ -57,18 +57,21 @@ def watch_balance(account: User, kind: EntryKind) -> None:
             account.low_balance_alert_armed = True
     elif account.low_balance_alert_armed and kind in SENDS_ALERT:
         account.low_balance_alert_armed = False
-        _queue_alert(account, threshold)
+        queue_alert(account.email, account.credits_balance, threshold)
 
 
 def _credits(count: int) -> str:
     return f"{format_credits(count)} credit{'' if count == 1 else 's'}"
 
 
-def _queue_alert(account: User, threshold: int) -> None:
+def queue_alert(email: str, balance: int, threshold: int) -> None:
+    """Queue the alert e-mail, in the caller's transaction: the balance fell to `balance`,
+    below `threshold`. `watch_balance` decides when (and PostgreSQL's `charge_job`, which
+    only says that it is due: see portal.jobs.services)."""
     buy = external_url_or_none("billing.buy")
     settings = external_url_or_none("accounts.settings")
     body = (
-        f"Your balance is {_credits(account.credits_balance)}, below the "
+        f"Your balance is {_credits(balance)}, below the "
         f"{_credits(threshold)} you asked us to warn you at. Jobs are charged from this "
         "balance: once it runs out, new jobs are refused until you buy more credits.\n\n"
         + (f"Buy credits: {buy}" if buy else "Buy credits in the portal under Buy credits.")
@@ -77,7 +80,7 @@ def _queue_alert(account: User, threshold: int) -> None:
         "more and falls below it again. To change the amount or turn the alert off, go to "
         + (f"your Account page: {settings}" if settings else "your Account page in the portal.")
     )
-    queue_email(account.email, f"Your balance is below {_credits(threshold)}", body)
+    queue_email(email, f"Your balance is below {_credits(threshold)}", body)
 
 
 @transactional

@@ -5,14 +5,17 @@ Three ceilings for the jobs API, each over the same customers and the same data 
 * **captured, unprepared / prepared**: the portal's own spend transaction, replayed. It
   is captured from the code as it runs (a `POST /api/v1/jobs` through the test client,
   every statement recorded with its parameters and what its RETURNING gave), so the
-  replay follows the code whenever the spend changes; nothing is copied by hand.
+  replay follows the code whenever the spend changes; nothing is copied by hand. Since
+  the spend became one call of the portal's own `charge_job`, the transaction is BEGIN,
+  that call and COMMIT.
 * **one round trip**: the same business operation as one call of a PL/pgSQL function
   (`one_round_trip_spend.sql`), the best any client could do.
 
-The replay writes the captured values again (a balance set to what it was after the
-captured spend, not lowered), which would break the books; so ceilings run in a
-database of their own, built by the data set's generator with the bench's parameters
-(the seed makes it the same data) and dropped afterwards.
+A spend of several statements is replayed with the captured values (a balance set to
+what it was after the captured spend, not lowered), which would break the books; and any
+replay spends the customers' credits. So ceilings run in a database of their own, built
+by the data set's generator with the bench's parameters (the seed makes it the same
+data) and dropped afterwards.
 """
 
 from __future__ import annotations

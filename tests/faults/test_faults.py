@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import create_engine, event, func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from portal.billing import checkout, fulfilment
@@ -14,7 +14,6 @@ from portal.db import db
 from portal.errors import InsufficientCredits
 from portal.jobs import services as jobs
 from portal.jobs.models import Job
-from portal.ledger import services as ledger
 from portal.ledger.models import CreditLot, LedgerEntry
 from portal.refunds.eligibility import RequestReason
 from portal.refunds.services import file_request
@@ -41,6 +40,42 @@ def fail_on(statement_start: str):
         yield
     finally:
         event.remove(engine, "before_cursor_execute", refuse)
+
+
+@contextmanager
+def fail_inside_the_database(statement: str):
+    """Make PostgreSQL itself refuse `statement` ("INSERT INTO ledger_entries"), with a
+    trigger: for work the database does inside one call (charge_job), where no statement
+    of the portal's own can be stopped."""
+    operation, table = re.fullmatch(r"(INSERT INTO|UPDATE) (\w+)", statement).groups()
+    operation = operation.split()[0]
+    with db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                f"CREATE TRIGGER injected_fault BEFORE {operation} ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION injected_fault()"
+            )
+        )
+    try:
+        yield
+    finally:
+        with db.engine.begin() as connection:
+            connection.execute(text(f"DROP TRIGGER injected_fault ON {table}"))
+            connection.execute(text("DROP FUNCTION injected_fault()"))
+
+
+def spend_statement() -> str:
+    """The statement that charges a job: PostgreSQL's one call, or SQLite's first write
+    of the ledger."""
+    if db.engine.dialect.name == "postgresql":
+        return "SELECT * FROM charge_job"
+    return "INSERT INTO ledger_entries"
 
 
 def count(model) -> int:
@@ -91,7 +126,11 @@ def test_a_fault_during_fulfilment_leaves_nothing_half_written(app, monkeypatch,
 def test_a_fault_during_a_spend_charges_nothing(app, statement):
     user = make_user()
     make_purchase(user, "starter")
-    with fail_on(statement), pytest.raises(InjectedFault):
+    if db.engine.dialect.name == "postgresql":
+        fault, raised = fail_inside_the_database(statement), DBAPIError
+    else:
+        fault, raised = fail_on(statement), InjectedFault
+    with fault, pytest.raises(raised):
         jobs.charge_job("faulty", user.email, "upscale", 5)
     db.session.rollback()
     assert count(Job) == 0 and count(LedgerEntry) == 1
@@ -210,14 +249,18 @@ def test_a_connection_that_cannot_even_roll_back_is_a_503_then_forgotten(make_ap
             raise lost
         return real_rollback(session)
 
-    def spend_on_a_dead_connection(*args, **kwargs):
-        raise lost
+    def spend_on_a_dead_connection(conn, cursor, statement, *args):
+        if statement.startswith(spend_statement()):
+            raise lost
 
     client = app.test_client()
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch, app.app_context():
         patch.setattr(Session, "rollback", rollback_on_a_dead_connection)
-        patch.setattr(ledger, "spend_many", spend_on_a_dead_connection)
-        answer = _charge(client, "during-the-outage")
+        event.listen(db.engine, "before_cursor_execute", spend_on_a_dead_connection)
+        try:
+            answer = _charge(client, "during-the-outage")
+        finally:
+            event.remove(db.engine, "before_cursor_execute", spend_on_a_dead_connection)
     assert answer.status_code == 503
     assert answer.get_json()["error"] == "unavailable"
     assert len(rollbacks) >= 2
@@ -229,24 +272,26 @@ def test_a_connection_that_cannot_even_roll_back_is_a_503_then_forgotten(make_ap
 
 
 @pytest.mark.postgres
-def test_a_connection_killed_in_the_middle_of_a_charge_is_a_503(make_app, monkeypatch):
+def test_a_connection_killed_in_the_middle_of_a_charge_is_a_503(make_app):
     app = make_app(PORTAL_SERVICE_TOKEN=SERVICE_TOKEN)
     with app.app_context():
         make_purchase(make_user(email="buyer@example.com"), package="starter")
     killer = create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
-    real_spend = ledger.spend_many
 
-    def spend_then_lose_the_connection(*args, **kwargs):
-        entry = real_spend(*args, **kwargs)
-        pid = db.session.scalar(text("SELECT pg_backend_pid()"))
-        with killer.begin() as connection:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        return entry
+    def spend_then_lose_the_connection(conn, cursor, statement, *args):
+        # The charge is written, not yet committed, when its connection dies.
+        if statement.startswith(spend_statement()):
+            pid = conn.connection.driver_connection.info.backend_pid
+            with killer.begin() as connection:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
     client = app.test_client()
-    with monkeypatch.context() as patch:
-        patch.setattr(ledger, "spend_many", spend_then_lose_the_connection)
-        answer = _charge(client, "killed")
+    with app.app_context():
+        event.listen(db.engine, "after_cursor_execute", spend_then_lose_the_connection)
+        try:
+            answer = _charge(client, "killed")
+        finally:
+            event.remove(db.engine, "after_cursor_execute", spend_then_lose_the_connection)
     killer.dispose()
     assert answer.status_code == 503
     assert _charge(client, "after-the-kill").status_code == 201

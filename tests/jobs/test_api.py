@@ -689,8 +689,12 @@ def test_charging_a_job_takes_the_same_statements_however_long_the_history(clien
         post_job(client, external_id=f"earlier-{number}", credits=1)
     later = statements_for_one_charge("later")
 
-    # The customer locked and the job looked up in one statement; the job written; the
-    # lots read; then entry, allocation, lot, balance and day-end balance written. The
-    # charge's ledger key is new with its job, so it is not looked up; the answer is made
-    # from what the transaction already holds: nothing is read back.
-    assert first == later == 8
+    if db.engine.dialect.name == "postgresql":
+        # One call of the database function charge_job does it all.
+        assert first == later == 1
+    else:
+        # The customer locked and the job looked up in one statement; the job written; the
+        # lots read; then entry, allocation, lot, balance and day-end balance written. The
+        # charge's ledger key is new with its job, so it is not looked up; the answer is
+        # made from what the transaction already holds: nothing is read back.
+        assert first == later == 8
