@@ -80,7 +80,7 @@ def _set_security_headers(response):
     wanted = NOT_STORED
     if not request.endpoint or request.endpoint.startswith("static"):
         wanted = SECURITY_HEADERS
-    present = {name.lower() for name in headers.keys()}
+    present = {name.lower() for name, _ in headers}  # Headers yields (name, value) pairs
     headers.extend([(name, value) for name, value in wanted if name.lower() not in present])
     return response
 
