@@ -13,8 +13,14 @@ FLASK := $(BIN)/flask --app portal
 LOCK := requirements/lock.txt
 DEV_LOCK := requirements/dev-lock.txt
 
+# pip itself comes first, at the lock's version and hashes: the pip a new venv brings
+# (23.2 here) mishandles a locked package asked for with an extra (pip-audit wants
+# CacheControl[filecache]) as soon as the index has a release newer than the lock's, and
+# refuses the whole install (seen when cachecontrol 0.15.0 appeared).
 $(VENV)/.installed: pyproject.toml $(LOCK) $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	awk '/^pip==/{p=1} p{print} p&&!/\\$$/{exit}' $(DEV_LOCK) > $(VENV)/pip-lock.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(VENV)/pip-lock.txt
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
