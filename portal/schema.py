@@ -23,6 +23,7 @@ def wire(app: Flask) -> None:
     """Give `app` Flask-Migrate's settings (what `flask db` and migrations/env.py read),
     once."""
     if "migrate" not in app.extensions:
+        # Late, as every Flask-Migrate import here: see the module's docstring.
         from flask_migrate import Migrate
 
         Migrate(app, db, directory=str(MIGRATIONS), render_as_batch=True)
@@ -31,6 +32,7 @@ def wire(app: Flask) -> None:
 def upgrade(revision: str = "head") -> None:
     """Migrate the current app's database up to `revision`."""
     wire(current_app._get_current_object())
+    # Late: see the module's docstring.
     from flask_migrate import upgrade as migrate_up
 
     migrate_up(directory=str(MIGRATIONS), revision=revision)
@@ -39,6 +41,7 @@ def upgrade(revision: str = "head") -> None:
 def downgrade(revision: str) -> None:
     """Migrate the current app's database down to `revision`."""
     wire(current_app._get_current_object())
+    # Late: see the module's docstring.
     from flask_migrate import downgrade as migrate_down
 
     migrate_down(directory=str(MIGRATIONS), revision=revision)
@@ -50,6 +53,7 @@ class _LoadedWhenUsed(click.Group):
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         wire(current_app._get_current_object())
+        # Late: see the module's docstring.
         from flask_migrate.cli import db as commands
 
         return commands.make_context(info_name, args, parent=parent, **extra)
