@@ -169,8 +169,12 @@ _WROTE = "portal_wrote"
 
 
 @event.listens_for(Engine, "before_cursor_execute")
-def _note_writes(connection, _cursor, statement, _parameters, _context, _executemany):
-    if statement.lstrip()[:6].upper() != "SELECT":
+def _note_writes(connection, _cursor, statement, _parameters, context, _executemany):
+    # A SELECT only reads, unless it calls a database function that writes: such a
+    # statement says so with the execution option `writes=True`.
+    if statement.lstrip()[:6].upper() != "SELECT" or (
+        context is not None and context.execution_options.get("writes")
+    ):
         connection.info[_WROTE] = True
 
 

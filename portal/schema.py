@@ -72,14 +72,19 @@ def heads() -> frozenset[str]:
     """
     revisions, followed = set(), set()
     for path in (MIGRATIONS / "versions").glob("*.py"):
-        values = {
-            node.targets[0].id: ast.literal_eval(node.value)
-            for node in ast.parse(path.read_text()).body
-            if isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id in ("revision", "down_revision")
-        }
+        values = {}
+        for node in ast.parse(path.read_text()).body:
+            # `revision = "…"`, or annotated as Alembic's own template writes it.
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target = node.target
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                values[target.id] = ast.literal_eval(node.value)
+        if "revision" not in values:
+            continue  # not a migration (an __init__.py, say)
         revisions.add(values["revision"])
         down = values.get("down_revision")
         # A merge follows several revisions at once.

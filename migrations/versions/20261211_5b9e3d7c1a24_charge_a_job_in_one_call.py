@@ -90,8 +90,10 @@ BEGIN
         RETURN;
     END IF;
 
-    -- A twin call that committed this external id while we waited for the lock breaks
-    -- the unique key here; the caller answers from the committed job.
+    -- A twin call (same customer, same external id) that committed while we waited for
+    -- the lock was seen above: each statement here reads afresh. Another customer's job
+    -- under this id, committed meanwhile, breaks the unique key here instead, and the
+    -- caller answers from the committed job.
     INSERT INTO jobs (user_id, external_id, operation, credits, status, credits_restored,
                       created_at)
         VALUES (account.id, p_external_id, p_operation, p_credits, 'running', false, p_at)

@@ -44,15 +44,22 @@ _JOBS_BY_EXTERNAL_IDS = select(*JOB_COLUMNS).where(
 )
 # The ids come back in the order the jobs were given.
 _INSERT_JOBS = insert(JOBS).returning(JOBS.c.id, sort_by_parameter_order=True)
-# PostgreSQL's `charge_job` (see `_charge_in_one_call`), its columns typed as the job's.
-_CHARGE_JOB = text(
-    "SELECT * FROM charge_job(:email, :external_id, :operation, :credits, :at)"
-).columns(
+# PostgreSQL's `charge_job` (see `_charge_in_one_call`): its columns named, so that they
+# are read by name and typed as the job's; a SELECT that writes (see portal.db).
+_CHARGE_JOB_COLUMNS = [
     column("outcome", String),
     column("balance_after", Integer),
     column("low_balance_threshold", Integer),
     column("alert_due", Boolean),
     *(column(f"job_{job_column.key}", job_column.type) for job_column in JOBS.c),
+]
+_CHARGE_JOB = (
+    text(
+        f"SELECT {', '.join(each.name for each in _CHARGE_JOB_COLUMNS)} "  # noqa: S608  (our own names)
+        "FROM charge_job(:email, :external_id, :operation, :credits, :at)"
+    )
+    .columns(*_CHARGE_JOB_COLUMNS)
+    .execution_options(writes=True)
 )
 
 

@@ -23,7 +23,8 @@ from tests.factories import csrf_token, login_as, make_purchase, make_staff, mak
 
 
 class InjectedFault(Exception):
-    pass
+    def __init__(self, statement: str):
+        super().__init__(f"injected fault: {statement}")
 
 
 @contextmanager
@@ -70,12 +71,12 @@ def fail_inside_the_database(statement: str):
             connection.execute(text("DROP FUNCTION injected_fault()"))
 
 
-def spend_statement() -> str:
-    """The statement that charges a job: PostgreSQL's one call, or SQLite's first write
+def is_the_spend(statement: str) -> bool:
+    """Whether `statement` charges a job: PostgreSQL's one call, or SQLite's first write
     of the ledger."""
     if db.engine.dialect.name == "postgresql":
-        return "SELECT * FROM charge_job"
-    return "INSERT INTO ledger_entries"
+        return "FROM charge_job(" in statement
+    return statement.startswith("INSERT INTO ledger_entries")
 
 
 def count(model) -> int:
@@ -130,8 +131,24 @@ def test_a_fault_during_a_spend_charges_nothing(app, statement):
         fault, raised = fail_inside_the_database(statement), DBAPIError
     else:
         fault, raised = fail_on(statement), InjectedFault
-    with fault, pytest.raises(raised):
+    with fault, pytest.raises(raised, match="injected fault"):
         jobs.charge_job("faulty", user.email, "upscale", 5)
+    db.session.rollback()
+    assert count(Job) == 0 and count(LedgerEntry) == 1
+    db.session.refresh(user)
+    assert user.credits_balance == 50 and books_are_clean(app)
+
+
+@pytest.mark.parametrize(
+    "statement", ["INSERT INTO ledger_entries", "INSERT INTO lot_allocations", "UPDATE credit_lots"]
+)
+def test_a_fault_during_a_batch_charges_nothing(app, statement):
+    # A batch is charged through the ledger's Python path on every database.
+    user = make_user()
+    make_purchase(user, "starter")
+    asked = [jobs.JobRequest(f"batch-{n}", user.email, "upscale", 5) for n in range(3)]
+    with fail_on(statement), pytest.raises(InjectedFault, match="injected fault"):
+        jobs.charge_jobs(asked)
     db.session.rollback()
     assert count(Job) == 0 and count(LedgerEntry) == 1
     db.session.refresh(user)
@@ -250,7 +267,7 @@ def test_a_connection_that_cannot_even_roll_back_is_a_503_then_forgotten(make_ap
         return real_rollback(session)
 
     def spend_on_a_dead_connection(conn, cursor, statement, *args):
-        if statement.startswith(spend_statement()):
+        if is_the_spend(statement):
             raise lost
 
     client = app.test_client()
@@ -280,7 +297,7 @@ def test_a_connection_killed_in_the_middle_of_a_charge_is_a_503(make_app):
 
     def spend_then_lose_the_connection(conn, cursor, statement, *args):
         # The charge is written, not yet committed, when its connection dies.
-        if statement.startswith(spend_statement()):
+        if is_the_spend(statement):
             pid = conn.connection.driver_connection.info.backend_pid
             with killer.begin() as connection:
                 connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
