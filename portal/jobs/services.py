@@ -55,7 +55,7 @@ _CHARGE_JOB_COLUMNS = [
 ]
 _CHARGE_JOB = (
     text(
-        f"SELECT {', '.join(each.name for each in _CHARGE_JOB_COLUMNS)} "  # noqa: S608  (our own names)
+        f"SELECT {', '.join(each.name for each in _CHARGE_JOB_COLUMNS)} "  # noqa: S608  # nosec B608  (our own names)
         "FROM charge_job(:email, :external_id, :operation, :credits, :at)"
     )
     .columns(*_CHARGE_JOB_COLUMNS)
