@@ -72,6 +72,11 @@ class JobRequest:
     operation: str
     credits: int
 
+    @property
+    def email(self) -> str:
+        """The customer's address as accounts store it: trimmed, in lower case."""
+        return self.customer_email.strip().lower()
+
 
 @dataclass(frozen=True)
 class Charged:
@@ -125,15 +130,16 @@ def charge_job(
 def _lock_platform_customer(
     customer_email: str, external_id: str
 ) -> tuple[LockedAccount | None, Job | None]:
-    """The account with this e-mail, locked: every balance change of theirs waits; and
-    the job already charged under `external_id`, if any, read in the same statement.
+    """The account with this e-mail (as `JobRequest.email` gives it), locked: every balance
+    change of theirs waits; and the job already charged under `external_id`, if any, read
+    in the same statement.
     Whether the platform may charge that account is `_plan`'s to say.
 
     On PostgreSQL a call that waited for the lock may not see the job its twin (same
     external id) committed meanwhile: its insert then breaks the unique key, and
     `charge` answers from the committed job (see there).
     """
-    parameters = {"email": customer_email.strip().lower(), "external_id": external_id}
+    parameters = {"email": customer_email, "external_id": external_id}
     row = db.session.execute(_LOCK_CUSTOMER_WITH_JOB, parameters).first()
     if row is None:
         return None, None
@@ -183,7 +189,7 @@ def charge(request: JobRequest, at: datetime | None = None) -> Charged:
 
 @transactional
 def _charge_one(request: JobRequest, at: datetime | None) -> Charged:
-    account, existing = _lock_platform_customer(request.customer_email, request.external_id)
+    account, existing = _lock_platform_customer(request.email, request.external_id)
     available = {account.id: account.credits_balance} if account is not None else {}
     answer = _plan(request, account, existing, available)
     if isinstance(answer, _Planned):
@@ -215,7 +221,7 @@ def _charge_in_one_call(request: JobRequest, at: datetime | None) -> Charged:
     two to the same answers and rows. The function only says when the low-balance e-mail
     is due; it is queued here, in the same transaction.
     """
-    email = request.customer_email.strip().lower()
+    email = request.email
     parameters = {
         "email": email,
         "external_id": request.external_id,
@@ -272,7 +278,7 @@ class _Planned:
 
 @transactional
 def _charge_batch(requests: list[JobRequest], at: datetime | None) -> list[Charged]:
-    emails = sorted({request.customer_email.strip().lower() for request in requests})
+    emails = sorted({request.email for request in requests})
     accounts = {
         row.email: LockedAccount.from_row(row)
         for row in db.session.execute(_LOCK_CUSTOMERS, {"emails": emails})
@@ -285,7 +291,7 @@ def _charge_batch(requests: list[JobRequest], at: datetime | None) -> list[Charg
     available = {account.id: account.credits_balance for account in accounts.values()}
     answers: list[Charged | _Planned | _Repeat] = []
     for request in requests:
-        account = accounts.get(request.customer_email.strip().lower())
+        account = accounts.get(request.email)
         try:
             answers.append(_plan(request, account, earlier.get(request.external_id), available))
         except (NotFound, AccountTerminated, Conflict, InsufficientCredits) as refusal:
