@@ -24,6 +24,19 @@ def spreadsheet_cell(value):
     return "'" + text if text[:1] in FORMULA_STARTS else text
 
 
+def _safe_cells(cells: Iterable) -> list:
+    # `spreadsheet_cell` for every cell, with its two common cases written out: an export
+    # of 200,000 entries spent a fifth of its time calling the function for them.
+    return [
+        ("'" + cell if cell[:1] in FORMULA_STARTS else cell)
+        if cell.__class__ is str
+        else cell
+        if cell.__class__ is int
+        else spreadsheet_cell(cell)
+        for cell in cells
+    ]
+
+
 class SafeWriter:
     """`csv.writer` whose every text cell is passed through `spreadsheet_cell`."""
 
@@ -31,10 +44,10 @@ class SafeWriter:
         self._writer = csv.writer(out)
 
     def writerow(self, cells: Iterable) -> None:
-        self._writer.writerow([spreadsheet_cell(cell) for cell in cells])
+        self._writer.writerow(_safe_cells(cells))
 
     def writerows(self, rows: Iterable[Iterable]) -> None:
-        self._writer.writerows([spreadsheet_cell(cell) for cell in row] for row in rows)
+        self._writer.writerows(map(_safe_cells, rows))
 
 
 def writer(out: TextIO) -> SafeWriter:

@@ -141,6 +141,20 @@ def locked(model, *criteria, skip_locked: bool = False):
     )
 
 
+@event.listens_for(Engine, "do_connect")
+def _postgresql_sessions_run_in_utc(dialect, _record, _args, parameters):
+    """Open every PostgreSQL session in UTC, whatever the server's default time zone.
+
+    The portal stores and compares UTC. psycopg hands timestamps back in the session's
+    zone, and `UTCDateTime` converts each to Python's own UTC: from a zone such as the
+    usual `Etc/UTC` that took 0.55 µs a value (measured), on every timestamp of every row
+    read, about 5 % of a CSV export. In a UTC session they arrive in Python's UTC already,
+    and the conversion is almost free.
+    """
+    if dialect.name == "postgresql":
+        parameters["options"] = f"{parameters.get('options', '')} -c TimeZone=UTC".lstrip()
+
+
 @event.listens_for(Engine, "before_execute")
 def _sqlite_row_lock_takes_the_write_lock(connection, statement, *_args):
     """Give `SELECT … FOR UPDATE` its meaning on SQLite, which has no row locks.

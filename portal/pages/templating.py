@@ -5,7 +5,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from flask import Flask, current_app, url_for
+from flask import Flask, current_app, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 from jinja2 import pass_context
@@ -69,6 +69,17 @@ def credit_change(credits: int) -> Markup:
     """A signed credit amount, green when credits came in and red when they went out."""
     css = "credit-plus" if credits > 0 else "credit-minus"
     return _span(css, format_credits(credits, signed=True))
+
+
+def nav_link(endpoint: str, label: str, within: tuple[str, ...] = ()) -> Markup:
+    """A link of the site's navigation (ten on every page, so not a macro either).
+
+    The section the page belongs to is marked, for sight and for screen readers: its
+    own page, and the pages `within` it.
+    """
+    here = request.endpoint == endpoint or request.endpoint in within
+    current = ' aria-current="page"' if here else ""
+    return Markup(f'<a href="{escape(url_for(endpoint))}"{current}>{escape(label)}</a>')  # noqa: S704  # nosec B704
 
 
 # How the pre-check's verdict reads on a badge, to customers and staff alike.
@@ -192,6 +203,7 @@ def register(app: Flask) -> None:
     app.add_template_global(badge)
     app.add_template_global(credit_change)
     app.add_template_global(verdict_badge)
+    app.add_template_global(nav_link)
     app.add_template_global(csrf_field)
     app.add_template_global(url_for_each)
     app.add_template_global(audit_changes)
