@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.bench.ceilings import ONE_ROUND_TRIP
+from tests.bench.ceilings import ONE_ROUND_TRIP, ONE_ROUND_TRIP_AFTER, one_round_trip_tps
 
 # Issue 20's targets, against ceilings measured in the same run.
 CUSTOMER_PAGE_P95_MS = 50.0
@@ -41,7 +41,7 @@ def evaluate(results: dict) -> list[dict]:
     """Every target of the benchmark, PASS, FAIL or BUSY, from a results document."""
     checks = []
     ceilings = results.get("ceilings", {}).get("rows", {})
-    one_round_trip = ceilings.get(ONE_ROUND_TRIP)
+    ceiling_tps = one_round_trip_tps(ceilings)
     for name, row in results["endpoints"].items():
         kind = row["kind"]
         errors = row["errors"]
@@ -59,17 +59,22 @@ def evaluate(results: dict) -> list[dict]:
             )
         elif kind == "jobs_api":
             ceiling_busy = 0.0
-            if one_round_trip:
-                share = row["rps"] / one_round_trip["tps"]
-                value = f"{row['rps']:.0f} spends/s = {share:.1%} of {one_round_trip['tps']:.0f}"
+            if ceiling_tps:
+                share = row["rps"] / ceiling_tps
+                value = f"{row['rps']:.0f} spends/s = {share:.1%} of {ceiling_tps:.0f}"
                 passed = share >= JOBS_SHARE_OF_ONE_ROUND_TRIP and errors == 0
-                ceiling_busy = one_round_trip.get("others_cores", 0.0)
+                ceiling_busy = max(
+                    ceilings[name].get("others_cores", 0.0)
+                    for name in (ONE_ROUND_TRIP, ONE_ROUND_TRIP_AFTER)
+                    if name in ceilings
+                )
             else:
                 value, passed = "no ceiling measured (needs PostgreSQL and pgbench)", False
             checks.append(
                 _check(
                     f"{name}: throughput",
-                    f">= {JOBS_SHARE_OF_ONE_ROUND_TRIP:.0%} of the spend as one round trip",
+                    f">= {JOBS_SHARE_OF_ONE_ROUND_TRIP:.0%} of the spend as one round trip "
+                    "(mean of the runs before and after)",
                     value,
                     passed,
                     max(busy, ceiling_busy),
@@ -185,7 +190,7 @@ def _ceilings_table(results: dict) -> list[str]:
     if not found:
         return []
     rows = found["rows"]
-    top = rows.get(ONE_ROUND_TRIP, {}).get("tps") or 0.0
+    top = one_round_trip_tps(rows) or 0.0
     portal = results["endpoints"].get("POST /api/v1/jobs")
     lines = [
         "",
@@ -194,7 +199,7 @@ def _ceilings_table(results: dict) -> list[str]:
         "round trip:",
         "",
         "| spend | spends/s | p50 ms | p95 ms | PostgreSQL CPU ms/spend | share of one round "
-        "trip | load avg · other work |",
+        "trip (mean) | load avg · other work |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in rows.items():

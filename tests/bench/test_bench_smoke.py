@@ -18,6 +18,7 @@ from tests.bench import ceilings, dataset, report, run_bench, servers
 
 TINY = dataset.DatasetParams.tiny()
 SMOKE_LOAD = (
+    run_bench.FLOOR_NAME,
     "dashboard",
     "history",
     "staff queue",
@@ -122,7 +123,9 @@ def test_the_whole_benchmark_runs_in_miniature(app, database_url, tmp_path):
     }
     for row in pages:
         assert row["requests"] > 0 and row["errors"] == 0, row
-    writes = [row for row in written["endpoints"].values() if row["kind"] != "page"]
+    (floor,) = [row for row in written["endpoints"].values() if row["kind"] == "floor"]
+    assert floor["requests"] > 0 and floor["errors"] == 0, floor
+    writes = [row for row in written["endpoints"].values() if row["kind"] not in ("page", "floor")]
     assert {row["kind"] for row in writes} == {"jobs_api", "jobs_batch", "webhook"}
     assert written["endpoints"]["POST /api/v1/jobs:batch"]["charged_per_s"] > 0
     for row in writes:
