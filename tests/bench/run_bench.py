@@ -950,6 +950,8 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
     if prepared is None:
         with app.app_context():
             removed = dataset.reset_to_baseline(info)
+            # Deleted rows stay dead until vacuumed, and autovacuum may be off.
+            dataset.vacuum_analyze(removed)
         log(f"removed this run's rows: {removed}")
 
     dataset_summary = (
