@@ -180,6 +180,16 @@ def _submit_form(port: int, path: str, jar: dict, fields: dict) -> tuple[int, li
     return status, headers, body
 
 
+def catch_up_authenticator(app, email: str) -> None:
+    """Skip the staff codes the portal has already seen: it refuses a code used before,
+    and a run started within 30 s of the last one would otherwise send that run's code."""
+    seen = _count_rows(
+        app, "SELECT COALESCE(MAX(totp_last_step), -1) FROM users WHERE email = :e", e=email
+    )
+    authenticator = dataset.STAFF_AUTHENTICATOR
+    authenticator.last_step = max(authenticator.last_step, seen)
+
+
 def log_in_over_http(port: int, email: str) -> dict:
     """Log in through GET/POST /login (and staff's code step); return the session's cookies
     (a browser's jar)."""
@@ -575,6 +585,7 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
 
         # 3. Sessions, and one request to every page (it must answer 200).
         customer_jar = log_in_over_http(portal.port, info.heavy_email)
+        catch_up_authenticator(app, info.staff_email)
         staff_jar = log_in_over_http(portal.port, info.staff_email)
         # A worker in service has verified passwords on each of its threads; a few more
         # log-ins, four at a time, bring the workers to that state before their idle
