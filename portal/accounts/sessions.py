@@ -60,8 +60,8 @@ def end_all(user: User, now: datetime) -> None:
     )
 
 
-# Every signed-in request runs this statement, so it is built once: building it anew cost
-# more CPU than PostgreSQL spends answering it.
+# Every signed-in request runs this statement, so it is built once: building it anew was
+# about 375 of the ~4,900 Python calls of a signed-in page with no data (cProfile).
 _USER_IN_LIVE_SESSION = (
     select(User, UserSession.id, UserSession.last_seen_at)
     .join(UserSession, UserSession.user_id == User.id)
