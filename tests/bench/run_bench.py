@@ -759,14 +759,7 @@ def run_benchmark(config: BenchConfig, prepared=None) -> dict:
                         log,
                     )
                 )
-                ceiling_rows = {
-                    name: ceiling.run(name)
-                    for name in (
-                        "captured, unprepared",
-                        "captured, prepared",
-                        ceilings.ONE_ROUND_TRIP,
-                    )
-                }
+                ceiling_rows = {name: ceiling.run(name) for name in ceiling.loads}
             row = measure(jobs_target, "jobs_api", extra={"warm": warm_jobs})
             if row:
                 charged = _count_rows(
